@@ -1,0 +1,463 @@
+"""Logging for arbiter: the error log and the access log.
+
+This module owns:
+
+* ``setup_error_log()`` -- configures the ``arbiter.error`` logger (stderr, a
+  file, or syslog) with a Gunicorn-like line format
+  ``[2026-11-26 12:00:00 +0000] [PID] [LEVEL] message``.  The pid is taken at
+  emit time, so a worker forked from the master logs its own pid.
+* ``AccessLog`` -- one line per request in the Gunicorn/Apache ``%(atom)s``
+  format language (``log.access_format`` in the config file, CONTRACT §2).
+  The format is compiled once at construction; the default format has a
+  dedicated fast path.  Every line is written with a single ``write(2)`` on an
+  ``O_APPEND`` descriptor, so lines from several workers sharing one file do
+  not interleave and nothing sits in a user-space buffer when a worker dies.
+* ``reopen_log_files()`` -- USR1 / logrotate support: reopen every file this
+  module opened in the current process (a file moved away is recreated at its
+  configured path).
+
+It does not own the ``log.json`` output (a later issue), signal handling (the
+master and workers call ``reopen_log_files()`` from their main loops), or the
+config parsing of the ``log:`` section.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+__all__ = [
+    "DEFAULT_ACCESS_FORMAT",
+    "ERROR_LOGGER_NAME",
+    "AccessLog",
+    "reopen_log_files",
+    "setup_error_log",
+]
+
+ERROR_LOGGER_NAME = "arbiter.error"
+DEFAULT_ACCESS_FORMAT = '%(h)s - - [%(t)s] "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus'
+
+_LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+_FILE_MODE = 0o644  # the process umask still applies
+
+
+def _check_parent_dir(path: str, what: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OSError(
+            errno.ENOENT,
+            f"cannot open {what} {path!r}: directory {parent!r} does not exist",
+        )
+
+
+def _open_append_fd(path: str, what: str) -> int:
+    """Open *path* for appending (creating it), as a raw close-on-exec fd."""
+    _check_parent_dir(path, what)
+    try:
+        return os.open(
+            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open {what} {path!r}: {exc.strerror}") from exc
+
+
+# --------------------------------------------------------------------------- error log
+
+
+class _ErrorFormatter(logging.Formatter):
+    """``[2026-11-26 12:00:00 +0000] [PID] [LEVEL] message``; pid read at emit time."""
+
+    default_time_format = "%Y-%m-%d %H:%M:%S %z"
+
+    def __init__(self, prefix: str = "", with_time: bool = True) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._with_time = with_time
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return time.strftime(self.default_time_format, time.localtime(record.created))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        head = f"[{self.formatTime(record)}] " if self._with_time else ""
+        return f"{self._prefix}{head}[{os.getpid()}] [{record.levelname}] {record.message}"
+
+
+class _ReopenableFileHandler(logging.FileHandler):
+    """A FileHandler (append mode, flushed per record) whose file can be reopened."""
+
+    def __init__(self, path: str) -> None:
+        _check_parent_dir(path, "error log")
+        try:
+            super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open error log {path!r}: {exc.strerror}") from exc
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            old = self.stream
+            self.stream = self._open()
+            if old is not None:
+                try:
+                    old.close()
+                except OSError:
+                    pass
+        finally:
+            self.release()
+
+
+def _syslog_handler(proc_name: str) -> logging.Handler:
+    address: str | tuple[str, int]
+    address = "/dev/log" if os.path.exists("/dev/log") else ("127.0.0.1", 514)
+    handler = logging.handlers.SysLogHandler(
+        address=address, facility=logging.handlers.SysLogHandler.LOG_USER
+    )
+    # syslog stamps the time itself; the conventional tag is "ident[pid]: ".
+    handler.ident = ""
+    handler.setFormatter(_SyslogFormatter(proc_name))
+    return handler
+
+
+class _SyslogFormatter(logging.Formatter):
+    def __init__(self, proc_name: str) -> None:
+        super().__init__()
+        self._ident = proc_name
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        return f"{self._ident}[{os.getpid()}]: [{record.levelname}] {record.message}"
+
+
+def setup_error_log(
+    level: str = "info", target: str = "-", proc_name: str = "arbiter"
+) -> logging.Logger:
+    """Configure and return the ``arbiter.error`` logger.
+
+    *target*: ``"-"`` = stderr; ``"syslog"`` = syslog (``/dev/log`` when it
+    exists, else UDP 127.0.0.1:514; facility user; ident *proc_name*); anything
+    else is a file path opened in append mode (its directory must exist, else
+    ``OSError`` naming the path).  *level* is one of debug, info, warning,
+    error, critical (any case).  Calling again reconfigures: the previous
+    handlers are closed and replaced.
+    """
+    key = str(level).strip().lower()
+    if key not in _LEVELS:
+        raise ValueError(
+            f"log level: expected one of {', '.join(_LEVELS)}, got {level!r}"
+        )
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ErrorFormatter())
+    elif target == "syslog":
+        handler = _syslog_handler(proc_name)
+    else:
+        handler = _ReopenableFileHandler(target)
+        handler.setFormatter(_ErrorFormatter())
+
+    logger = logging.getLogger(ERROR_LOGGER_NAME)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 -- a broken old handler must not block reconfiguring
+            pass
+    logger.addHandler(handler)
+    logger.setLevel(_LEVELS[key])
+    logger.propagate = False
+    return logger
+
+
+# --------------------------------------------------------------------------- access log
+
+# One value getter per atom: (environ, status, response_headers, body_bytes, duration_us) -> value
+_Getter = Callable[[dict, str, list, int, int], object]
+
+_ATOM_RE = re.compile(
+    r"%%|%\((?P<key>[^)]*)\)(?P<flags>[#0\- +]*\d*(?:\.\d+)?)(?P<conv>[a-zA-Z])"
+)
+_NUMERIC_CONV = frozenset("diouxXeEfFgGc")
+
+_time_cache_sec = -1
+_time_cache_str = ""
+
+
+def _apache_time(duration_us: int) -> str:
+    """Request start time, ``26/Nov/2026:12:00:00 +0000``, cached per second."""
+    global _time_cache_sec, _time_cache_str
+    sec = int(time.time() - duration_us / 1_000_000)
+    if sec != _time_cache_sec:
+        _time_cache_str = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(sec))
+        _time_cache_sec = sec
+    return _time_cache_str
+
+
+def _env(name: str) -> _Getter:
+    def get(environ: dict, status: str, headers: list, body: int, dur: int) -> object:
+        return environ.get(name) or "-"
+
+    return get
+
+
+def _request_line(environ: dict, status: str, headers: list, body: int, dur: int) -> object:
+    return (
+        f"{environ.get('REQUEST_METHOD', '-')} {_target(environ)} "
+        f"{environ.get('SERVER_PROTOCOL', '-')}"
+    )
+
+
+def _target(environ: dict) -> str:
+    uri = environ.get("RAW_URI")
+    if uri:
+        return uri
+    path = environ.get("PATH_INFO") or "/"
+    qs = environ.get("QUERY_STRING")
+    return f"{path}?{qs}" if qs else path
+
+
+def _req_header(name: str) -> _Getter:
+    upper = name.strip().upper().replace("-", "_")
+    key = upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
+    return _env(key)
+
+
+def _resp_header(name: str) -> _Getter:
+    lname = name.strip().lower()
+
+    def get(environ: dict, status: str, headers: list, body: int, dur: int) -> object:
+        values = [v for k, v in headers if k.lower() == lname]
+        return ", ".join(values) if values else "-"
+
+    return get
+
+
+_SIMPLE_ATOMS: dict[str, _Getter] = {
+    "h": _env("REMOTE_ADDR"),
+    "l": lambda e, s, h, b, d: "-",
+    "u": _env("REMOTE_USER"),
+    "t": lambda e, s, h, b, d: _apache_time(d),
+    "r": _request_line,
+    "m": _env("REQUEST_METHOD"),
+    "U": _env("PATH_INFO"),
+    "q": _env("QUERY_STRING"),
+    "H": _env("SERVER_PROTOCOL"),
+    "s": lambda e, s, h, b, d: s[:3] or "-",
+    "B": lambda e, s, h, b, d: b,
+    "b": lambda e, s, h, b, d: str(b) if b else "-",
+    "f": _env("HTTP_REFERER"),
+    "a": _env("HTTP_USER_AGENT"),
+    "T": lambda e, s, h, b, d: d // 1_000_000,
+    "M": lambda e, s, h, b, d: d // 1000,
+    "D": lambda e, s, h, b, d: d,
+    "L": lambda e, s, h, b, d: f"{d / 1_000_000:.6f}",
+    "p": lambda e, s, h, b, d: os.getpid(),
+}
+_NUMERIC_ATOMS = frozenset("BTMDp")
+
+_BRACED_RE = re.compile(r"\{(?P<name>[^}]*)\}(?P<kind>[ioe])")
+
+
+def _missing(e: dict, s: str, h: list, b: int, d: int) -> object:
+    return "-"
+
+
+def _getter_for(key: str) -> _Getter:
+    if key in _SIMPLE_ATOMS:
+        return _SIMPLE_ATOMS[key]
+    m = _BRACED_RE.fullmatch(key)
+    if m:
+        name, kind = m.group("name"), m.group("kind")
+        if kind == "i":
+            return _req_header(name)
+        if kind == "o":
+            return _resp_header(name)
+        return _env(name)
+    return _missing  # unknown atom: rendered as '-', like Gunicorn
+
+
+def _compile(fmt: str) -> tuple[str, tuple[_Getter, ...]]:
+    """Turn ``%(key)s`` atoms into positional ``%s`` plus one getter per atom."""
+    out: list[str] = []
+    getters: list[_Getter] = []
+    pos = 0
+    for m in _ATOM_RE.finditer(fmt):
+        out.append(fmt[pos : m.start()].replace("%", "%%"))
+        pos = m.end()
+        if m.group(0) == "%%":
+            out.append("%%")
+            continue
+        key, flags, conv = m.group("key"), m.group("flags"), m.group("conv")
+        if conv in _NUMERIC_CONV and key not in _NUMERIC_ATOMS:
+            conv = "s"  # a string atom (or '-') can't take a numeric conversion
+        out.append(f"%{flags}{conv}")
+        getters.append(_getter_for(key))
+    out.append(fmt[pos:].replace("%", "%%"))
+    return "".join(out), tuple(getters)
+
+
+_access_logs: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+
+
+class AccessLog:
+    """One line per request, in the ``%(atom)s`` format (see the module docstring).
+
+    *target*: ``None`` = off, ``"-"`` = stdout, else a file path opened for
+    appending (created if missing; its directory must exist).
+    """
+
+    enabled: bool
+
+    def __init__(self, target: str | None, fmt: str = DEFAULT_ACCESS_FORMAT) -> None:
+        self.target = target
+        self.fmt = fmt
+        self.enabled = target is not None
+        self._fd = -1
+        self._stream = None  # fallback when stdout has no usable fd (e.g. captured)
+        self._lock = threading.Lock()
+        self._template, self._getters = _compile(fmt)
+        self._fast = fmt == DEFAULT_ACCESS_FORMAT
+        if target is None:
+            return
+        if target == "-":
+            try:
+                self._fd = sys.stdout.fileno()
+                sys.stdout.flush()
+            except (AttributeError, OSError, ValueError):
+                self._stream = sys.stdout
+        else:
+            self._fd = _open_append_fd(target, "access log")
+            _access_logs.add(self)
+
+    # -- formatting ---------------------------------------------------------
+
+    def format(
+        self,
+        environ: dict,
+        status: str,
+        response_headers: list[tuple[str, str]],
+        body_bytes: int,
+        duration_us: int,
+    ) -> str:
+        """The line for one request, without the trailing newline."""
+        if self._fast:
+            get = environ.get
+            uri = get("RAW_URI")
+            if not uri:
+                uri = get("PATH_INFO") or "/"
+                qs = get("QUERY_STRING")
+                if qs:
+                    uri = f"{uri}?{qs}"
+            return (
+                f'{get("REMOTE_ADDR") or "-"} - - [{_apache_time(duration_us)}] '
+                f'"{get("REQUEST_METHOD", "-")} {uri} {get("SERVER_PROTOCOL", "-")}" '
+                f'{status[:3] or "-"} {body_bytes or "-"} '
+                f'"{get("HTTP_REFERER") or "-"}" "{get("HTTP_USER_AGENT") or "-"}" '
+                f"{duration_us}us"
+            )
+        args = environ, status, response_headers, body_bytes, duration_us
+        return self._template % tuple([g(*args) for g in self._getters])
+
+    # -- output -------------------------------------------------------------
+
+    def log(
+        self,
+        environ: dict,
+        status: str,
+        response_headers: list[tuple[str, str]],
+        body_bytes: int,
+        duration_us: int,
+    ) -> None:
+        """Write the line for one request (one ``write(2)``, nothing buffered)."""
+        if not self.enabled:
+            return
+        try:
+            line = self.format(environ, status, response_headers, body_bytes, duration_us)
+        except Exception:  # noqa: BLE001 -- a log line must never fail a request
+            logging.getLogger(ERROR_LOGGER_NAME).exception("access log: cannot format a line")
+            return
+        self._write(line + "\n")
+
+    def _write(self, text: str) -> None:
+        if self._stream is not None:
+            with self._lock:
+                self._stream.write(text)
+                self._stream.flush()
+            return
+        data = text.encode("utf-8", "backslashreplace")
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # short write: pipes, signals
+                data = data[written:]
+                written = os.write(self._fd, data)
+        except OSError:
+            pass  # disk full / closed pipe: losing a log line must not fail the request
+
+    def reopen(self) -> None:
+        """Reopen the file at its configured path (recreated if moved away).
+
+        The new file replaces the old one on the *same* descriptor number
+        (``dup2``), so a thread writing concurrently never sees a closed fd.
+        On failure the old file is kept and the error is logged.
+        """
+        if not self.enabled or self.target in (None, "-") or self._fd < 0:
+            return
+        try:
+            new = _open_append_fd(self.target, "access log")
+        except OSError as exc:
+            logging.getLogger(ERROR_LOGGER_NAME).error("access log: reopen failed: %s", exc)
+            return
+        try:
+            os.dup2(new, self._fd, inheritable=False)
+        finally:
+            os.close(new)
+
+    def close(self) -> None:
+        """Stop logging and close the file (stdout is left open)."""
+        self.enabled = False
+        _access_logs.discard(self)
+        fd, self._fd = self._fd, -1
+        if self.target not in (None, "-") and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._stream = None
+
+    def __repr__(self) -> str:
+        return f"AccessLog(target={self.target!r}, enabled={self.enabled})"
+
+
+# --------------------------------------------------------------------------- reopen
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file this module opened, in this process (USR1 / logrotate).
+
+    Covers the error log's file handler and every open ``AccessLog`` file.  A
+    file moved away is recreated at its configured path.  Call it from a main
+    loop, not from inside a signal handler (it takes the logging locks).
+    """
+    for handler in list(logging.getLogger(ERROR_LOGGER_NAME).handlers):
+        if isinstance(handler, _ReopenableFileHandler):
+            try:
+                handler.reopen()
+            except OSError as exc:
+                logging.getLogger(ERROR_LOGGER_NAME).error(
+                    "error log: reopen of %s failed: %s", handler.baseFilename, exc
+                )
+    for access_log in list(_access_logs):
+        access_log.reopen()

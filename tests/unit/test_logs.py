@@ -1,0 +1,344 @@
+"""Unit tests for arbiter.logs: access-log atoms, file targets, reopen, the error log."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arbiter import logs
+from arbiter.logs import (
+    DEFAULT_ACCESS_FORMAT,
+    ERROR_LOGGER_NAME,
+    AccessLog,
+    reopen_log_files,
+    setup_error_log,
+)
+
+ENVIRON = {
+    "REMOTE_ADDR": "10.1.2.3",
+    "REMOTE_USER": "alice",
+    "REQUEST_METHOD": "POST",
+    "PATH_INFO": "/p/a th",
+    "QUERY_STRING": "x=1&y=2",
+    "RAW_URI": "/p/a%20th?x=1&y=2",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "HTTP_REFERER": "http://ref.example/",
+    "HTTP_USER_AGENT": "curl/8.0",
+    "HTTP_X_REQUEST_ID": "abc-123",
+    "CONTENT_TYPE": "text/plain",
+    "wsgi.url_scheme": "http",
+}
+RESP_HEADERS = [("Content-Type", "text/html"), ("X-Served-By", "w1"), ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2")]
+MISSING_ENVIRON = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.0"}
+
+
+def render(fmt: str, environ: dict | None = None, status: str = "201 Created",
+           headers: list | None = None, body: int = 1234, dur: int = 2_345_678) -> str:
+    return AccessLog(None, fmt).format(
+        ENVIRON if environ is None else environ, status,
+        RESP_HEADERS if headers is None else headers, body, dur,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _reset_error_logger() -> Iterator[None]:
+    yield
+    logger = logging.getLogger(ERROR_LOGGER_NAME)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
+# --------------------------------------------------------------------------- atoms
+
+
+@pytest.mark.parametrize(
+    ("atom", "expected"),
+    [
+        ("h", "10.1.2.3"),
+        ("l", "-"),
+        ("u", "alice"),
+        ("r", "POST /p/a%20th?x=1&y=2 HTTP/1.1"),
+        ("m", "POST"),
+        ("U", "/p/a th"),
+        ("q", "x=1&y=2"),
+        ("H", "HTTP/1.1"),
+        ("s", "201"),
+        ("B", "1234"),
+        ("b", "1234"),
+        ("f", "http://ref.example/"),
+        ("a", "curl/8.0"),
+        ("T", "2"),
+        ("M", "2345"),
+        ("D", "2345678"),
+        ("L", "2.345678"),
+        ("p", str(os.getpid())),
+        ("{x-request-id}i", "abc-123"),
+        ("{X-Request-Id}i", "abc-123"),
+        ("{content-type}i", "text/plain"),
+        ("{x-served-by}o", "w1"),
+        ("{content-type}o", "text/html"),
+        ("{set-cookie}o", "a=1, b=2"),
+        ("{wsgi.url_scheme}e", "http"),
+        ("{REMOTE_ADDR}e", "10.1.2.3"),
+    ],
+)
+def test_each_atom_renders(atom: str, expected: str) -> None:
+    assert render(f"<%({atom})s>") == f"<{expected}>"
+
+
+def test_time_atom() -> None:
+    out = render("%(t)s", dur=0)
+    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}", out), out
+
+
+@pytest.mark.parametrize(
+    "atom",
+    ["h", "u", "f", "a", "q", "{x-request-id}i", "{x-nope}o", "{nope}e", "b", "unknown", "zz"],
+)
+def test_missing_values_render_dash(atom: str) -> None:
+    assert render(f"<%({atom})s>", environ=MISSING_ENVIRON, headers=[], body=0) == "<->"
+
+
+def test_request_line_without_raw_uri() -> None:
+    env = dict(ENVIRON)
+    del env["RAW_URI"]
+    assert render("%(r)s", environ=env) == "POST /p/a th?x=1&y=2 HTTP/1.1"
+    env["QUERY_STRING"] = ""
+    assert render("%(r)s", environ=env) == "POST /p/a th HTTP/1.1"
+
+
+def test_b_vs_B_on_empty_body() -> None:
+    assert render("%(b)s %(B)s", body=0) == "- 0"
+
+
+def test_literal_percent_and_numeric_conversions() -> None:
+    assert render("100%% %(D)d %(s)d %(B)06d") == "100% 2345678 201 001234"
+    assert render("50% done %(s)s") == "50% done 201"
+
+
+def test_default_format_fast_path_matches_generic() -> None:
+    fast = AccessLog(None, DEFAULT_ACCESS_FORMAT)
+    assert fast._fast
+    generic = AccessLog(None, DEFAULT_ACCESS_FORMAT)
+    generic._fast = False
+    for env in (ENVIRON, MISSING_ENVIRON, {}):
+        for body in (0, 13):
+            args = (env, "200 OK", [], body, 1500)
+            assert fast.format(*args) == generic.format(*args)
+
+
+def test_default_format_line() -> None:
+    line = render(DEFAULT_ACCESS_FORMAT)
+    assert re.fullmatch(
+        r'10\.1\.2\.3 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+        r'"POST /p/a%20th\?x=1&y=2 HTTP/1\.1" 201 1234 "http://ref\.example/" "curl/8\.0" 2345678us',
+        line,
+    ), line
+
+
+# --------------------------------------------------------------------------- access log targets
+
+
+def test_disabled_access_log_writes_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    log = AccessLog(None, DEFAULT_ACCESS_FORMAT)
+    assert not log.enabled
+    log.log(ENVIRON, "200 OK", [], 1, 1)
+    assert capfd.readouterr().out == ""
+
+
+def test_stdout_target(capfd: pytest.CaptureFixture[str]) -> None:
+    log = AccessLog("-", "%(m)s %(U)s %(s)s")
+    assert log.enabled
+    log.log(ENVIRON, "404 Not Found", [], 0, 1)
+    assert capfd.readouterr().out == "POST /p/a th 404\n"
+
+
+def test_file_target_written_and_flushed(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    path.write_text("old line\n")
+    log = AccessLog(str(path), "%(m)s %(s)s")
+    log.log(ENVIRON, "200 OK", [], 1, 1)
+    # no flush / close: the line must already be in the file
+    assert path.read_text() == "old line\nPOST 200\n"
+    log.log(ENVIRON, "500 Internal Server Error", [], 1, 1)
+    assert path.read_text().splitlines() == ["old line", "POST 200", "POST 500"]
+    log.close()
+    assert not log.enabled
+    log.log(ENVIRON, "200 OK", [], 1, 1)  # after close: ignored, no error
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_file_target_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    code = (
+        "import os, signal\n"
+        "from arbiter.logs import AccessLog\n"
+        f"log = AccessLog({str(path)!r}, '%(U)s')\n"
+        "for i in range(3):\n"
+        "    log.log({'PATH_INFO': f'/{i}'}, '200 OK', [], 0, 0)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=30)
+    assert path.read_text() == "/0\n/1\n/2\n"
+
+
+def test_access_log_missing_dir_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="does not exist"):
+        AccessLog(str(tmp_path / "nope" / "access.log"), DEFAULT_ACCESS_FORMAT)
+
+
+def test_access_log_reopen_after_rename(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "%(U)s")
+    log.log({"PATH_INFO": "/before"}, "200 OK", [], 0, 0)
+    rotated = tmp_path / "access.log.1"
+    path.rename(rotated)
+    log.log({"PATH_INFO": "/still-old"}, "200 OK", [], 0, 0)  # goes to the renamed file
+    reopen_log_files()
+    assert path.exists()
+    log.log({"PATH_INFO": "/after"}, "200 OK", [], 0, 0)
+    assert rotated.read_text() == "/before\n/still-old\n"
+    assert path.read_text() == "/after\n"
+    log.close()
+
+
+def test_access_log_reopen_method(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "%(U)s")
+    path.rename(tmp_path / "old.log")
+    log.reopen()
+    log.log({"PATH_INFO": "/new"}, "200 OK", [], 0, 0)
+    assert path.read_text() == "/new\n"
+    log.close()
+    assert log not in logs._access_logs
+
+
+def test_access_log_reopen_failure_keeps_old_file(tmp_path: Path) -> None:
+    sub = tmp_path / "d"
+    sub.mkdir()
+    path = sub / "access.log"
+    log = AccessLog(str(path), "%(U)s")
+    moved = tmp_path / "moved"
+    sub.rename(moved)  # the configured directory is gone: reopen must not break logging
+    reopen_log_files()
+    log.log({"PATH_INFO": "/x"}, "200 OK", [], 0, 0)
+    assert (moved / "access.log").read_text() == "/x\n"
+    log.close()
+
+
+# --------------------------------------------------------------------------- error log
+
+ERROR_LINE = re.compile(
+    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(?P<pid>\d+)\] \[(?P<level>[A-Z]+)\] (?P<msg>.*)"
+)
+
+
+def test_error_log_stderr_format(capfd: pytest.CaptureFixture[str]) -> None:
+    logger = setup_error_log("info")
+    assert logger.name == ERROR_LOGGER_NAME
+    logger.info("hello %s", "world")
+    err = capfd.readouterr().err.strip()
+    m = ERROR_LINE.fullmatch(err)
+    assert m, err
+    assert m["pid"] == str(os.getpid())
+    assert m["level"] == "INFO"
+    assert m["msg"] == "hello world"
+
+
+def test_error_log_pid_is_emitting_process(tmp_path: Path) -> None:
+    path = tmp_path / "error.log"
+    logger = setup_error_log("info", str(path))
+    logger.info("parent")
+    pid = os.fork()
+    if pid == 0:  # child: log and leave without running pytest's cleanup
+        try:
+            logger.info("child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    lines = [ERROR_LINE.fullmatch(x) for x in path.read_text().splitlines()]
+    assert [(m["pid"], m["msg"]) for m in lines if m] == [
+        (str(os.getpid()), "parent"), (str(pid), "child"),
+    ]
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "error", "critical"])
+def test_error_log_level_filtering(level: str, capfd: pytest.CaptureFixture[str]) -> None:
+    logger = setup_error_log(level)
+    names = ["debug", "info", "warning", "error", "critical"]
+    for name in names:
+        getattr(logger, name)(f"msg-{name}")
+    err = capfd.readouterr().err
+    threshold = names.index(level.lower())
+    for i, name in enumerate(names):
+        assert (f"msg-{name}" in err) == (i >= threshold), (level, name, err)
+
+
+def test_error_log_bad_level() -> None:
+    with pytest.raises(ValueError, match="loud"):
+        setup_error_log("loud")
+
+
+def test_error_log_reconfigure_replaces_handlers(tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    setup_error_log("info")
+    path = tmp_path / "error.log"
+    logger = setup_error_log("warning", str(path))
+    assert len(logger.handlers) == 1
+    logger.warning("to file")
+    logger.info("filtered")
+    assert capfd.readouterr().err == ""
+    assert "to file" in path.read_text()
+    assert "filtered" not in path.read_text()
+    assert not logger.propagate
+
+
+def test_error_log_file_flushed_and_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "error.log"
+    logger = setup_error_log("info", str(path))
+    logger.info("one")
+    assert "[INFO] one" in path.read_text()  # flushed per record
+    rotated = tmp_path / "error.log.1"
+    path.rename(rotated)
+    reopen_log_files()
+    logger.error("two")
+    assert path.exists()
+    assert "two" in path.read_text()
+    assert "two" not in rotated.read_text()
+    assert "one" in rotated.read_text()
+
+
+def test_error_log_missing_dir_raises(tmp_path: Path) -> None:
+    target = str(tmp_path / "missing" / "error.log")
+    with pytest.raises(OSError, match="does not exist") as info:
+        setup_error_log("info", target)
+    assert target in str(info.value)
+
+
+def test_error_log_exception_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    logger = setup_error_log("info")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.exception("app failed")
+    err = capfd.readouterr().err
+    assert "[ERROR] app failed" in err
+    assert "RuntimeError: boom" in err
+
+
+def test_error_log_syslog_target() -> None:
+    logger = setup_error_log("info", "syslog", proc_name="myapp")
+    (handler,) = logger.handlers
+    assert isinstance(handler, logging.handlers.SysLogHandler)
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "hi", (), None)
+    assert handler.format(record) == f"myapp[{os.getpid()}]: [WARNING] hi"
