@@ -192,18 +192,20 @@ _ATOM_RE = re.compile(
 )
 _NUMERIC_CONV = frozenset("diouxXeEfFgGc")
 
-_time_cache_sec = -1
-_time_cache_str = ""
+# (second, rendered) swapped as one tuple, so threads never pair one second with another's text
+_time_cache: tuple[int, str] = (-1, "")
 
 
 def _apache_time(duration_us: int) -> str:
     """Request start time, ``26/Nov/2026:12:00:00 +0000``, cached per second."""
-    global _time_cache_sec, _time_cache_str
+    global _time_cache
     sec = int(time.time() - duration_us / 1_000_000)
-    if sec != _time_cache_sec:
-        _time_cache_str = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(sec))
-        _time_cache_sec = sec
-    return _time_cache_str
+    cached = _time_cache
+    if sec == cached[0]:
+        return cached[1]
+    text = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(sec))
+    _time_cache = (sec, text)
+    return text
 
 
 def _env(name: str) -> _Getter:

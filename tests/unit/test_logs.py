@@ -342,3 +342,36 @@ def test_error_log_syslog_target() -> None:
     assert isinstance(handler, logging.handlers.SysLogHandler)
     record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "hi", (), None)
     assert handler.format(record) == f"myapp[{os.getpid()}]: [WARNING] hi"
+
+
+def test_access_log_lines_do_not_interleave(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "%({x-id}i)s %(U)s")
+    long_path = "/" + "x" * 3000
+
+    def worker(n: int) -> None:
+        for i in range(300):
+            log.log({"HTTP_X_ID": f"{n}-{i}", "PATH_INFO": long_path}, "200 OK", [], 0, 0)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1200
+    assert all(line.endswith(" " + long_path) for line in lines)
+    assert {line.split()[0] for line in lines} == {f"{n}-{i}" for n in range(4) for i in range(300)}
+    log.close()
+
+
+def test_time_atom_is_request_start() -> None:
+    import time as _time
+
+    now = AccessLog(None, "%(t)s").format({}, "200 OK", [], 0, 0)
+    earlier = AccessLog(None, "%(t)s").format({}, "200 OK", [], 0, 3_600_000_000)
+    fmt = "%d/%b/%Y:%H:%M:%S %z"
+    delta = _time.mktime(_time.strptime(now, fmt)) - _time.mktime(_time.strptime(earlier, fmt))
+    assert 3599 <= delta <= 3601
