@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -345,8 +347,6 @@ def test_error_log_syslog_target() -> None:
 
 
 def test_access_log_lines_do_not_interleave(tmp_path: Path) -> None:
-    import threading
-
     path = tmp_path / "access.log"
     log = AccessLog(str(path), "%({x-id}i)s %(U)s")
     long_path = "/" + "x" * 3000
@@ -368,10 +368,8 @@ def test_access_log_lines_do_not_interleave(tmp_path: Path) -> None:
 
 
 def test_time_atom_is_request_start() -> None:
-    import time as _time
-
     now = AccessLog(None, "%(t)s").format({}, "200 OK", [], 0, 0)
     earlier = AccessLog(None, "%(t)s").format({}, "200 OK", [], 0, 3_600_000_000)
     fmt = "%d/%b/%Y:%H:%M:%S %z"
-    delta = _time.mktime(_time.strptime(now, fmt)) - _time.mktime(_time.strptime(earlier, fmt))
+    delta = time.mktime(time.strptime(now, fmt)) - time.mktime(time.strptime(earlier, fmt))
     assert 3599 <= delta <= 3601
