@@ -233,13 +233,15 @@ def list_of(item: Converter, what: str, *, split_commas_in_file: bool = False) -
     def convert(value: Any, text: bool) -> tuple[Any, ...]:
         if isinstance(value, str):
             s = value.strip()
+            parsed: Any = None
             if text and s.startswith("["):
+                # A YAML flow list "[a, b]"; "[::1]:80" is not one and falls through.
                 try:
-                    value = yaml.safe_load(s)
+                    parsed = yaml.safe_load(s)
                 except yaml.YAMLError:
-                    raise _Invalid(expected, value) from None
-                if not isinstance(value, list):
-                    raise _Invalid(expected, s)
+                    parsed = None
+            if isinstance(parsed, list):
+                value = parsed
             elif text or split_commas_in_file:
                 value = [part.strip() for part in s.split(",") if part.strip()]
             else:
@@ -331,10 +333,10 @@ def bind_address(value: Any, text: bool) -> str:
         s = value.strip()
         if s.startswith("unix:"):
             path = s[len("unix:") :]
-            m = re.fullmatch(r"(.+):([0-7]{3,4})", path)
-            if m:
-                path = m.group(1)
-                if int(m.group(2), 8) > 0o777:
+            m = re.fullmatch(r"(.*):(\d+)", path)
+            if m:  # a trailing ":digits" is the socket file's mode, in octal
+                path, mode = m.groups()
+                if not re.fullmatch(r"[0-7]{3,4}", mode) or int(mode, 8) > 0o777:
                     raise _Invalid(_BIND_EXPECTED, value)
             if path:
                 return s
@@ -881,6 +883,12 @@ def _walk_mapping(
         yield _FileValue(full, value, _line(value_node), item_lines)
 
 
+def _line_of(message: str, path: str) -> int:
+    """The line number in a "path:line: ..." message (0 when there is none), for sorting."""
+    line = message[len(path) + 1 :].split(":", 1)[0]
+    return int(line) if line.isdigit() else 0
+
+
 def _invalid_message(where: str, name: str, err: _Invalid) -> str:
     key = name if err.index is None else f"{name}[{err.index}]"
     return f"{where}: {key}: expected {err.expected}, got {_show(err.got)}"
@@ -911,7 +919,8 @@ def load_config(
         values[s.name] = s.convert(s.default, False)
 
     if path is not None:
-        for fv in _read_yaml(path, errors):
+        file_errors: list[str] = []
+        for fv in _read_yaml(path, file_errors):
             s = SETTINGS_BY_NAME[fv.name]
             try:
                 values[s.name] = s.convert(fv.value, False)
@@ -920,7 +929,8 @@ def load_config(
                 line = fv.line
                 if err.index is not None and fv.item_lines and err.index < len(fv.item_lines):
                     line = fv.item_lines[err.index]
-                errors.append(_invalid_message(f"{path}:{line}", s.name, err))
+                file_errors.append(_invalid_message(f"{path}:{line}", s.name, err))
+        errors.extend(sorted(file_errors, key=lambda msg: _line_of(msg, path)))
 
     for s in SETTINGS:
         raw = env.get(s.env)
