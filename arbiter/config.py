@@ -645,6 +645,8 @@ class ConfigSection:
         object.__setattr__(self, "_values", MappingProxyType(dict(values)))
 
     def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)  # slots not set yet (copy/unpickle): no recursion
         try:
             return self._values[key]
         except KeyError:
@@ -652,6 +654,9 @@ class ConfigSection:
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Config is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ConfigSection, (self._name, dict(self._values)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ConfigSection):
@@ -700,6 +705,8 @@ class Config:
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails, i.e. for setting names.
+        if name.startswith("_"):
+            raise AttributeError(name)  # slots not set yet (copy/unpickle): no recursion
         if name in self._values:
             return self._values[name]
         if name in self._sections:
@@ -711,6 +718,9 @@ class Config:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Config is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Config, (dict(self._values), dict(self._origins), self.source))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
@@ -811,6 +821,8 @@ def _read_yaml(path: str, errors: list[str]) -> list[_FileValue]:
             mark = err.problem_mark or err.context_mark
             where = f"{path}:{mark.line + 1}" if mark else path
             problem = err.problem or err.context or "syntax error"
+            if err.context and problem.startswith("but "):
+                problem = f"{err.context}, {problem}"  # "expected a single document ..., but ..."
             errors.append(f"{where}: invalid YAML: {problem}")
             return []
         except yaml.YAMLError as err:

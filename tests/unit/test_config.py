@@ -105,6 +105,18 @@ def test_get_and_as_dict() -> None:
     json.dumps(d)
 
 
+def test_config_pickles_and_copies(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    cfg = load_config(write(tmp_path, "workers: 3\n"), env={})
+    for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), copy.copy(cfg)):
+        assert clone == cfg
+        assert clone.source == cfg.source
+        assert clone.origin("workers") == cfg.origin("workers")
+        assert clone.log.level == "info"
+
+
 def test_equality_ignores_source(tmp_path: Path) -> None:
     path = write(tmp_path, "workers: 2\n")
     cfg = load_config(path, env={})
@@ -162,6 +174,19 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 def test_syntax_error_line_number(tmp_path: Path) -> None:
     path = write(tmp_path, "workers: 2\n  timeout: 3\n")
     assert error_of(path).startswith(f"{path}:2: invalid YAML")
+
+
+def test_multiple_documents(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 2\n---\ntimeout: 3\n")
+    assert error_of(path) == (
+        f"{path}:2: invalid YAML: expected a single document in the stream, "
+        "but found another document"
+    )
+
+
+def test_unsafe_tag_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 1\napp: !!python/object:os.system x\n")
+    assert error_of(path).startswith(f"{path}:2: app: invalid value: could not determine")
 
 
 def test_top_level_not_a_mapping(tmp_path: Path) -> None:
