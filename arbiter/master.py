@@ -1,0 +1,659 @@
+"""The master process: one thread, one loop, every decision about workers.
+
+Owns: the listening sockets (opened once, kept across reloads), the scoreboard,
+the workers (spawn, reap, respawn with crash-loop backoff, scale, kill the
+hung), generations and the reload transaction, the pidfile, and the exit code.
+
+The loop sleeps in one ``selectors`` wait on the signal wakeup fd
+(``signal.set_wakeup_fd`` writes each signal's number as a byte). Signal
+handlers do nothing; the loop reads which signals came and acts on them in a
+fixed order, with a tick of at most a second:
+
+    signals -> reap -> (stopping?) -> reload progress -> boot checks
+    -> hung workers -> kill deadlines -> spawn / retire to the target count
+
+A reload (HUP) is a transaction: the new config is validated, a new
+generation of workers is started with it, and only when every one of them has
+loaded the app (reported through the scoreboard) within ``boot_timeout`` is
+the old generation retired. Any failure rolls back: the new workers are
+stopped and the old generation keeps serving, under the old config.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from arbiter import logs
+from arbiter.appload import AppLoadError, load_app, prepare_import_path
+from arbiter.scoreboard import BOOTING, FREE, Scoreboard
+from arbiter.sockets import BindError, Listener, open_listeners
+from arbiter.workers import worker_class
+from arbiter.workers.base import EXIT_APP_LOAD_FAILED, TRACEBACK_SIGNAL
+
+try:
+    from setproctitle import setproctitle
+except ImportError:  # pragma: no cover
+    def setproctitle(title: str) -> None:
+        return None
+
+# Master exit codes (CONTRACT §4).
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_BIND = 2
+EXIT_APP = 3
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+TIMEOUT_KILL_GRACE = 1.0  # after the traceback dump, before SIGKILL
+FAST_STOP_GRACE = 1.0  # INT/QUIT: how long workers get before SIGKILL
+
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGWINCH, signal.SIGCHLD)
+
+
+class StartupError(Exception):
+    """The master cannot start; ``code`` is the exit code, str() the message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Generation:
+    """Everything a set of workers was started with: config, listeners, app."""
+
+    number: int
+    cfg: Any
+    listeners: list[Listener]
+    worker_cls: type
+    app: Any = None  # the preloaded app, when preload_app
+
+
+@dataclass
+class WorkerProcess:
+    """The master's record of one worker."""
+
+    pid: int
+    slot: int
+    number: int
+    generation: Generation
+    spawned_at: float
+    ready: bool = False
+    retiring: bool = False  # told to stop (TERM): not counted towards the target
+    kill_at: float | None = None  # SIGKILL when this monotonic time passes
+    killed: bool = False
+    reason: str = ""  # why it is being stopped, for the log
+
+
+@dataclass
+class PendingReload:
+    """A reload in progress: the candidate generation not yet proven."""
+
+    generation: Generation
+    started_at: float
+    old_target: int
+    opened: list[Listener] = field(default_factory=list)  # listeners new in this config
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """Write the pidfile atomically; refuse if another live master owns it."""
+    try:
+        with open(path) as existing:
+            other = int(existing.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        other = 0
+    if other and other != pid:
+        try:
+            os.kill(other, 0)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise StartupError(EXIT_CONFIG, f"pidfile {path}: pid {other} is running") from None
+        else:
+            raise StartupError(EXIT_CONFIG, f"pidfile {path}: arbiter is already running "
+                                            f"as pid {other}")
+    tmp = f"{path}.{pid}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StartupError(EXIT_CONFIG, f"pidfile {path}: {exc.strerror or exc}") from None
+
+
+def remove_pidfile(path: str, pid: int) -> None:
+    try:
+        with open(path) as f:
+            if int(f.read().strip() or 0) != pid:
+                return
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+class Master:
+    """The supervising process. ``run()`` returns the exit code."""
+
+    def __init__(self, cfg: Any, reload_config: Callable[[], Any], log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.reload_config = reload_config
+        self.log = log
+        self.pid = os.getpid()
+        self.workers: dict[int, WorkerProcess] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.scoreboard: Scoreboard | None = None
+        self.current: Generation | None = None
+        self.pending: PendingReload | None = None
+        self.target = cfg.workers
+        self.boot_failures = 0
+        self.next_spawn_at = 0.0
+        self.ever_ready = False
+        self.stop_mode: str | None = None  # "graceful" | "fast"
+        self.stop_deadline = 0.0
+        self.reload_requested = False
+        self.exit_code = EXIT_OK
+        self.signal_r = self.signal_w = -1
+        self.selector: selectors.BaseSelector | None = None
+
+    # -- start ---------------------------------------------------------------
+    def start(self) -> None:
+        """Everything that can fail with a clean exit code, before any worker exists."""
+        cfg = self.cfg
+        prepare_import_path(cfg.chdir, cfg.pythonpath)
+        try:
+            cls = worker_class(cfg.worker_type)
+        except ValueError as exc:
+            raise StartupError(EXIT_CONFIG, str(exc)) from None
+        app = None
+        if cfg.preload_app:
+            try:
+                app = load_app(cfg.app)
+            except AppLoadError as exc:
+                raise StartupError(EXIT_APP, f"the app cannot be loaded: {exc}") from None
+        try:
+            listeners = open_listeners(cfg.bind, cfg.backlog, cfg.reuse_port)
+        except BindError as exc:
+            raise StartupError(EXIT_BIND, str(exc)) from None
+        self.listeners = {lst.address.text: lst for lst in listeners}
+        if cfg.pidfile:
+            try:
+                write_pidfile(cfg.pidfile, self.pid)
+            except StartupError:
+                self.close_listeners(list(self.listeners.values()))
+                raise
+        self.current = Generation(1, cfg, listeners, cls, app)
+        self.scoreboard = Scoreboard()
+        setproctitle(f"arbiter: master [{cfg.proc_name}]")
+        self.install_signals()
+        for lst in listeners:
+            self.log.info("listening on %s", lst.name)
+        self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
+                      self.pid, self.target, cfg.worker_type, cfg.app)
+
+    def install_signals(self) -> None:
+        self.signal_r, self.signal_w = os.pipe()
+        os.set_blocking(self.signal_r, False)
+        os.set_blocking(self.signal_w, False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.signal_r, selectors.EVENT_READ)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _queue_only)
+        signal.set_wakeup_fd(self.signal_w, warn_on_full_buffer=False)
+
+    # -- the loop --------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            while True:
+                self.wait_for_events()
+                for sig in self.read_signals():
+                    self.handle_signal(sig)
+                self.reap_workers()
+                if self.stop_mode:
+                    if self.stop_progress():
+                        break
+                    continue
+                if self.reload_requested and self.pending is None:
+                    self.reload_requested = False
+                    self.begin_reload()
+                self.check_boots()
+                self.check_reload()
+                self.kill_hung_workers()
+                self.enforce_kill_deadlines()
+                self.manage_workers()
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def wait_for_events(self) -> None:
+        timeout = 1.0
+        now = time.monotonic()
+        if self.next_spawn_at > now:
+            timeout = min(timeout, self.next_spawn_at - now)
+        for worker in self.workers.values():
+            if worker.kill_at is not None and not worker.killed:
+                timeout = min(timeout, max(0.0, worker.kill_at - now))
+        if self.stop_mode:
+            timeout = min(timeout, 0.1)
+        assert self.selector is not None
+        self.selector.select(max(timeout, 0.0))
+
+    def read_signals(self) -> list[int]:
+        try:
+            data = os.read(self.signal_r, 4096)
+        except BlockingIOError:
+            return []
+        return list(data)
+
+    def handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGCHLD:
+            return  # reaping happens every turn of the loop
+        name = signal.Signals(sig).name
+        self.log.info("received %s", name)
+        if sig == signal.SIGTERM:
+            self.begin_stop("graceful")
+        elif sig in (signal.SIGINT, signal.SIGQUIT):
+            self.begin_stop("fast")
+        elif self.stop_mode:
+            return
+        elif sig == signal.SIGHUP:
+            self.reload_requested = True
+        elif sig == signal.SIGTTIN:
+            self.target += 1
+            self.log.info("scaling up to %d worker(s)", self.target)
+        elif sig == signal.SIGTTOU:
+            if self.target > 1:
+                self.target -= 1
+            self.log.info("scaling down to %d worker(s)", self.target)
+        elif sig == signal.SIGUSR1:
+            logs.reopen_log_files()
+            self.signal_workers(signal.SIGUSR1)
+            self.log.info("log files reopened")
+        elif sig in (signal.SIGUSR2, signal.SIGWINCH):
+            self.log.warning("%s (upgrade / stop workers) is not supported by this release; "
+                             "ignored", name)
+
+    # -- workers ---------------------------------------------------------------
+    def spawn_worker(self, gen: Generation) -> None:
+        assert self.scoreboard is not None
+        slot = self.free_slot()
+        if slot is None:
+            self.log.error("no free scoreboard slot (%d workers): not spawning",
+                           len(self.workers))
+            return
+        used = {w.number for w in self.workers.values() if w.generation is gen}
+        number = next(n for n in range(1, len(used) + 2) if n not in used)
+        self.scoreboard.claim(slot, gen.number, number)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            self.workers[pid] = WorkerProcess(pid, slot, number, gen, time.monotonic())
+            self.log.debug("spawned worker #%d (pid %d, generation %d)", number, pid, gen.number)
+            return
+        # In the child: never return into the master's loop.
+        code = 1
+        try:
+            code = self.become_worker(gen, slot, number)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:
+            try:
+                self.log.error("worker #%d crashed:\n%s", number, traceback.format_exc())
+            except BaseException:
+                pass
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def become_worker(self, gen: Generation, slot: int, number: int) -> int:
+        assert self.scoreboard is not None and self.selector is not None
+        signal.set_wakeup_fd(-1)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        self.selector.close()
+        os.close(self.signal_r)
+        os.close(self.signal_w)
+        keep = {lst.fileno for lst in gen.listeners}
+        for lst in self.listeners.values():
+            if lst.fileno not in keep:
+                lst.sock.close()
+        worker = gen.worker_cls(cfg=gen.cfg, listeners=gen.listeners,
+                                slot=self.scoreboard.writer(slot), number=number,
+                                generation=gen.number, master_pid=self.pid, app=gen.app,
+                                log=self.log)
+        return worker.run()
+
+    def free_slot(self) -> int | None:
+        assert self.scoreboard is not None
+        used = {w.slot for w in self.workers.values()}
+        for slot in range(self.scoreboard.slots):
+            if slot not in used:
+                return slot
+        return None
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            assert self.scoreboard is not None
+            if not worker.ready:
+                # It may have announced itself just before dying.
+                worker.ready = self.scoreboard.read(worker.slot).state not in (BOOTING, FREE)
+            self.scoreboard.release(worker.slot)
+            self.worker_exited(worker, status)
+
+    def worker_exited(self, worker: WorkerProcess, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        label = f"worker #{worker.number} (pid {worker.pid}, generation {worker.generation.number})"
+        if worker.retiring or self.stop_mode:
+            self.log.info("%s stopped (%s)%s", label, how,
+                          f": {worker.reason}" if worker.reason else "")
+            return
+        if worker.ready:
+            self.log.warning("%s died (%s); replacing it", label, how)
+            return
+        # Died before it was ready: a boot failure.
+        if self.pending and worker.generation is self.pending.generation:
+            self.abort_reload(f"a new worker failed to boot ({how})")
+            return
+        if code == EXIT_APP_LOAD_FAILED and not self.ever_ready:
+            self.log.error("the app cannot be loaded at first start (see the traceback above); "
+                           "exiting")
+            self.exit_code = EXIT_APP
+            self.begin_stop("fast")
+            return
+        self.note_boot_failure(f"{label} failed to boot ({how})")
+
+    def note_boot_failure(self, why: str) -> None:
+        self.boot_failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.boot_failures - 1))
+        self.next_spawn_at = time.monotonic() + delay
+        self.log.error("%s; retrying in %g s (failure %d in a row)", why, delay,
+                       self.boot_failures)
+
+    def check_boots(self) -> None:
+        """Mark workers ready from the scoreboard; kill those past boot_timeout."""
+        assert self.scoreboard is not None
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.ready or worker.retiring:
+                continue
+            row = self.scoreboard.read(worker.slot)
+            if row.state not in (BOOTING, FREE):
+                worker.ready = True
+                self.ever_ready = True
+                if self.boot_failures:
+                    self.log.info("worker #%d (pid %d) booted: crash-loop backoff cleared",
+                                  worker.number, worker.pid)
+                self.boot_failures = 0
+                self.next_spawn_at = 0.0
+                continue
+            boot_timeout = worker.generation.cfg.boot_timeout
+            if now - worker.spawned_at > boot_timeout:
+                why = (f"worker #{worker.number} (pid {worker.pid}) did not load the app "
+                       f"within boot_timeout ({boot_timeout:g} s)")
+                self.stop_worker(worker, signal.SIGKILL, why)
+                if self.pending and worker.generation is self.pending.generation:
+                    self.abort_reload(why)
+                else:
+                    self.note_boot_failure(why)
+
+    def kill_hung_workers(self) -> None:
+        assert self.scoreboard is not None
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            timeout = worker.generation.cfg.timeout
+            if not timeout or not worker.ready or worker.kill_at is not None:
+                continue
+            row = self.scoreboard.read(worker.slot)
+            silent = now - row.heartbeat
+            if silent <= timeout:
+                continue
+            running = ""
+            if row.in_flight:
+                running = (f" while running {row.method} {row.path} for "
+                           f"{now - row.request_started:.1f} s")
+            self.log.error("worker #%d (pid %d) timed out: silent for %.1f s (timeout %g s)%s; "
+                           "its traceback follows, then it is killed",
+                           worker.number, worker.pid, silent, timeout, running)
+            try:
+                os.kill(worker.pid, TRACEBACK_SIGNAL)
+            except ProcessLookupError:
+                continue
+            worker.retiring = True
+            worker.reason = "timed out"
+            worker.kill_at = now + TIMEOUT_KILL_GRACE
+
+    def enforce_kill_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.kill_at is not None and not worker.killed and now >= worker.kill_at:
+                worker.killed = True
+                if worker.reason != "timed out":
+                    self.log.warning("worker #%d (pid %d) did not stop in time: killing it",
+                                     worker.number, worker.pid)
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def stop_worker(self, worker: WorkerProcess, sig: int, reason: str,
+                    grace: float | None = None) -> None:
+        """Tell one worker to stop; SIGKILL it after ``grace`` seconds."""
+        worker.retiring = True
+        worker.reason = worker.reason or reason
+        if grace is None:
+            grace = worker.generation.cfg.graceful_timeout
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + grace
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def live_workers(self, gen: Generation) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.generation is gen and not w.retiring]
+
+    def manage_workers(self) -> None:
+        """Spawn or retire workers so each generation in play has ``target`` of them."""
+        for gen in (self.current, self.pending.generation if self.pending else None):
+            if gen is None:
+                continue
+            live = self.live_workers(gen)
+            missing = self.target - len(live)
+            if missing > 0:
+                if time.monotonic() < self.next_spawn_at:
+                    continue
+                # In a crash loop, probe with one worker at a time.
+                for _ in range(1 if self.boot_failures else missing):
+                    self.spawn_worker(gen)
+            elif missing < 0:
+                # Retire the not-yet-ready first, then the highest numbers.
+                extras = sorted(live, key=lambda w: (w.ready, -w.number))[:-missing]
+                for worker in extras:
+                    self.stop_worker(worker, signal.SIGTERM, "scaled down")
+
+    def signal_workers(self, sig: int) -> None:
+        for worker in self.workers.values():
+            try:
+                os.kill(worker.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- reload -------------------------------------------------------------------
+    def begin_reload(self) -> None:
+        assert self.current is not None
+        try:
+            new_cfg = self.reload_config()
+        except Exception as exc:  # ConfigError, or anything reading the file
+            self.log.error("reload aborted, keeping the running config: %s", exc)
+            return
+        try:
+            cls = worker_class(new_cfg.worker_type)
+        except ValueError as exc:
+            self.log.error("reload aborted, keeping the running config: %s", exc)
+            return
+        try:
+            listeners = open_listeners(new_cfg.bind, new_cfg.backlog, new_cfg.reuse_port,
+                                       existing=self.listeners)
+        except BindError as exc:
+            self.log.error("reload aborted, keeping the running config: %s", exc)
+            return
+        opened = [lst for lst in listeners if lst.address.text not in self.listeners]
+        for lst in opened:
+            self.listeners[lst.address.text] = lst
+        app = None
+        prepare_import_path(new_cfg.chdir, new_cfg.pythonpath)
+        if new_cfg.preload_app:
+            try:
+                app = load_app(new_cfg.app)
+            except AppLoadError as exc:
+                self.log.error("reload aborted, keeping the running config: %s", exc)
+                self.close_listeners(opened)
+                return
+        self.apply_log_settings(new_cfg)
+        old_target = self.target
+        if new_cfg.workers != self.current.cfg.workers:
+            self.target = new_cfg.workers
+        gen = Generation(self.current.number + 1, new_cfg, listeners, cls, app)
+        self.pending = PendingReload(gen, time.monotonic(), old_target, opened)
+        self.boot_failures = 0
+        self.next_spawn_at = 0.0
+        self.log.info("reloading: starting generation %d (%d %s worker(s))", gen.number,
+                      self.target, new_cfg.worker_type)
+
+    def check_reload(self) -> None:
+        """Commit the pending reload once every new worker is ready."""
+        if self.pending is None:
+            return
+        gen = self.pending.generation
+        ready = [w for w in self.live_workers(gen) if w.ready]
+        if len(ready) < self.target:
+            return
+        old = self.current
+        assert old is not None
+        self.current = gen
+        self.cfg = gen.cfg
+        self.pending = None
+        for worker in self.workers.values():
+            if worker.generation is old and not worker.retiring:
+                self.stop_worker(worker, signal.SIGTERM, "replaced by reload")
+        keep = {lst.address.text for lst in gen.listeners}
+        gone = [lst for text, lst in self.listeners.items() if text not in keep]
+        for lst in gone:
+            del self.listeners[lst.address.text]
+        self.close_listeners(gone)
+        self.log.info("reload complete: generation %d serving", gen.number)
+
+    def abort_reload(self, why: str) -> None:
+        assert self.pending is not None and self.current is not None
+        gen = self.pending.generation
+        for worker in list(self.workers.values()):
+            if worker.generation is gen and not worker.retiring:
+                self.stop_worker(worker, signal.SIGKILL, "reload rolled back", grace=0)
+        for lst in self.pending.opened:
+            self.listeners.pop(lst.address.text, None)
+        self.close_listeners(self.pending.opened)
+        self.target = self.pending.old_target
+        self.pending = None
+        self.apply_log_settings(self.current.cfg)
+        prepare_import_path(self.current.cfg.chdir, self.current.cfg.pythonpath)
+        self.log.error("reload rolled back, generation %d keeps serving: %s",
+                       self.current.number, why)
+
+    def apply_log_settings(self, cfg: Any) -> None:
+        try:
+            self.log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name)
+        except OSError as exc:
+            self.log.error("cannot open the error log %s: %s", cfg.log.error_log, exc)
+
+    # -- stop ---------------------------------------------------------------------
+    def begin_stop(self, mode: str) -> None:
+        if self.stop_mode == "fast" or self.stop_mode == mode:
+            return
+        self.stop_mode = mode
+        now = time.monotonic()
+        if mode == "graceful":
+            grace = self.cfg.graceful_timeout
+            sig = signal.SIGTERM
+            self.log.info("stopping gracefully (up to %g s for in-flight requests)", grace)
+        else:
+            grace = FAST_STOP_GRACE
+            sig = signal.SIGINT
+            self.log.info("stopping now")
+        self.stop_deadline = now + grace
+        # Stop accepting: the master's copies of the listeners close now.
+        self.close_listeners(list(self.listeners.values()))
+        self.listeners = {}
+        for worker in self.workers.values():
+            worker.retiring = True
+            worker.kill_at = min(worker.kill_at or self.stop_deadline, self.stop_deadline)
+            try:
+                os.kill(worker.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop_progress(self) -> bool:
+        """True when every worker is gone."""
+        self.enforce_kill_deadlines()
+        return not self.workers
+
+    def close_listeners(self, listeners: list[Listener]) -> None:
+        for lst in listeners:
+            try:
+                lst.close(unlink=lst.address.fd is None)
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        for worker in self.workers.values():
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EINTR:
+                    break
+                continue
+            self.workers.pop(pid, None)
+        self.close_listeners(list(self.listeners.values()))
+        self.listeners = {}
+        if self.cfg.pidfile:
+            remove_pidfile(self.cfg.pidfile, self.pid)
+        signal.set_wakeup_fd(-1)
+        self.log.info("arbiter master (pid %d) exiting with code %d", self.pid, self.exit_code)
+
+
+def _queue_only(signum: int, frame: Any) -> None:
+    """Signal handler: the wakeup fd already recorded the signal; the loop acts on it."""

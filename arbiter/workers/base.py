@@ -1,0 +1,220 @@
+"""The life of a worker process, shared by every worker type.
+
+Owns what happens between ``fork()`` and exit: process title, signal handlers
+(TERM graceful, INT/QUIT at once, USR1 reopen logs, USR2 dump every thread's
+traceback for the master's hung-worker report), loading the app, announcing
+"ready" through the scoreboard, the heartbeat, ``max_requests`` (+ jitter),
+noticing that the master is gone, and the exit code the master reads.
+
+A worker type subclasses :class:`Worker` and implements only ``serve()``: how
+it waits for connections and who runs the next piece of work. HTTP and WSGI go
+through :mod:`arbiter.http`; the scoreboard row is written through the
+:class:`Worker` itself, which is the ``RequestObserver`` the HTTP core calls.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import random
+import signal
+import sys
+from typing import Any
+
+from arbiter import logs, workers
+from arbiter.appload import AppLoadError, load_app
+from arbiter.http import HTTPSettings, WSGIHandler
+from arbiter.scoreboard import DRAINING, IDLE, SlotWriter
+
+try:
+    from setproctitle import setproctitle
+except ImportError:  # pragma: no cover - a hard dependency, but never fatal
+    def setproctitle(title: str) -> None:
+        return None
+
+# Exit codes a worker reports to the master.
+EXIT_OK = 0
+EXIT_APP_LOAD_FAILED = 3  # the app could not be imported/created at boot
+
+# The signal the master sends before killing a hung worker: dump tracebacks.
+TRACEBACK_SIGNAL = signal.SIGUSR2
+
+
+def http_settings(cfg: Any, worker_type: str, multithread: bool = False) -> HTTPSettings:
+    """The HTTP core's settings for this worker, derived once from the config."""
+    from arbiter import __version__
+
+    limits = cfg.limits
+    return HTTPSettings(
+        parser=cfg.http_parser,
+        limit_request_line=limits.request_line,
+        limit_header_fields=limits.header_fields,
+        limit_header_field_size=limits.header_field_size,
+        limit_body=limits.body,
+        forwarded_allow_ips=tuple(cfg.forwarded_allow_ips),
+        keepalive=float(cfg.keepalive),
+        read_timeout=float(cfg.timeout) if cfg.timeout else 30.0,
+        server_software=f"arbiter/{__version__}",
+        multithread=multithread,
+        multiprocess=True,
+    )
+
+
+def error_log_fileno(log: logging.Logger) -> int:
+    """The file descriptor the error log writes to (stderr when it is syslog)."""
+    for handler in log.handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None:
+            try:
+                return stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                continue
+    return sys.stderr.fileno()
+
+
+class Worker:
+    """One worker process. Subclasses implement :meth:`serve`."""
+
+    worker_type = "base"
+    multithread = False
+
+    def __init__(self, *, cfg: Any, listeners: list, slot: SlotWriter, number: int,
+                 generation: int, master_pid: int, app: Any = None,
+                 log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.listeners = listeners
+        self.slot = slot
+        self.number = number
+        self.generation = generation
+        self.master_pid = master_pid
+        self.app = app
+        self.log = log
+        self.alive = True
+        self.reopen_requested = False
+        self.requests_served = 0
+        self.max_requests = 0
+        if cfg.max_requests:
+            self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        timeout = float(cfg.timeout)
+        # Heartbeat often enough that an idle worker is never mistaken for a hung one.
+        self.tick = min(1.0, timeout / 4) if timeout > 0 else 1.0
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        self.handler: WSGIHandler | None = None
+        self.access_log: logs.AccessLog | None = None
+
+    # -- boot ----------------------------------------------------------------
+    def run(self) -> int:
+        """Boot, serve until told to stop, and return the process exit code."""
+        self.slot.set_pid(os.getpid())
+        setproctitle(f"arbiter: worker [{self.cfg.proc_name}] #{self.number}")
+        self.install_signals()
+        self.watch_master_death()
+        if self.app is None:
+            try:
+                self.app = load_app(self.cfg.app)
+            except AppLoadError as exc:
+                self.log.error("worker #%d (pid %d) could not load the app: %s",
+                               self.number, os.getpid(), exc)
+                return EXIT_APP_LOAD_FAILED
+        workers.current_worker_type = self.worker_type
+        self.access_log = logs.AccessLog(self.cfg.log.access_log, self.cfg.log.access_format)
+        self.handler = WSGIHandler(
+            self.app, http_settings(self.cfg, self.worker_type, self.multithread),
+            self.log, self.access_log if self.access_log.enabled else None)
+        self.slot.heartbeat()
+        self.slot.set_state(IDLE)  # the master counts this worker as ready from here
+        self.log.debug("worker #%d (pid %d) booted", self.number, os.getpid())
+        try:
+            self.serve()
+        finally:
+            self.slot.set_state(DRAINING)
+            if self.access_log is not None:
+                self.access_log.close()
+        return EXIT_OK
+
+    def serve(self) -> None:
+        raise NotImplementedError
+
+    # -- signals ---------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
+                    signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads; a worker ignores HUP
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        os.set_blocking(self.wakeup_w, False)
+        os.set_blocking(self.wakeup_r, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        faulthandler.register(TRACEBACK_SIGNAL, file=error_log_fileno(self.log),
+                              all_threads=True, chain=False)
+
+    def handle_term(self, signum: int, frame: Any) -> None:
+        self.alive = False
+
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        self.alive = False
+        raise SystemExit(EXIT_OK)
+
+    def handle_usr1(self, signum: int, frame: Any) -> None:
+        self.reopen_requested = True
+
+    def drain_wakeup(self) -> None:
+        try:
+            while os.read(self.wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def watch_master_death(self) -> None:
+        """Ask Linux to send us TERM if the master dies (belt to the getppid braces)."""
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != self.master_pid:  # it died before prctl took effect
+            self.alive = False
+
+    # -- the loop's chores -----------------------------------------------------
+    def between_requests(self) -> bool:
+        """Heartbeat and housekeeping; False when the worker should stop."""
+        self.slot.heartbeat()
+        if self.reopen_requested:
+            self.reopen_requested = False
+            logs.reopen_log_files()
+            faulthandler.register(TRACEBACK_SIGNAL, file=error_log_fileno(self.log),
+                                  all_threads=True, chain=False)
+        if os.getppid() != self.master_pid:
+            self.log.warning("worker #%d (pid %d): master is gone, exiting",
+                             self.number, os.getpid())
+            self.alive = False
+        return self.alive
+
+    def stopping(self) -> bool:
+        return not self.alive
+
+    # -- RequestObserver (called by the HTTP core) -------------------------------
+    def heartbeat(self) -> None:
+        self.slot.heartbeat()
+
+    def request_started(self, method: str, path: str) -> None:
+        self.slot.request_started(method, path)
+
+    def request_finished(self, status: int) -> None:
+        self.slot.request_finished(status)
+        self.requests_served += 1
+        if self.max_requests and self.requests_served >= self.max_requests and self.alive:
+            self.log.info("worker #%d (pid %d) served %d requests (max_requests): recycling",
+                          self.number, os.getpid(), self.requests_served)
+            self.alive = False
+

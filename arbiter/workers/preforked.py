@@ -1,0 +1,78 @@
+"""The ``preforked`` worker: a horde of processes accepting on the shared socket.
+
+Each worker process accepts one connection and serves it to the end before it
+accepts the next (bound: one connection per process). The pattern's classic
+trap is keep-alive: a one-connection-at-a-time worker that holds an idle
+connection open starves every client queued behind it (uWSGI's HTTP/1.1
+socket served 2 of 50 clients that way). This worker keeps a connection alive
+only while nobody else is waiting: before each response it polls the
+listeners, and if a connection is pending the response says
+``Connection: close`` and the worker goes back to ``accept``. So idle clients
+get keep-alive, and under load every client is served in turn.
+
+Its other weakness, memory (each process a full copy), is answered by
+``preload_app`` (copy-on-write sharing of the imported app) and the master's
+recycling.
+"""
+
+from __future__ import annotations
+
+import select
+import selectors
+import socket
+
+from arbiter.http import serve_connection
+from arbiter.workers.base import Worker
+
+
+class PreforkedWorker(Worker):
+    """Accept, serve the connection to the end, repeat."""
+
+    worker_type = "preforked"
+
+    def serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        pending = select.poll()
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+            selector.register(listener.sock, selectors.EVENT_READ, listener)
+            pending.register(listener.sock, select.POLLIN)
+        selector.register(self.wakeup_r, selectors.EVENT_READ, None)
+
+        def nobody_waiting() -> bool:
+            return not pending.poll(0)
+
+        socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
+        handler = self.handler
+        stopping = self.stopping
+        try:
+            while self.between_requests():
+                for key, _ in selector.select(self.tick):
+                    listener = key.data
+                    if listener is None:
+                        self.drain_wakeup()
+                        continue
+                    # Accept and serve while connections are queued, then sleep again.
+                    while self.alive:
+                        try:
+                            conn, peer = listener.sock.accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError as exc:  # EMFILE, ENOBUFS...: back off to select
+                            self.log.warning("accept on %s failed: %s", listener.name, exc)
+                            break
+                        try:
+                            if conn.family != socket.AF_UNIX:
+                                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            serve_connection(handler, conn, peer, socknames[listener.fileno],
+                                             may_keep_alive=nobody_waiting,
+                                             observer=self, stopping=stopping)
+                        finally:
+                            conn.close()
+                        self.slot.heartbeat()
+                    if not self.alive:
+                        break
+        finally:
+            selector.close()
+            for listener in self.listeners:
+                listener.sock.close()

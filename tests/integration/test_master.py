@@ -1,0 +1,370 @@
+"""The master as an operator sees it: start, signals, reload, respawn, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from harness import ARBITER, cmdline, http_request, pid_alive, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+APP = """
+import os, time
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/slow":
+        open("slow-started", "w").close()
+        time.sleep(float(environ.get("QUERY_STRING") or 2))
+    if path == "/hang":
+        hang_forever()
+    body = f"hello from {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+def hang_forever():
+    while True:
+        time.sleep(0.2)
+
+def other(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"other app"]
+"""
+
+
+def basic_config(server, workers: int = 2, extra: str = "") -> None:
+    server.write_app(APP)
+    server.write_config(f"""
+        app: app:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: {workers}
+        graceful_timeout: 10
+        {extra}
+    """)
+
+
+def test_serves_a_request_from_a_worker(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    workers = server.wait_workers(2)
+    resp = server.get("/")
+    assert resp.status == 200
+    assert int(resp.text.split()[-1]) in workers
+
+
+def test_demo_app_with_no_arguments_names_pid_and_worker_type(server):
+    server.start("-b", f"127.0.0.1:{server.port}")
+    resp = server.get("/")
+    assert resp.status == 200
+    assert "preforked" in resp.text
+    assert any(str(pid) in resp.text for pid in server.workers())
+
+
+def test_version_flag():
+    out = subprocess.run([*ARBITER, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert out.stdout.startswith("arbiter ")
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "arbiter")
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_process_titles(server):
+    basic_config(server, extra="proc_name: shop")
+    server.start("-c", "server.yaml")
+    workers = server.wait_workers(2)
+    assert cmdline(server.pid).startswith("arbiter: master [shop]")
+    titles = sorted(cmdline(pid) for pid in workers)
+    assert titles == ["arbiter: worker [shop] #1", "arbiter: worker [shop] #2"]
+
+
+def test_kill_9_worker_is_replaced(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    before = server.wait_workers(2)
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(lambda: len(server.workers()) == 2 and before[0] not in server.workers(),
+             message="a replacement worker")
+    assert server.get("/").status == 200
+
+
+def test_ttin_and_ttou_change_the_worker_count(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    server.signal(signal.SIGTTIN)
+    server.wait_workers(3)
+    server.signal(signal.SIGTTOU)
+    server.signal(signal.SIGTTOU)
+    server.wait_workers(1)
+    server.signal(signal.SIGTTOU)  # never below one
+    time.sleep(0.5)  # give a wrong scale-down the chance to happen
+    assert len(server.wait_workers(1)) == 1
+    assert server.get("/").status == 200
+
+
+def test_hup_applies_a_changed_file_and_replaces_every_worker(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    old = set(server.wait_workers(2))
+    server.write_config(f"""
+        app: app:other
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 3
+    """)
+    server.signal(signal.SIGHUP)
+    server.wait_log("reload complete")
+    new = set(server.wait_workers(3))
+    assert not old & new
+    assert server.get("/").text == "other app"
+
+
+def test_hup_with_a_broken_file_keeps_serving(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    old = set(server.wait_workers(2))
+    server.config_path.write_text("workers: four\n")
+    server.signal(signal.SIGHUP)
+    log = server.wait_log("reload aborted")
+    assert "workers" in log and "four" in log
+    assert set(server.workers()) == old
+    assert server.get("/").status == 200
+    assert pid_alive(server.pid)
+
+
+def test_hup_with_a_broken_app_rolls_back(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    old = set(server.wait_workers(2))
+    server.write_app("raise RuntimeError('release is broken')\n", name="broken.py")
+    server.write_config(f"""
+        app: broken:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 2
+    """)
+    server.signal(signal.SIGHUP)
+    log = server.wait_log("reload rolled back")
+    assert "release is broken" in log
+    assert set(server.wait_workers(2)) == old
+    assert server.get("/").status == 200
+
+
+def test_term_finishes_the_slow_request_and_exits_0(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    result = {}
+
+    def slow():
+        result["resp"] = http_request(server.port, "/slow?2", timeout=20)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    wait_for(lambda: (server.workdir / "slow-started").exists(), message="the request in the app")
+    server.signal(signal.SIGTERM)
+    thread.join(20)
+    assert result["resp"].status == 200
+    assert server.wait_exit(20) == 0
+
+
+def test_int_exits_fast_even_with_a_slow_request(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    thread = threading.Thread(target=lambda: _ignore(http_request, server.port, "/slow?30",
+                                                     timeout=40), daemon=True)
+    thread.start()
+    wait_for(lambda: (server.workdir / "slow-started").exists(), message="the request in the app")
+    started = time.monotonic()
+    server.signal(signal.SIGINT)
+    assert server.wait_exit(10) == 0
+    assert time.monotonic() - started < 3
+    assert not server.workers()
+
+
+def _ignore(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except OSError:
+        pass
+
+
+def test_unimportable_app_at_start_exits_3_with_traceback(server):
+    server.write_app("import no_such_module_here\n", name="bad.py")
+    server.start("-b", f"127.0.0.1:{server.port}", "bad:app", wait=False)
+    assert server.wait_exit(20) == 3
+    assert "Traceback" in server.stderr
+    assert "no_such_module_here" in server.stderr
+
+
+def test_unimportable_app_with_preload_exits_3(server):
+    server.write_app("import no_such_module_here\n", name="bad.py")
+    server.start("-b", f"127.0.0.1:{server.port}", "--preload", "bad:app", wait=False)
+    assert server.wait_exit(20) == 3
+    assert "no_such_module_here" in server.stderr
+
+
+def test_bad_config_exits_1_naming_file_line_and_key(server):
+    server.write_config("""
+        workers: 2
+        wokers: 3
+    """)
+    server.start("-c", "server.yaml", wait=False)
+    assert server.wait_exit(20) == 1
+    assert "server.yaml:3" in server.stderr and "wokers" in server.stderr
+
+
+def test_bad_command_line_exits_1(server):
+    server.start("--workers", "zero", wait=False)
+    assert server.wait_exit(20) == 1
+
+
+def test_port_in_use_exits_2_naming_the_address(server):
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        server.start("-b", f"127.0.0.1:{port}", wait=False)
+        assert server.wait_exit(20) == 2
+        assert f"127.0.0.1:{port}" in server.stderr
+    finally:
+        blocker.close()
+
+
+def test_boot_crash_loop_backs_off_and_recovers(server):
+    server.write_app("""
+        import os
+        if os.path.exists(os.path.join(os.path.dirname(__file__), "BROKEN")):
+            raise RuntimeError("the release is broken")
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+    """)
+    server.write_config(f"""
+        app: app:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 2
+    """)
+    server.start("-c", "server.yaml")
+    first, second = server.wait_workers(2)
+    (server.workdir / "BROKEN").write_text("")
+    os.kill(first, signal.SIGKILL)
+    server.wait_log("retrying in 1 s")
+    log = server.wait_log("retrying in 2 s")
+    assert "retrying in 4 s" not in log  # no hot loop: the second retry waits 2 s
+    assert server.get("/").text == "ok"  # the healthy worker keeps serving
+    assert pid_alive(server.pid)
+    (server.workdir / "BROKEN").unlink()
+    server.wait_log("backoff cleared", timeout=20)
+    server.wait_workers(2)
+    assert server.get("/").text == "ok"
+
+
+def test_hung_worker_is_killed_with_its_traceback_and_replaced(server):
+    basic_config(server, workers=1, extra="timeout: 2")
+    server.start("-c", "server.yaml")
+    (hung,) = server.wait_workers(1)
+    thread = threading.Thread(target=lambda: _ignore(http_request, server.port, "/hang",
+                                                     timeout=30), daemon=True)
+    thread.start()
+    log = server.wait_log("timed out", timeout=15)
+    wait_for(lambda: "hang_forever" in server.stderr, message="the traceback in the log")
+    log = server.stderr
+    assert "GET /hang" in log
+    wait_for(lambda: not pid_alive(hung), message="the hung worker to be killed")
+    new = server.wait_workers(1)
+    assert new != [hung]
+    assert server.get("/").status == 200
+
+
+def test_max_requests_recycles_the_worker(server):
+    basic_config(server, workers=1, extra="max_requests: 3")
+    server.start("-c", "server.yaml")
+    (first,) = server.wait_workers(1)
+    pids = {server.get("/").text.split()[-1] for _ in range(6)}
+    assert len(pids) >= 2
+    wait_for(lambda: first not in server.workers(), message="the recycled worker to exit")
+
+
+def test_pidfile_written_and_removed(server):
+    basic_config(server, extra="pidfile: arbiter.pid")
+    server.start("-c", "server.yaml")
+    pidfile = server.workdir / "arbiter.pid"
+    assert int(pidfile.read_text()) == server.pid
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert not pidfile.exists()
+
+
+def test_workers_exit_when_the_master_is_killed(server):
+    basic_config(server)
+    server.start("-c", "server.yaml")
+    workers = server.wait_workers(2)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait_exit()
+    for pid in workers:
+        wait_for(lambda pid=pid: not pid_alive(pid), message=f"orphan worker {pid} to exit")
+    # the port is free again
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", server.port))
+
+
+def test_usr1_reopens_the_access_and_error_logs(server):
+    basic_config(server, workers=1, extra="log: {access_log: access.log, error_log: error.log}")
+    server.start("-c", "server.yaml")
+    server.wait_workers(1)
+    server.get("/first")
+    access = server.workdir / "access.log"
+    wait_for(lambda: access.exists() and "/first" in access.read_text())
+    access.rename(server.workdir / "access.log.1")
+    (server.workdir / "error.log").rename(server.workdir / "error.log.1")
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: (server.workdir / "error.log").exists(), message="error.log recreated")
+
+    def logged_again():
+        server.get("/second")
+        return access.exists() and "/second" in access.read_text()
+
+    wait_for(logged_again, message="access.log recreated by the worker")
+    assert "/second" not in (server.workdir / "access.log.1").read_text()
+
+
+def test_check_command(server):
+    basic_config(server)
+    ok = subprocess.run([*ARBITER, "check", "-c", "server.yaml"], cwd=server.workdir,
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    server.write_config("app: nowhere_to_be_found:app\n")
+    bad = subprocess.run([*ARBITER, "check", "-c", "server.yaml"], cwd=server.workdir,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1
+    assert "nowhere_to_be_found" in bad.stderr
+
+
+def test_environment_and_command_line_layering(server):
+    basic_config(server, workers=3)
+    server.start("-c", "server.yaml", env={"ARBITER_WORKERS": "2"})
+    server.wait_workers(2)
+    server.stop()
+    other = type(server)(server.workdir)
+    other.port = server.port
+    try:
+        other.start("-c", "server.yaml", "-w", "1", env={"ARBITER_WORKERS": "2"})
+        other.wait_workers(1)
+    finally:
+        other.stop()
