@@ -86,10 +86,10 @@ def run_check(argv: Sequence[str]) -> int:
 
 
 def run_server(argv: Sequence[str]) -> int:
+    ns = build_parser().parse_args(argv)
     from arbiter import logs
     from arbiter.master import Master, StartupError
 
-    ns = build_parser().parse_args(argv)
     try:
         cfg = _load(ns)
     except ConfigError as exc:

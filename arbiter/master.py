@@ -297,8 +297,16 @@ class Master:
         self.scoreboard.claim(slot, gen.number, number)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # Block signals across fork so the child never runs the master's handlers:
+        # the worker unblocks them once its own handlers are installed.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.workers[pid] = WorkerProcess(pid, slot, number, gen, time.monotonic())
             self.log.debug("spawned worker #%d (pid %d, generation %d)", number, pid, gen.number)
             return

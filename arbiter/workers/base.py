@@ -46,11 +46,12 @@ def http_settings(cfg: Any, worker_type: str, multithread: bool = False) -> HTTP
     from arbiter import __version__
 
     limits = cfg.limits
+    unlimited = 1 << 30  # the config's 0 means "no limit", as in Gunicorn
     return HTTPSettings(
         parser=cfg.http_parser,
-        limit_request_line=limits.request_line,
-        limit_header_fields=limits.header_fields,
-        limit_header_field_size=limits.header_field_size,
+        limit_request_line=limits.request_line or unlimited,
+        limit_header_fields=limits.header_fields or unlimited,
+        limit_header_field_size=limits.header_field_size or unlimited,
         limit_body=limits.body,
         forwarded_allow_ips=tuple(cfg.forwarded_allow_ips),
         keepalive=float(cfg.keepalive),
@@ -152,6 +153,8 @@ class Worker:
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         faulthandler.register(TRACEBACK_SIGNAL, file=error_log_fileno(self.log),
                               all_threads=True, chain=False)
+        # The master blocked signals across fork; from here on they are ours.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     def handle_term(self, signum: int, frame: Any) -> None:
         self.alive = False

@@ -69,7 +69,8 @@ class PreforkedWorker(Worker):
                                              observer=self, stopping=stopping)
                         finally:
                             conn.close()
-                        self.slot.heartbeat()
+                        if not self.between_requests():
+                            break
                     if not self.alive:
                         break
         finally:

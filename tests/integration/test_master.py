@@ -103,7 +103,8 @@ def test_ttin_and_ttou_change_the_worker_count(server):
     server.wait_workers(2)
     server.signal(signal.SIGTTIN)
     server.wait_workers(3)
-    server.signal(signal.SIGTTOU)
+    server.signal(signal.SIGTTOU)  # one signal at a time: Unix merges pending duplicates
+    server.wait_workers(2)
     server.signal(signal.SIGTTOU)
     server.wait_workers(1)
     server.signal(signal.SIGTTOU)  # never below one
@@ -341,7 +342,9 @@ def test_usr1_reopens_the_access_and_error_logs(server):
         return access.exists() and "/second" in access.read_text()
 
     wait_for(logged_again, message="access.log recreated by the worker")
-    assert "/second" not in (server.workdir / "access.log.1").read_text()
+    server.get("/third")
+    wait_for(lambda: "/third" in access.read_text(), message="/third in the new access.log")
+    assert "/third" not in (server.workdir / "access.log.1").read_text()
 
 
 def test_check_command(server):
