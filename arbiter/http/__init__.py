@@ -1,0 +1,74 @@
+"""arbiter's HTTP/1.1 core and WSGI layer, shared by every worker type.
+
+This package owns everything between bytes and a WSGI app:
+
+* :mod:`arbiter.http.settings` -- :class:`HTTPSettings`, :func:`resolve_parser`;
+* :mod:`arbiter.http.parsers` -- the httptools / h11 head tokenisers;
+* :mod:`arbiter.http.protocol` -- sans-IO :class:`HTTPConnection` (bytes ->
+  ``Request`` / ``Data`` / ``EndOfMessage`` / ``ProtocolError`` events), with
+  all limits and strictness checks, identical for both parsers;
+* :mod:`arbiter.http.response` -- response serialisation (heads, chunks,
+  error pages, Date cache);
+* :mod:`arbiter.http.wsgi` -- :class:`WSGIHandler` (environ, start_response,
+  body framing, file_wrapper, access log), inputs and observer hooks;
+* :mod:`arbiter.http.server` -- :func:`serve_connection`, the blocking driver.
+
+Drivers without a blocking socket (evented, pooled) use HTTPConnection +
+``handler.build_environ(request, handler.connection_info(peer, sockname),
+io.BytesIO(body))`` + ``handler.run_app(environ, request, send)`` directly.
+"""
+
+from arbiter.http.protocol import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    HTTPConnection,
+    ProtocolError,
+    Request,
+)
+from arbiter.http.response import CONTINUE_RESPONSE, error_response, http_date
+from arbiter.http.server import serve_connection
+from arbiter.http.settings import HTTPSettings, resolve_parser
+from arbiter.http.wsgi import (
+    EMPTY_INPUT,
+    NULL_OBSERVER,
+    ClientDisconnected,
+    ConnectionInfo,
+    FileWrapper,
+    NullObserver,
+    RequestBodyError,
+    RequestObserver,
+    ResponseOutcome,
+    StreamInput,
+    WSGIHandler,
+)
+
+__all__ = [
+    "CONNECTION_CLOSED",
+    "CONTINUE_RESPONSE",
+    "EMPTY_INPUT",
+    "NEED_DATA",
+    "NULL_OBSERVER",
+    "PAUSED",
+    "ClientDisconnected",
+    "ConnectionInfo",
+    "Data",
+    "EndOfMessage",
+    "FileWrapper",
+    "HTTPConnection",
+    "HTTPSettings",
+    "NullObserver",
+    "ProtocolError",
+    "Request",
+    "RequestBodyError",
+    "RequestObserver",
+    "ResponseOutcome",
+    "StreamInput",
+    "WSGIHandler",
+    "error_response",
+    "http_date",
+    "resolve_parser",
+    "serve_connection",
+]

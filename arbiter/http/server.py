@@ -1,0 +1,339 @@
+"""The blocking connection driver: one socket, one thread, sans-IO core underneath.
+
+Owns :func:`serve_connection`, used by the forked, preforked, threaded and
+pooled workers. It only moves bytes: reads into an
+:class:`~arbiter.http.protocol.HTTPConnection`, hands each ``Request`` to
+:meth:`WSGIHandler.run_app <arbiter.http.wsgi.WSGIHandler.run_app>` with a
+``wsgi.input`` that pulls body bytes from the socket on demand, and writes
+what the handler produces. Waiting is done with ``poll()`` in ticks of at most
+one second so the observer's heartbeat keeps beating and ``stopping()`` is
+noticed while a keep-alive connection idles; writes try a non-blocking
+``send`` first (one syscall on the hot path) and only then wait.
+
+Timeouts: the first request and every started request get ``read_timeout``
+per wait (an incomplete head is answered 408; a stalled body closes the
+connection); an idle keep-alive connection waits ``keepalive`` seconds.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from arbiter.http.parsers import make_head_parser
+from arbiter.http.protocol import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    Data,
+    EndOfMessage,
+    HTTPConnection,
+    ProtocolError,
+    Request,
+)
+from arbiter.http.response import CONTINUE_RESPONSE
+from arbiter.http.wsgi import (
+    EMPTY_INPUT,
+    NULL_OBSERVER,
+    ClientDisconnected,
+    RequestBodyError,
+    RequestObserver,
+    StreamInput,
+    WSGIHandler,
+)
+
+__all__ = ["serve_connection", "DRAIN_LIMIT"]
+
+DRAIN_LIMIT = 1024 * 1024  # unread request body we read and discard to keep a connection
+_RECV_SIZE = 65536
+_LINGER_SECONDS = 0.5
+_LINGER_BYTES = 256 * 1024
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_POLLIN = select.POLLIN | select.POLLPRI
+_POLLOUT = select.POLLOUT
+
+
+def _always() -> bool:
+    return True
+
+
+def _never() -> bool:
+    return False
+
+
+class _Channel:
+    """Blocking-with-ticks reads and writes on one socket."""
+
+    __slots__ = ("sock", "observer", "stopping", "stall", "_rpoll", "_wpoll", "plain")
+
+    def __init__(self, sock: socket.socket, observer: RequestObserver,
+                 stopping: Callable[[], bool], stall: float) -> None:
+        self.sock = sock
+        self.observer = observer
+        self.stopping = stopping
+        self.stall = stall
+        self._rpoll = select.poll()
+        self._rpoll.register(sock, _POLLIN)
+        self._wpoll: Any = None
+        self.plain = type(sock) is socket.socket
+
+    def recv(self, timeout: float, idle: bool) -> bytes | None:
+        """Bytes, b"" at EOF, or None on timeout (or on stopping() while idle)."""
+        deadline = time.monotonic() + timeout
+        sock = self.sock
+        while True:
+            self.observer.heartbeat()
+            if idle and self.stopping():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self._rpoll.poll(min(remaining, 1.0) * 1000.0):
+                try:
+                    return sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    raise ClientDisconnected(f"recv failed: {exc}") from None
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``; ClientDisconnected if the peer is gone or stalls."""
+        sock = self.sock
+        try:
+            sent = sock.send(data, _MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            raise ClientDisconnected(f"send failed: {exc}") from None
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        if self._wpoll is None:
+            self._wpoll = select.poll()
+            self._wpoll.register(sock, _POLLOUT)
+        deadline = time.monotonic() + self.stall
+        while view:
+            self.observer.heartbeat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClientDisconnected("write timed out")
+            if not self._wpoll.poll(min(remaining, 1.0) * 1000.0):
+                continue
+            try:
+                sent = sock.send(view, _MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                raise ClientDisconnected(f"send failed: {exc}") from None
+            view = view[sent:]
+            deadline = time.monotonic() + self.stall
+
+    def sendfile(self, file: Any, offset: int, count: int) -> int:
+        """``socket.sendfile`` (zero-copy) with the stall limit as its timeout."""
+        sock = self.sock
+        sock.settimeout(self.stall)
+        try:
+            return sock.sendfile(file, offset, count)
+        except OSError as exc:
+            raise ClientDisconnected(f"sendfile failed: {exc}") from None
+        finally:
+            sock.settimeout(None)
+
+    def linger_close(self) -> None:
+        """Half-close, then read and discard briefly so the last response is not lost to RST."""
+        sock = self.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + _LINGER_SECONDS
+        budget = _LINGER_BYTES
+        while budget > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._rpoll.poll(remaining * 1000.0):
+                return
+            try:
+                data = sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            budget -= len(data)
+
+
+def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockname: Any, *,
+                     may_keep_alive: Callable[[], bool] = _always,
+                     observer: RequestObserver = NULL_OBSERVER,
+                     stopping: Callable[[], bool] = _never) -> int:
+    """Serve one connection on a blocking socket until it closes; return requests served.
+
+    ``peer`` is the accept() address (tuple for TCP, '' or str for unix
+    sockets); ``sockname`` is ``sock.getsockname()``. ``may_keep_alive()`` is
+    asked before each response head: False -> ``Connection: close`` and the
+    connection ends after it. ``stopping()`` True -> finish the current
+    response, then close. Never raises for client misbehaviour; the socket is
+    closed on return.
+    """
+    log = handler.error_log
+    served = 0
+    channel = None
+    linger = False
+    try:
+        sock.setblocking(True)
+        channel = _Channel(sock, observer, stopping, handler.settings.read_timeout)
+        conn = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
+        served, linger = _serve(handler, conn, channel, handler.connection_info(peer, sockname),
+                                may_keep_alive, observer, stopping)
+    except ClientDisconnected as exc:
+        log.debug("connection from %r ended: %s", peer, exc)
+    except OSError as exc:
+        log.debug("connection from %r failed: %s", peer, exc)
+    except Exception:
+        log.exception("unexpected error serving a connection from %r", peer)
+    finally:
+        if linger and channel is not None:
+            try:
+                channel.linger_close()
+            except Exception:  # pragma: no cover - best effort only
+                pass
+        try:
+            sock.close()
+        except OSError:  # pragma: no cover
+            pass
+    return served
+
+
+def _serve(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: Any,
+           may_keep_alive: Callable[[], bool], observer: RequestObserver,
+           stopping: Callable[[], bool]) -> tuple[int, bool]:
+    """The request loop; returns (requests served, whether to linger before closing)."""
+    settings = handler.settings
+    read_timeout = settings.read_timeout
+    keepalive = settings.keepalive
+    keepalive_on = keepalive > 0
+
+    def allow_keep_alive() -> bool:
+        return keepalive_on and may_keep_alive() and not stopping()
+
+    served = 0
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            idle = conn.idle
+            data = channel.recv(keepalive if idle and served else read_timeout, idle)
+            if data is None:
+                if idle:
+                    return served, False
+                channel.send(handler.error_response(408, info))
+                observer.request_finished(408)
+                return served, True
+            conn.receive_data(data)
+            continue
+        etype = type(event)
+        if etype is Request:
+            served += 1
+            started = time.perf_counter()
+            request: Request = event
+            observer.request_started(request.method, request.path.decode("latin-1"))
+            if request.content_length == 0:
+                environ = handler.build_environ(request, info, EMPTY_INPUT)
+                outcome = handler.run_app(environ, request, channel.send,
+                                          sendfile=channel.sendfile if channel.plain else None,
+                                          may_keep_alive=allow_keep_alive, started=started)
+                observer.request_finished(outcome.status)
+                if not outcome.keep_alive:
+                    return served, outcome.status == 0 or conn.trailing_data != b""
+                if stopping():
+                    return served, False
+                conn.start_next_cycle()
+                continue
+            keep, linger = _serve_with_body(handler, conn, channel, info, request, started,
+                                            allow_keep_alive, observer, read_timeout)
+            if not keep or stopping():
+                return served, linger
+            conn.start_next_cycle()
+            continue
+        if etype is ProtocolError:
+            channel.send(handler.error_response(event, info))
+            observer.request_finished(event.status)
+            return served, True
+        if event is CONNECTION_CLOSED:
+            return served, False
+        raise RuntimeError(f"unexpected event {event!r} between requests")
+
+
+def _serve_with_body(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: Any,
+                     request: Request, started: float, allow_keep_alive: Callable[[], bool],
+                     observer: RequestObserver, read_timeout: float) -> tuple[bool, bool]:
+    """One request that has a body; returns (keep the connection, linger on close)."""
+    continue_pending = request.expect_continue
+
+    def pull() -> bytes:
+        nonlocal continue_pending
+        if continue_pending:
+            continue_pending = False
+            if not conn.message_complete:
+                channel.send(CONTINUE_RESPONSE)
+        while True:
+            event = conn.next_event()
+            etype = type(event)
+            if etype is Data:
+                return event.data
+            if etype is EndOfMessage:
+                return b""
+            if event is NEED_DATA:
+                data = channel.recv(read_timeout, False)
+                if data is None:
+                    raise ClientDisconnected("timed out reading the request body")
+                conn.receive_data(data)
+                continue
+            if etype is ProtocolError:
+                raise RequestBodyError(event)
+            raise ClientDisconnected("connection closed inside the request body")
+
+    def keep_alive_for_this() -> bool:
+        if not allow_keep_alive():
+            return False
+        if continue_pending and not conn.message_complete:
+            return False  # the client still waits for 100 Continue
+        remaining = conn.body_remaining
+        return remaining is None or remaining <= DRAIN_LIMIT
+
+    wsgi_input = StreamInput(pull)
+    environ = handler.build_environ(request, info, wsgi_input)
+    outcome = handler.run_app(environ, request, channel.send,
+                              sendfile=channel.sendfile if channel.plain else None,
+                              may_keep_alive=keep_alive_for_this, started=started)
+    observer.request_finished(outcome.status)
+    if outcome.aborted:
+        return False, False
+    if conn.error is not None:
+        return False, True
+    if not outcome.keep_alive:
+        return False, True
+    # Drain what the app left unread so the next request starts at its head.
+    budget = DRAIN_LIMIT
+    while True:
+        event = conn.next_event()
+        etype = type(event)
+        if etype is Data:
+            budget -= len(event.data)
+            if budget < 0:
+                return False, True
+            continue
+        if etype is EndOfMessage:
+            event = conn.next_event()  # PAUSED
+            return True, False
+        if event is NEED_DATA:
+            data = channel.recv(read_timeout, False)
+            if not data:
+                return False, False
+            conn.receive_data(data)
+            continue
+        if conn.message_complete:
+            return True, False
+        return False, True

@@ -1,0 +1,823 @@
+"""The WSGI (PEP 3333) layer shared by every worker type; no socket in sight.
+
+Owns :class:`WSGIHandler` (built once per worker) and what it needs:
+
+* ``handler.connection_info(peer, sockname)`` -> :class:`ConnectionInfo`: the
+  per-connection part of the environ (server/remote address, proxy trust),
+  computed once per connection;
+* ``handler.build_environ(request, conn_info, wsgi_input)`` -> the environ,
+  a copy of that per-connection template plus the request's fields;
+* ``handler.run_app(environ, request, send, ...)`` -> :class:`ResponseOutcome`:
+  calls the app, validates ``start_response``, frames the body
+  (Content-Length / chunked / close-delimited), writes through ``send(bytes)``
+  (head and a small body in one call), ``sendfile`` for ``wsgi.file_wrapper``,
+  always closes the iterable, turns app errors into 500 and writes the access
+  log. ``send`` may block (a socket) or buffer (an evented writer);
+* ``handler.error_response(error, conn_info)`` -> bytes for a core-generated
+  error (:class:`~arbiter.http.protocol.ProtocolError`), access-logged too;
+* request bodies: :class:`StreamInput` (pulls chunks on demand, e.g. from a
+  socket) or any file-like such as ``io.BytesIO(body)`` for drivers that read
+  the whole body before calling the app; ``EMPTY_INPUT`` for no body;
+* :class:`FileWrapper` (``wsgi.file_wrapper``), :class:`RequestObserver` /
+  :class:`NullObserver` (the scoreboard hooks), and the errors
+  :class:`ClientDisconnected` and :class:`RequestBodyError`.
+
+Proxy headers: only when the peer is in ``forwarded_allow_ips`` (or is a
+unix-socket peer, i.e. a local process), ``Forwarded`` (preferred) or
+``X-Forwarded-For`` / ``X-Forwarded-Proto`` set ``REMOTE_ADDR`` and
+``wsgi.url_scheme``. The right-most element is used: it is the one the
+trusted proxy itself added, so a client cannot spoof it.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from arbiter.http.protocol import ProtocolError, Request
+from arbiter.http.response import (
+    LAST_CHUNK,
+    error_response,
+    frame_chunk,
+    http_date,
+    serialize_head,
+)
+from arbiter.http.settings import HTTPSettings, resolve_parser
+
+__all__ = [
+    "EMPTY_INPUT",
+    "NULL_OBSERVER",
+    "ClientDisconnected",
+    "ConnectionInfo",
+    "FileWrapper",
+    "NullObserver",
+    "RequestBodyError",
+    "RequestObserver",
+    "ResponseOutcome",
+    "StreamInput",
+    "WSGIHandler",
+]
+
+
+# -- observer -------------------------------------------------------------------
+class RequestObserver(Protocol):
+    """What the worker (its scoreboard row) hears from the HTTP core."""
+
+    def heartbeat(self) -> None: ...
+
+    def request_started(self, method: str, path: str) -> None: ...
+
+    def request_finished(self, status: int) -> None: ...
+
+
+class NullObserver:
+    """A RequestObserver that ignores everything."""
+
+    def heartbeat(self) -> None:
+        return None
+
+    def request_started(self, method: str, path: str) -> None:
+        return None
+
+    def request_finished(self, status: int) -> None:
+        return None
+
+
+NULL_OBSERVER = NullObserver()
+
+
+# -- errors ---------------------------------------------------------------------
+class ClientDisconnected(OSError):
+    """The client went away (reset, broken pipe, EOF inside a body, write stall)."""
+
+
+class RequestBodyError(OSError):
+    """The request body broke the protocol or a limit while the app read it."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(f"{error.status} {error.reason}")
+        self.error = error
+        self.status = error.status
+
+
+# -- wsgi.input -------------------------------------------------------------------
+class StreamInput:
+    """``wsgi.input`` over ``pull()``, which returns the next body bytes or b"" at the end."""
+
+    __slots__ = ("_pull", "_buf", "_eof")
+
+    def __init__(self, pull: Callable[[], bytes]) -> None:
+        self._pull = pull
+        self._buf = b""
+        self._eof = False
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._pull()
+        if not data:
+            self._eof = True
+            return False
+        self._buf += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while not self._eof:
+                data = self._pull()
+                if data:
+                    parts.append(data)
+                else:
+                    self._eof = True
+            return b"".join(parts)
+        while len(self._buf) < size and self._fill():
+            pass
+        data = self._buf[:size]
+        self._buf = self._buf[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            i = self._buf.find(b"\n", start)
+            if i >= 0:
+                end = i + 1
+                break
+            if 0 <= limit <= len(self._buf):
+                end = limit
+                break
+            start = len(self._buf)
+            if not self._fill():
+                end = len(self._buf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        data = self._buf[:end]
+        self._buf = self._buf[end:]
+        return data
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> StreamInput:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not self._buf
+
+
+class _EmptyInput:
+    """``wsgi.input`` for a request without a body (stateless, shared)."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> _EmptyInput:
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+EMPTY_INPUT = _EmptyInput()
+
+
+class _ErrorStream:
+    """``wsgi.errors``: text written by the app goes to the error log, line by line."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        data = self._pending + text
+        *lines, self._pending = data.split("\n")
+        for line in lines:
+            self._log.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._log.error("%s", self._pending)
+            self._pending = ""
+
+
+# -- file wrapper -------------------------------------------------------------------
+class FileWrapper:
+    """``wsgi.file_wrapper``: sent with sendfile() when the driver can, else read in blocks."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+# -- per connection ---------------------------------------------------------------------
+class ConnectionInfo:
+    """Per-connection environ template and proxy trust."""
+
+    __slots__ = ("environ", "trusted", "unix")
+
+    def __init__(self, environ: dict, trusted: bool, unix: bool) -> None:
+        self.environ = environ
+        self.trusted = trusted
+        self.unix = unix
+
+
+class ResponseOutcome:
+    """What happened to one response."""
+
+    __slots__ = ("status", "keep_alive", "body_bytes", "aborted")
+
+    def __init__(self, status: int, keep_alive: bool, body_bytes: int, aborted: bool) -> None:
+        self.status = status  # status code sent (0 if nothing could be sent)
+        self.keep_alive = keep_alive  # the connection may serve another request
+        self.body_bytes = body_bytes
+        self.aborted = aborted  # the client went away during the response
+
+    def __repr__(self) -> str:
+        return (f"ResponseOutcome(status={self.status}, keep_alive={self.keep_alive}, "
+                f"body_bytes={self.body_bytes}, aborted={self.aborted})")
+
+
+# -- response validation ---------------------------------------------------------------
+_STATUS_RE = re.compile(r"[1-9][0-9][0-9](?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS_RE = re.compile(r"[0-9]{1,19}")
+_CL, _DROP, _CONNECTION, _DATE, _SERVER = range(5)
+_RESPONSE_SPECIAL = {
+    "content-length": _CL,
+    "connection": _CONNECTION,
+    "transfer-encoding": _DROP,  # framing is ours
+    "keep-alive": _DROP,
+    "proxy-connection": _DROP,
+    "te": _DROP,
+    "trailer": _DROP,
+    "upgrade": _DROP,
+    "date": _DATE,
+    "server": _SERVER,
+}
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+_SINGLE_SEND_MAX = 256 * 1024  # head + body copied into one send below this size
+
+
+class _AppError(Exception):
+    pass
+
+
+class _Call:
+    """One run of the app: start_response, write() and body framing."""
+
+    __slots__ = (
+        "handler", "request", "send", "may_keep_alive", "status", "code", "headers",
+        "content_length", "close_requested", "has_date", "has_server", "head_sent",
+        "framing", "keep_alive", "left", "body_bytes", "done", "final_headers",
+    )
+
+    def __init__(self, handler: WSGIHandler, request: Request, send: Callable[[bytes], Any],
+                 may_keep_alive: Callable[[], bool] | None) -> None:
+        self.handler = handler
+        self.request = request
+        self.send = send
+        self.may_keep_alive = may_keep_alive
+        self.status: str | None = None
+        self.code = 0
+        self.headers: list = []
+        self.head_sent = False
+        self.keep_alive = False
+        self.body_bytes = 0
+        self.done = False
+        self.framing = _NO_BODY
+        self.final_headers: list = []
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None):
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        if type(status) is not str or _STATUS_RE.fullmatch(status) is None:
+            raise _AppError(f"invalid status {status!r}")
+        if type(headers) is not list:
+            raise _AppError(f"response headers must be a list, not {type(headers).__name__}")
+        content_length = None
+        close = has_date = has_server = drop = False
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                raise _AppError(f"invalid response header {item!r}")
+            name, value = item
+            if type(name) is not str or type(value) is not str:
+                raise _AppError(f"response header names and values must be str: {item!r}")
+            if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
+                raise _AppError(f"invalid response header {item!r}")
+            kind = _RESPONSE_SPECIAL.get(name.lower())
+            if kind is None:
+                continue
+            if kind == _CL:
+                value = value.strip()
+                if _DIGITS_RE.fullmatch(value) is None or (
+                        content_length is not None and int(value) != content_length):
+                    raise _AppError(f"invalid Content-Length {value!r}")
+                content_length = int(value)
+            elif kind == _DATE:
+                has_date = True
+            elif kind == _SERVER:
+                has_server = True
+            else:
+                drop = True
+                if kind == _CONNECTION and "close" in value.lower():
+                    close = True
+        if drop:
+            headers = [h for h in headers
+                       if _RESPONSE_SPECIAL.get(h[0].lower(), -1) not in (_DROP, _CONNECTION)]
+        self.status = status
+        self.code = int(status[:3])
+        self.headers = headers
+        self.content_length = content_length
+        self.close_requested = close
+        self.has_date = has_date
+        self.has_server = has_server
+        return self.write
+
+    def _head(self, total: int | None) -> bytes:
+        """Decide framing and keep-alive; return the head bytes."""
+        request = self.request
+        code = self.code
+        extra = []
+        no_body = code < 200 or code == 204 or code == 304
+        keep = request.keep_alive and not self.close_requested and (
+            self.may_keep_alive is None or self.may_keep_alive())
+        cl = self.content_length
+        if no_body:
+            framing = _NO_BODY
+        elif cl is not None:
+            framing = _LENGTH
+            self.left = cl
+        elif total is not None:
+            extra.append(("Content-Length", str(total)))
+            framing = _LENGTH
+            self.left = total
+        elif request.method == "HEAD":
+            framing = _NO_BODY
+        elif request.http_version == "1.1":
+            extra.append(("Transfer-Encoding", "chunked"))
+            framing = _CHUNKED
+        else:
+            framing = _UNTIL_CLOSE
+            keep = False
+        if request.method == "HEAD":
+            framing = _NO_BODY
+        if keep:
+            if request.http_version == "1.0":
+                extra.append(("Connection", "keep-alive"))
+        else:
+            extra.append(("Connection", "close"))
+        if not self.has_date:
+            extra.append(("Date", http_date()))
+        if not self.has_server and self.handler.server_software:
+            extra.append(("Server", self.handler.server_software))
+        self.framing = framing
+        self.keep_alive = keep
+        headers = self.final_headers = self.headers + extra
+        return serialize_head(self.status, headers)
+
+    def _body(self, data: bytes) -> bytes:
+        """Frame ``data`` per the chosen framing (may truncate or discard)."""
+        framing = self.framing
+        if framing == _LENGTH:
+            left = self.left
+            if len(data) >= left:
+                if len(data) > left:
+                    data = data[:left]
+                    self.keep_alive = False  # the app sent more than it declared
+                self.done = True
+            self.left = left - len(data)
+        elif framing == _CHUNKED:
+            self.body_bytes += len(data)
+            return frame_chunk(data)
+        elif framing == _NO_BODY:
+            self.done = True
+            return b""
+        self.body_bytes += len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise _AppError(f"response body must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if self.done or not data:
+            return  # nothing is sent before the first non-empty body chunk
+        if not self.head_sent:
+            head = self._head(None)
+            self.head_sent = True
+            body = self._body(data)
+            if len(body) < _SINGLE_SEND_MAX:
+                self.send(head + body)
+                return
+            self.send(head)
+            self.send(body)
+        else:
+            body = self._body(data)
+            if body:
+                self.send(body)
+
+    def send_whole(self, body: bytes) -> None:
+        """The complete body is known: one send with Content-Length."""
+        if self.status is None:
+            raise _AppError("the app returned without calling start_response()")
+        head = self._head(len(body))
+        self.head_sent = True
+        body = self._body(body) if body else b""
+        self.done = True
+        if len(body) < _SINGLE_SEND_MAX:
+            self.send(head + body)
+        else:
+            self.send(head)
+            self.send(body)
+        if self.framing == _LENGTH and self.left:
+            self.keep_alive = False
+
+    def finish(self) -> None:
+        """The iterable is exhausted: head if still unsent, terminating chunk, checks."""
+        if not self.head_sent:
+            self.send_whole(b"")
+            return
+        if self.framing == _CHUNKED:
+            self.send(LAST_CHUNK)
+        elif self.framing == _LENGTH and self.left:
+            self.keep_alive = False  # fewer bytes than declared: only a close ends it
+
+
+# -- the handler ---------------------------------------------------------------------
+class WSGIHandler:
+    """Runs a WSGI app for any driver. Built once per worker."""
+
+    def __init__(self, app: Callable, settings: HTTPSettings, error_log: logging.Logger,
+                 access_log: Any = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.error_log = error_log
+        self.access_log = access_log
+        self.parser_name = resolve_parser(settings.parser)
+        self.server_software = settings.server_software
+        self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
+        self.base_environ: dict[str, Any] = {
+            "SCRIPT_NAME": self.script_name,
+            "SERVER_SOFTWARE": settings.server_software,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": settings.url_scheme,
+            "wsgi.errors": _ErrorStream(error_log),
+            "wsgi.multithread": settings.multithread,
+            "wsgi.multiprocess": settings.multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+        }
+        self._header_keys: dict[bytes, str] = {}
+        allow = settings.forwarded_allow_ips
+        self._trust_all = "*" in allow
+        self._trusted_networks = []
+        for entry in allow:
+            if entry == "*":
+                continue
+            try:
+                self._trusted_networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                error_log.warning("forwarded_allow_ips: ignoring invalid entry %r", entry)
+        self._trust_cache: dict[str, bool] = {}
+
+    # -- per connection ----------------------------------------------------------
+    def is_trusted(self, ip: str) -> bool:
+        """Is a peer IP allowed to set X-Forwarded-* / Forwarded?"""
+        if self._trust_all:
+            return True
+        cached = self._trust_cache.get(ip)
+        if cached is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                cached = False
+            else:
+                if addr.version == 6 and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                cached = any(addr in net for net in self._trusted_networks)
+            if len(self._trust_cache) > 4096:
+                self._trust_cache.clear()
+            self._trust_cache[ip] = cached
+        return cached
+
+    def connection_info(self, peer: Any, sockname: Any) -> ConnectionInfo:
+        """The per-connection environ template (addresses) and proxy trust."""
+        environ = self.base_environ.copy()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"] = str(peer[0])
+            environ["REMOTE_PORT"] = str(peer[1])
+            trusted = self.is_trusted(str(peer[0]))
+            unix = False
+        else:
+            environ["REMOTE_ADDR"] = peer.decode("latin-1") if isinstance(peer, bytes) else (
+                peer or "")
+            environ["REMOTE_PORT"] = ""
+            trusted = True  # a unix-socket peer is a local process (the proxy)
+            unix = True
+        if isinstance(sockname, tuple):
+            environ["SERVER_NAME"] = str(sockname[0])
+            environ["SERVER_PORT"] = str(sockname[1])
+        else:
+            unix = True
+            environ["SERVER_NAME"] = "localhost"
+            environ["SERVER_PORT"] = ""
+        return ConnectionInfo(environ, trusted, unix)
+
+    # -- per request --------------------------------------------------------------
+    def _header_key(self, name: bytes) -> str:
+        upper = name.decode("latin-1").upper()
+        if "_" in upper:
+            key = ""  # dropped: could spoof a dash-named header (as gunicorn, nginx)
+        elif upper == "CONTENT-TYPE":
+            key = "CONTENT_TYPE"
+        elif upper == "CONTENT-LENGTH":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + upper.replace("-", "_")
+        if len(self._header_keys) > 2048:
+            self._header_keys.clear()
+        self._header_keys[name] = key
+        return key
+
+    def build_environ(self, request: Request, info: ConnectionInfo, wsgi_input: Any) -> dict:
+        """The PEP 3333 environ for ``request`` on the connection ``info``."""
+        environ = info.environ.copy()
+        environ["REQUEST_METHOD"] = request.method
+        raw = request.target.decode("latin-1")
+        environ["RAW_URI"] = raw
+        environ["REQUEST_URI"] = raw
+        path = request.path
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        path_info = path.decode("latin-1")
+        script_name = self.script_name
+        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+            path_info = path_info[len(script_name):]
+        environ["PATH_INFO"] = path_info
+        environ["QUERY_STRING"] = request.query.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
+        environ["wsgi.input"] = wsgi_input
+        keys = self._header_keys
+        for name, value in request.headers:
+            key = keys.get(name)
+            if key is None:
+                key = self._header_key(name)
+            if not key:
+                continue
+            if key in environ:
+                sep = "; " if key == "HTTP_COOKIE" else ", "
+                environ[key] = environ[key] + sep + value.decode("latin-1")
+            else:
+                environ[key] = value.decode("latin-1")
+        if request.content_length is None:
+            environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # the one accepted value
+        if info.trusted:
+            self._apply_forwarded(environ)
+        if info.unix:
+            self._unix_server_name(environ)
+        return environ
+
+    def _apply_forwarded(self, environ: dict) -> None:
+        forwarded = environ.get("HTTP_FORWARDED")
+        if forwarded:
+            last = forwarded.rsplit(",", 1)[-1]
+            for pair in last.split(";"):
+                key, _, value = pair.partition("=")
+                key = key.strip().lower()
+                value = value.strip().strip('"')
+                if key == "for" and value:
+                    if value.startswith("["):
+                        value = value[1:].split("]", 1)[0]
+                    elif value.count(":") == 1:
+                        value = value.split(":", 1)[0]
+                    environ["REMOTE_ADDR"] = value
+                elif key == "proto" and value.lower() in ("http", "https"):
+                    environ["wsgi.url_scheme"] = value.lower()
+            return
+        xff = environ.get("HTTP_X_FORWARDED_FOR")
+        if xff:
+            addr = xff.rsplit(",", 1)[-1].strip()
+            if addr:
+                environ["REMOTE_ADDR"] = addr
+        proto = environ.get("HTTP_X_FORWARDED_PROTO")
+        if proto:
+            proto = proto.rsplit(",", 1)[-1].strip().lower()
+            if proto in ("http", "https"):
+                environ["wsgi.url_scheme"] = proto
+
+    @staticmethod
+    def _unix_server_name(environ: dict) -> None:
+        host = environ.get("HTTP_HOST")
+        if not host:
+            return
+        if host.startswith("["):
+            name, _, rest = host[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            name, _, port = host.partition(":")
+        environ["SERVER_NAME"] = name or "localhost"
+        environ["SERVER_PORT"] = port
+
+    # -- responses ----------------------------------------------------------------
+    def run_app(self, environ: dict, request: Request, send: Callable[[bytes], Any], *,
+                sendfile: Callable[[Any, int, int], int] | None = None,
+                may_keep_alive: Callable[[], bool] | None = None,
+                started: float | None = None) -> ResponseOutcome:
+        """Call the app and write its response through ``send``.
+
+        ``send(data)`` writes bytes (raise :class:`ClientDisconnected` if the
+        peer is gone); ``sendfile(file, offset, count) -> sent`` is optional
+        (plain sockets). ``may_keep_alive()`` is asked when the head is built.
+        Never raises for app errors or a vanished client.
+        """
+        if started is None:
+            started = time.perf_counter()
+        call = _Call(self, request, send, may_keep_alive)
+        result = None
+        aborted = False
+        try:
+            try:
+                result = self.app(environ, call.start_response)
+                rtype = type(result)
+                if rtype is list or rtype is tuple:
+                    if len(result) == 1 and type(result[0]) is bytes:
+                        call.send_whole(result[0])
+                    else:
+                        call.send_whole(b"".join(result))
+                elif (rtype is FileWrapper and sendfile is not None
+                      and request.method != "HEAD" and call.status is not None
+                      and self._send_file(call, result, sendfile)):
+                    pass
+                else:
+                    for data in result:
+                        call.write(data)
+                        if call.done:
+                            break
+                    call.finish()
+            except ClientDisconnected:
+                raise
+            except RequestBodyError as exc:
+                self.error_log.debug("request body refused: %s", exc)
+                if call.head_sent:
+                    call.keep_alive = False
+                else:
+                    self._send_error(call, exc.status)
+            except Exception:
+                self.error_log.exception("Error handling request %s %s", request.method,
+                                         request.target.decode("latin-1"))
+                if call.head_sent:
+                    call.keep_alive = False  # no terminating chunk: the client sees a cut
+                else:
+                    self._send_error(call, 500)
+        except ClientDisconnected as exc:
+            self.error_log.debug("client went away during the response: %s", exc)
+            aborted = True
+            call.keep_alive = False
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    self.error_log.exception("Error closing the response iterable")
+        if self.access_log is not None and call.head_sent:
+            self._log_access(environ, call.status, call.final_headers, call.body_bytes, started)
+        return ResponseOutcome(call.code if call.head_sent else 0, call.keep_alive,
+                               call.body_bytes, aborted)
+
+    def _send_error(self, call: _Call, code: int) -> None:
+        status, headers, data = error_response(
+            code, self.server_software, head_only=call.request.method == "HEAD")
+        call.status, call.code, call.final_headers = status, code, headers
+        call.head_sent = True
+        call.keep_alive = False
+        call.body_bytes = 0 if call.request.method == "HEAD" else len(data) - data.find(b"\r\n\r\n") - 4
+        call.send(data)
+
+    def _send_file(self, call: _Call, wrapper: FileWrapper, sendfile: Callable) -> bool:
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            offset = filelike.tell() if hasattr(filelike, "tell") else os.lseek(fd, 0, os.SEEK_CUR)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return False
+        size = max(0, st.st_size - offset)
+        declared = call.content_length
+        count = size if declared is None else min(declared, size)
+        head = call._head(size if declared is None else None)
+        call.head_sent = True
+        if call.framing != _LENGTH or not count:
+            call.send(head)
+            call.done = True
+            if call.framing == _LENGTH and call.left:
+                call.keep_alive = False
+            return True
+        call.send(head)
+        sent = sendfile(filelike, offset, count) or 0
+        call.body_bytes = sent
+        call.left -= sent
+        if call.left:
+            call.keep_alive = False
+        call.done = True
+        return True
+
+    def error_response(self, error: ProtocolError | int, info: ConnectionInfo | None = None,
+                       environ: dict | None = None, started: float | None = None) -> bytes:
+        """Bytes of a core-generated error response (``Connection: close``), access-logged."""
+        code = error.status if isinstance(error, ProtocolError) else error
+        request = error.request if isinstance(error, ProtocolError) else None
+        head_only = request is not None and request.method == "HEAD"
+        status, headers, data = error_response(code, self.server_software, head_only=head_only)
+        if self.access_log is not None:
+            if environ is None:
+                environ = self._minimal_environ(request, info)
+            body = 0 if head_only else len(status) + 1
+            self._log_access(environ, status, headers, body,
+                             started if started is not None else time.perf_counter())
+        return data
+
+    def _minimal_environ(self, request: Request | None, info: ConnectionInfo | None) -> dict:
+        environ = (info.environ if info is not None else self.base_environ).copy()
+        if request is not None:
+            try:
+                return self.build_environ(request, info or self.connection_info("", ""),
+                                          EMPTY_INPUT)
+            except Exception:
+                pass
+        environ.update({"REQUEST_METHOD": "-", "RAW_URI": "-", "REQUEST_URI": "-",
+                        "PATH_INFO": "", "QUERY_STRING": "", "SERVER_PROTOCOL": "-",
+                        "wsgi.input": EMPTY_INPUT})
+        return environ
+
+    def _log_access(self, environ: dict, status: str | None, headers: list, body_bytes: int,
+                    started: float) -> None:
+        try:
+            self.access_log.log(environ, status, headers, body_bytes,
+                                int((time.perf_counter() - started) * 1_000_000))
+        except Exception:
+            self.error_log.exception("access log failed")
