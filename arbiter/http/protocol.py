@@ -462,6 +462,9 @@ class HTTPConnection:
                 raise _Reject(400, f"parser refused the head: {exc}") from None
         except _Reject as exc:
             return self._fail(exc.status, exc.reason)
+        if has_te:  # h11 lower-cases the value, llhttp keeps it: report the one accepted value
+            headers = [(n, b"chunked") if n.lower() == b"transfer-encoding" else (n, v)
+                       for n, v in headers]
 
         if connection:
             tokens = [t.strip(b" \t") for t in connection.split(b",")]
