@@ -701,7 +701,7 @@ class WSGIHandler:
             try:
                 result = self.app(environ, call.start_response)
                 rtype = type(result)
-                if rtype is list or rtype is tuple:
+                if (rtype is list or rtype is tuple) and not call.head_sent:
                     if len(result) == 1 and type(result[0]) is bytes:
                         call.send_whole(result[0])
                     else:
