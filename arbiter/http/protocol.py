@@ -146,6 +146,8 @@ _CHUNK_SIZE_LINE = re.compile(
 _FRAMING_FIELDS = re.compile(
     rb"\r\n(host|content-length|transfer-encoding|content-type|connection|expect):[ \t]*([^\r]*)"
 )
+_FRAMING_NAMES = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"content-type", b"connection", b"expect"})
 # Trailer fields that must never appear in a chunked trailer section (RFC 9110 §6.5.1).
 FORBIDDEN_TRAILERS = frozenset(
     {
@@ -180,7 +182,7 @@ class HTTPConnection:
         "settings", "parser", "_buf", "_eof", "_state", "_scan", "_nfields", "_rl",
         "_skipped", "request", "_remaining", "_chunk_state", "_chunk_left", "_body_seen",
         "_trailers", "error", "_limit_line", "_limit_fields", "_limit_field_size",
-        "_limit_body",
+        "_limit_body", "_fields_from_parser",
     )
 
     def __init__(self, settings: HTTPSettings, parser: HeadParser | None = None) -> None:
@@ -191,6 +193,7 @@ class HTTPConnection:
         self._limit_fields = settings.limit_header_fields
         self._limit_field_size = settings.limit_header_field_size
         self._limit_body = settings.limit_body
+        self._fields_from_parser = self.parser.name == "httptools"
         self._buf = bytearray()
         self._eof = False
         self.request: Request | None = None
@@ -281,7 +284,7 @@ class HTTPConnection:
     def _next_head(self):
         buf = self._buf
         if self._rl is None and self._scan == 0:
-            while buf[:2] == b"\r\n":
+            while buf.startswith(b"\r\n"):
                 del buf[:2]
                 self._skipped += 2
                 if self._skipped > _MAX_LEADING_EMPTY:
@@ -400,6 +403,61 @@ class HTTPConnection:
     def _complete_head(self, head: bytes, rl_end: int, groups: tuple, target_parts: tuple):
         method, target, _major, minor = groups
         http11 = minor == b"1"
+        try:
+            if self._fields_from_parser:
+                # llhttp keeps every field as sent (and refuses what it dislikes), so the
+                # framing fields can be judged from its output; if it refuses, the raw
+                # scan below decides the status exactly as for h11.
+                try:
+                    headers = self.parser.parse(head)
+                except ParserRejected as exc:
+                    self._judge_fields(self._raw_framing_fields(head, rl_end), http11)
+                    raise _Reject(400, f"parser refused the head: {exc}") from None
+                pairs = []
+                for name, value in headers:
+                    lname = name.lower()
+                    if lname in _FRAMING_NAMES:
+                        pairs.append((lname, value.lower()))
+                content_length, keep_alive, expect = self._judge_fields(pairs, http11)
+            else:
+                # h11 normalises some fields (merges equal Content-Lengths, refuses
+                # codings itself): judge the raw head first.
+                content_length, keep_alive, expect = self._judge_fields(
+                    self._raw_framing_fields(head, rl_end), http11)
+                try:
+                    headers = self.parser.parse(head)
+                except ParserRejected as exc:
+                    raise _Reject(400, f"parser refused the head: {exc}") from None
+        except _Reject as exc:
+            return self._fail(exc.status, exc.reason)
+        if content_length is None:  # h11 lower-cases the value, llhttp keeps it
+            headers = [(n, b"chunked") if n.lower() == b"transfer-encoding" else (n, v)
+                       for n, v in headers]
+        path, query = target_parts
+        request = self.request = Request(
+            method.decode("ascii"), target, path, query, "1.1" if http11 else "1.0",
+            headers, content_length, keep_alive, expect,
+        )
+        if content_length is None:
+            self._state = _BODY_CHUNKED
+        elif content_length:
+            limit = self._limit_body
+            if limit is not None and content_length > limit:
+                return self._fail(413, "Content-Length over the body limit")
+            self._remaining = content_length
+            self._state = _BODY_CL
+        else:
+            self._state = _DONE
+        return request
+
+    @staticmethod
+    def _raw_framing_fields(head: bytes, rl_end: int) -> list[tuple[bytes, bytes]]:
+        """(lower-case name, lower-case value) of the fields the core judges, from raw bytes."""
+        return [(m.group(1), m.group(2).rstrip(b" \t"))
+                for m in _FRAMING_FIELDS.finditer(head.lower(), rl_end)]
+
+    def _judge_fields(self, pairs: list[tuple[bytes, bytes]], http11: bool):
+        """Host / Content-Length / Transfer-Encoding / ... rules -> (length, keep-alive, 100)."""
         hosts = 0
         host_value = b""
         content_lengths: list[bytes] = []
@@ -408,12 +466,12 @@ class HTTPConnection:
         content_types = 0
         connection = b""
         expect = b""
-        for m in _FRAMING_FIELDS.finditer(head.lower(), rl_end):
-            name, value = m.groups()
-            value = value.rstrip(b" \t")
+        for name, value in pairs:
             if name == b"host":
                 hosts += 1
                 host_value = value
+            elif name == b"connection":
+                connection = connection + b"," + value if connection else value
             elif name == b"content-length":
                 content_lengths.append(value)
             elif name == b"transfer-encoding":
@@ -421,75 +479,48 @@ class HTTPConnection:
                 codings.extend(value.split(b","))
             elif name == b"content-type":
                 content_types += 1
-            elif name == b"connection":
-                connection = connection + b"," + value if connection else value
             else:
                 expect = value
-        try:
-            if hosts > 1:
-                raise _Reject(400, "repeated Host")
-            if hosts == 0 and http11:
-                raise _Reject(400, "missing Host")
-            if hosts and _HOST_VALUE.fullmatch(host_value) is None:
-                raise _Reject(400, "invalid Host")
-            if content_types > 1:
-                raise _Reject(400, "repeated Content-Type")
-            if has_te and content_lengths:
-                raise _Reject(400, "both Content-Length and Transfer-Encoding")
-            content_length: int | None = 0
-            if has_te:
-                if not http11:
-                    raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
-                codings = [c.strip(b" \t") for c in codings]
-                if b"" in codings:
-                    raise _Reject(400, "empty transfer coding")
-                for coding in codings:
-                    if coding != b"chunked":
-                        raise _Reject(501, "unsupported transfer coding")
-                if len(codings) != 1:
-                    raise _Reject(400, "chunked applied more than once")
-                content_length = None
-            elif content_lengths:
-                if len(content_lengths) > 1:
-                    raise _Reject(400, "repeated Content-Length")
-                value = content_lengths[0]
-                if _CONTENT_LENGTH.fullmatch(value) is None:
-                    raise _Reject(400, "invalid Content-Length")
-                content_length = int(value)
-            try:
-                headers = self.parser.parse(head)
-            except ParserRejected as exc:
-                raise _Reject(400, f"parser refused the head: {exc}") from None
-        except _Reject as exc:
-            return self._fail(exc.status, exc.reason)
-        if has_te:  # h11 lower-cases the value, llhttp keeps it: report the one accepted value
-            headers = [(n, b"chunked") if n.lower() == b"transfer-encoding" else (n, v)
-                       for n, v in headers]
-
-        if connection:
-            tokens = [t.strip(b" \t") for t in connection.split(b",")]
-            if b"close" in tokens:
-                keep_alive = False
-            else:
-                keep_alive = http11 or b"keep-alive" in tokens
-        else:
+        if hosts > 1:
+            raise _Reject(400, "repeated Host")
+        if hosts == 0 and http11:
+            raise _Reject(400, "missing Host")
+        if hosts and _HOST_VALUE.fullmatch(host_value) is None:
+            raise _Reject(400, "invalid Host")
+        if content_types > 1:
+            raise _Reject(400, "repeated Content-Type")
+        if has_te and content_lengths:
+            raise _Reject(400, "both Content-Length and Transfer-Encoding")
+        content_length: int | None = 0
+        if has_te:
+            if not http11:
+                raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
+            codings = [c.strip(b" \t") for c in codings]
+            if b"" in codings:
+                raise _Reject(400, "empty transfer coding")
+            for coding in codings:
+                if coding != b"chunked":
+                    raise _Reject(501, "unsupported transfer coding")
+            if len(codings) != 1:
+                raise _Reject(400, "chunked applied more than once")
+            content_length = None
+        elif content_lengths:
+            if len(content_lengths) > 1:
+                raise _Reject(400, "repeated Content-Length")
+            value = content_lengths[0]
+            if _CONTENT_LENGTH.fullmatch(value) is None:
+                raise _Reject(400, "invalid Content-Length")
+            content_length = int(value)
+        if not connection:
             keep_alive = http11
-        path, query = target_parts
-        request = self.request = Request(
-            method.decode("ascii"), target, path, query, "1.1" if http11 else "1.0",
-            headers, content_length, keep_alive, http11 and expect == b"100-continue",
-        )
-        limit = self._limit_body
-        if content_length is None:
-            self._state = _BODY_CHUNKED
-        elif content_length:
-            if limit is not None and content_length > limit:
-                return self._fail(413, "Content-Length over the body limit")
-            self._remaining = content_length
-            self._state = _BODY_CL
+        elif connection == b"close":
+            keep_alive = False
+        elif connection == b"keep-alive":
+            keep_alive = True
         else:
-            self._state = _DONE
-        return request
+            tokens = [t.strip(b" \t") for t in connection.split(b",")]
+            keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+        return content_length, keep_alive, http11 and expect == b"100-continue"
 
     # -- bodies -------------------------------------------------------------------
     def _need_body(self):
