@@ -19,7 +19,9 @@ def app(environ, start_response):
     if path == "/boom":
         raise RuntimeError("the app failed on purpose")
     if path == "/echo":
-        body = environ["wsgi.input"].read()
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        body = stream.read(int(length)) if length else stream.read()
         start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                   ("Content-Length", str(len(body)))])
         return [body]
