@@ -20,7 +20,7 @@ from __future__ import annotations
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from arbiter.http.parsers import make_head_parser
@@ -66,10 +66,12 @@ def _never() -> bool:
 class _Channel:
     """Blocking-with-ticks reads and writes on one socket."""
 
-    __slots__ = ("sock", "observer", "stopping", "stall", "_rpoll", "_wpoll", "plain")
+    __slots__ = ("sock", "observer", "stopping", "stall", "_rpoll", "_wpoll", "plain",
+                 "_idle_poll")
 
     def __init__(self, sock: socket.socket, observer: RequestObserver,
-                 stopping: Callable[[], bool], stall: float) -> None:
+                 stopping: Callable[[], bool], stall: float,
+                 idle_fds: Sequence[int] = ()) -> None:
         self.sock = sock
         self.observer = observer
         self.stopping = stopping
@@ -77,12 +79,21 @@ class _Channel:
         self._rpoll = select.poll()
         self._rpoll.register(sock, _POLLIN)
         self._wpoll: Any = None
+        self._idle_poll = self._rpoll
+        if idle_fds:
+            self._idle_poll = select.poll()
+            self._idle_poll.register(sock, _POLLIN)
+            for fd in idle_fds:
+                self._idle_poll.register(fd, _POLLIN)
         self.plain = type(sock) is socket.socket
 
     def recv(self, timeout: float, idle: bool) -> bytes | None:
-        """Bytes, b"" at EOF, or None on timeout (or on stopping() while idle)."""
+        """Bytes, b"" at EOF, or None on timeout (or, while idle, on stopping() or
+        when one of the ``idle_fds`` becomes readable and the socket is not)."""
         deadline = time.monotonic() + timeout
         sock = self.sock
+        poller = self._idle_poll if idle else self._rpoll
+        fileno = sock.fileno()
         while True:
             self.observer.heartbeat()
             if idle and self.stopping():
@@ -90,7 +101,10 @@ class _Channel:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if self._rpoll.poll(min(remaining, 1.0) * 1000.0):
+            ready = poller.poll(min(remaining, 1.0) * 1000.0)
+            if ready:
+                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready):
+                    return None  # someone else is waiting: give this idle connection up
                 try:
                     return sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
@@ -168,15 +182,19 @@ class _Channel:
 def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockname: Any, *,
                      may_keep_alive: Callable[[], bool] = _always,
                      observer: RequestObserver = NULL_OBSERVER,
-                     stopping: Callable[[], bool] = _never) -> int:
+                     stopping: Callable[[], bool] = _never,
+                     idle_fds: Sequence[int] = ()) -> int:
     """Serve one connection on a blocking socket until it closes; return requests served.
 
     ``peer`` is the accept() address (tuple for TCP, '' or str for unix
     sockets); ``sockname`` is ``sock.getsockname()``. ``may_keep_alive()`` is
     asked before each response head: False -> ``Connection: close`` and the
     connection ends after it. ``stopping()`` True -> finish the current
-    response, then close. Never raises for client misbehaviour; the socket is
-    closed on return.
+    response, then close. ``idle_fds`` are watched while the connection idles
+    between requests: when one becomes readable (a preforked worker passes its
+    listeners and its signal wakeup fd) the idle connection is closed so the
+    worker can accept the waiting client. Never raises for client
+    misbehaviour; the socket is closed on return.
     """
     log = handler.error_log
     served = 0
@@ -184,7 +202,7 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
     linger = False
     try:
         sock.setblocking(True)
-        channel = _Channel(sock, observer, stopping, handler.settings.read_timeout)
+        channel = _Channel(sock, observer, stopping, handler.settings.read_timeout, idle_fds)
         conn = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
         served, linger = _serve(handler, conn, channel, handler.connection_info(peer, sockname),
                                 may_keep_alive, observer, stopping)

@@ -7,8 +7,11 @@ connection open starves every client queued behind it (uWSGI's HTTP/1.1
 socket served 2 of 50 clients that way). This worker keeps a connection alive
 only while nobody else is waiting: before each response it polls the
 listeners, and if a connection is pending the response says
-``Connection: close`` and the worker goes back to ``accept``. So idle clients
-get keep-alive, and under load every client is served in turn.
+``Connection: close`` and the worker goes back to ``accept``. While a
+kept-alive connection idles, the worker also watches the listeners: a client
+arriving ends the idle wait (the idle connection is closed, as HTTP allows)
+instead of queueing behind it for ``keepalive`` seconds. So idle clients get
+keep-alive, and under load every client is served in turn.
 
 Its other weakness, memory (each process a full copy), is answered by
 ``preload_app`` (copy-on-write sharing of the imported app) and the master's
@@ -43,6 +46,8 @@ class PreforkedWorker(Worker):
             return not pending.poll(0)
 
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
+        # While a kept-alive connection idles, a new client or a signal ends the wait.
+        idle_fds = [listener.fileno for listener in self.listeners] + [self.wakeup_r]
         handler = self.handler
         stopping = self.stopping
         try:
@@ -66,7 +71,8 @@ class PreforkedWorker(Worker):
                                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                             serve_connection(handler, conn, peer, socknames[listener.fileno],
                                              may_keep_alive=nobody_waiting,
-                                             observer=self, stopping=stopping)
+                                             observer=self, stopping=stopping,
+                                             idle_fds=idle_fds)
                         finally:
                             conn.close()
                         if not self.between_requests():

@@ -200,3 +200,16 @@ def _read_response(s: socket.socket) -> bytes:
             break
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+def test_an_idle_keepalive_connection_does_not_hold_back_a_new_client(make_server):
+    """One preforked worker, one idle keep-alive client: a second client is served at once."""
+    server = make_server()
+    server.write_app(APP)
+    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "--keepalive", "30", "app:app")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as idle:
+        idle.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(idle).endswith(b"GET /first")
+        started = time.monotonic()
+        assert server.get("/second", timeout=10).text == "GET /second"
+        assert time.monotonic() - started < 2.0  # not the 30 s keep-alive
