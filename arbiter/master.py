@@ -432,6 +432,13 @@ class Master:
                     self.note_boot_failure(why)
 
     def kill_hung_workers(self) -> None:
+        """Report and replace workers stuck longer than ``timeout``.
+
+        A silent worker (no heartbeat) is killed after its traceback is dumped.
+        A multithreaded worker whose oldest request is too old, while its own
+        loop still beats, is recycled: traceback, then TERM so its other
+        requests finish within ``graceful_timeout`` while a replacement starts.
+        """
         assert self.scoreboard is not None
         now = time.monotonic()
         for worker in list(self.workers.values()):
@@ -439,23 +446,36 @@ class Master:
             if not timeout or not worker.ready or worker.kill_at is not None:
                 continue
             row = self.scoreboard.read(worker.slot)
+            policy = getattr(worker.generation.worker_cls, "hung_policy", "kill")
             silent = now - row.heartbeat
-            if silent <= timeout:
+            oldest = now - row.request_started if row.in_flight else 0.0
+            if silent > timeout:
+                what = f"silent for {silent:.1f} s"
+                recycle = False
+            elif policy == "recycle" and oldest > timeout:
+                what = f"a request has run for {oldest:.1f} s"
+                recycle = True
+            else:
                 continue
             running = ""
             if row.in_flight:
                 running = (f" while running {row.method} {row.path} for "
-                           f"{now - row.request_started:.1f} s")
-            self.log.error("worker #%d (pid %d) timed out: silent for %.1f s (timeout %g s)%s; "
-                           "its traceback follows, then it is killed",
-                           worker.number, worker.pid, silent, timeout, running)
+                           f"{oldest:.1f} s")
+            action = ("then it is recycled (other requests may finish)" if recycle
+                      else "then it is killed")
+            self.log.error("worker #%d (pid %d) timed out: %s (timeout %g s)%s; "
+                           "its traceback follows, %s",
+                           worker.number, worker.pid, what, timeout, running, action)
             try:
                 os.kill(worker.pid, TRACEBACK_SIGNAL)
             except ProcessLookupError:
                 continue
-            worker.retiring = True
             worker.reason = "timed out"
-            worker.kill_at = now + TIMEOUT_KILL_GRACE
+            if recycle:
+                self.stop_worker(worker, signal.SIGTERM, "timed out")
+            else:
+                worker.retiring = True
+                worker.kill_at = now + TIMEOUT_KILL_GRACE
 
     def enforce_kill_deadlines(self) -> None:
         now = time.monotonic()

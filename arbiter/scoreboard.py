@@ -138,6 +138,19 @@ class SlotWriter:
                                 method.encode("latin-1", "replace")[:METHOD_SIZE],
                                 path.encode("latin-1", "replace")[:PATH_SIZE])
 
+    def show_in_flight(self, in_flight: int, started: float, method: str, path: str) -> None:
+        """For workers running several requests at once: the count and the oldest one."""
+        _STATE.pack_into(self.memory, self.base + _OFF_STATE, BUSY if in_flight else IDLE)
+        _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, time.monotonic())
+        _REQUEST_OPEN.pack_into(self.memory, self.base + _OFF_IN_FLIGHT, in_flight, started,
+                                method.encode("latin-1", "replace")[:METHOD_SIZE],
+                                path.encode("latin-1", "replace")[:PATH_SIZE])
+
+    def count_request(self) -> None:
+        """One more request served (the in-flight fields are written separately)."""
+        self.requests += 1
+        struct.pack_into("<Q", self.memory, self.base + _OFF_REQUESTS, self.requests)
+
     def request_finished(self, status: int) -> None:
         self.requests += 1
         _REQUEST_DONE.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests, 0)

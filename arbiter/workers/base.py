@@ -20,6 +20,8 @@ import os
 import random
 import signal
 import sys
+import threading
+import time
 from typing import Any
 
 from arbiter import logs, workers
@@ -75,10 +77,25 @@ def error_log_fileno(log: logging.Logger) -> int:
 
 
 class Worker:
-    """One worker process. Subclasses implement :meth:`serve`."""
+    """One worker process. Subclasses implement :meth:`serve`.
+
+    Class attributes a worker type sets:
+
+    * ``multithread``: requests run in several threads at once; the observer
+      methods then track each thread's request and the scoreboard row shows
+      the in-flight count and the oldest running request.
+    * ``hung_policy``: what the master does with a request older than
+      ``timeout``: ``"kill"`` (dump tracebacks, then SIGKILL: one request per
+      process, or a reactor that a stuck app has frozen), ``"recycle"`` (dump
+      tracebacks, then TERM: the other threads finish their requests within
+      ``graceful_timeout`` while a replacement starts; a Python thread cannot
+      be killed), or ``"self"`` (the worker kills its own hung children; the
+      master only watches the worker's heartbeat).
+    """
 
     worker_type = "base"
     multithread = False
+    hung_policy = "kill"
 
     def __init__(self, *, cfg: Any, listeners: list, slot: SlotWriter, number: int,
                  generation: int, master_pid: int, app: Any = None,
@@ -103,6 +120,9 @@ class Worker:
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.handler: WSGIHandler | None = None
         self.access_log: logs.AccessLog | None = None
+        # Multithreaded workers: the requests running now, by thread (start, method, path).
+        self.requests_lock = threading.Lock()
+        self.running: dict[int, tuple[float, str, str]] = {}
 
     # -- boot ----------------------------------------------------------------
     def run(self) -> int:
@@ -210,11 +230,30 @@ class Worker:
     def heartbeat(self) -> None:
         self.slot.heartbeat()
 
+    def _show_running(self) -> None:
+        """Multithreaded workers: publish the in-flight count and the oldest request."""
+        if self.running:
+            started, method, path = min(self.running.values())
+            self.slot.show_in_flight(len(self.running), started, method, path)
+        else:
+            self.slot.show_in_flight(0, 0.0, "", "")
+
     def request_started(self, method: str, path: str) -> None:
-        self.slot.request_started(method, path)
+        if not self.multithread:
+            self.slot.request_started(method, path)
+            return
+        with self.requests_lock:
+            self.running[threading.get_ident()] = (time.monotonic(), method, path)
+            self._show_running()
 
     def request_finished(self, status: int) -> None:
-        self.slot.request_finished(status)
+        if not self.multithread:
+            self.slot.request_finished(status)
+        else:
+            with self.requests_lock:
+                self.running.pop(threading.get_ident(), None)
+                self.slot.count_request()
+                self._show_running()
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests and self.alive:
             self.log.info("worker #%d (pid %d) served %d requests (max_requests): recycling",
