@@ -10,9 +10,11 @@ one second so the observer's heartbeat keeps beating and ``stopping()`` is
 noticed while a keep-alive connection idles; writes try a non-blocking
 ``send`` first (one syscall on the hot path) and only then wait.
 
-Timeouts: the first request and every started request get ``read_timeout``
-per wait (an incomplete head is answered 408; a stalled body closes the
-connection); an idle keep-alive connection waits ``keepalive`` seconds.
+Timeouts: a request head must be complete within ``header_timeout`` of the
+connection (first request) or of its first byte (later ones), else 408 —
+slowloris clients are cut however slowly they trickle; a body read waits at
+most ``read_timeout`` per read (a stalled body closes the connection); an
+idle keep-alive connection waits ``keepalive`` seconds.
 """
 
 from __future__ import annotations
@@ -231,6 +233,7 @@ def _serve(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: 
     """The request loop; returns (requests served, whether to linger before closing)."""
     settings = handler.settings
     read_timeout = settings.read_timeout
+    header_timeout = settings.header_timeout
     keepalive = settings.keepalive
     keepalive_on = keepalive > 0
 
@@ -238,17 +241,28 @@ def _serve(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: 
         return keepalive_on and may_keep_alive() and not stopping()
 
     served = 0
+    # The whole head must arrive within header_timeout of the connection (first
+    # request) or of the first byte of a later one: a slowloris client is cut.
+    head_deadline = time.monotonic() + header_timeout
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
             idle = conn.idle
-            data = channel.recv(keepalive if idle and served else read_timeout, idle)
-            if data is None:
-                if idle:
+            if idle and served:
+                # Between requests: wait up to keepalive; give way to waiting clients.
+                data = channel.recv(keepalive, True)
+                if data is None:
                     return served, False
-                channel.send(handler.error_response(408, info))
-                observer.request_finished(408)
-                return served, True
+                head_deadline = time.monotonic() + header_timeout
+            else:
+                remaining = head_deadline - time.monotonic()
+                data = channel.recv(min(remaining, read_timeout), False) if remaining > 0 else None
+                if data is None:
+                    if idle:
+                        return served, False  # connected, never sent a byte
+                    channel.send(handler.error_response(408, info))
+                    observer.request_finished(408)
+                    return served, True
             conn.receive_data(data)
             continue
         etype = type(event)

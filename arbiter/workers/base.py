@@ -58,6 +58,7 @@ def http_settings(cfg: Any, worker_type: str, multithread: bool = False) -> HTTP
         forwarded_allow_ips=tuple(cfg.forwarded_allow_ips),
         keepalive=float(cfg.keepalive),
         read_timeout=float(cfg.timeout) if cfg.timeout else 30.0,
+        header_timeout=float(cfg.header_timeout),
         server_software=f"arbiter/{__version__}",
         multithread=multithread,
         multiprocess=True,
