@@ -1,0 +1,223 @@
+"""The ``threaded`` worker: one thread per connection, with a bound.
+
+The main thread accepts; each accepted connection is served to its end by its
+own thread, through the shared blocking driver
+(:func:`arbiter.http.serve_connection`). Nothing is shared between connection
+threads but the app, so the pattern keeps its simplicity.
+
+The naive pattern's weakness is that it has no upper bound: every client gets
+a thread, and a burst of clients turns into thousands of threads fighting over
+the GIL and the scheduler. This worker runs at most ``max_connections``
+connection threads. At the bound the main thread stops watching the listeners,
+so further clients wait in the kernel's listen backlog (they are neither
+refused nor failed) until a connection thread finishes and wakes the main
+thread through a pipe.
+
+A thread whose connection has ended waits a moment for the next one before it
+exits, so under steady load a connection does not pay a thread start (about
+100 µs); the total of threads, busy or waiting, never exceeds the bound.
+The cost this pattern keeps: an idle keep-alive connection holds its thread
+for up to ``keepalive`` seconds (bounded by ``max_connections``).
+
+A request stuck in the app cannot be killed in a thread: the master dumps every
+thread's traceback and recycles the worker (``hung_policy = "recycle"``): it
+stops accepting, the other connections finish their current response, and a
+fresh worker takes over.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from arbiter.http import serve_connection
+from arbiter.workers.base import Worker
+
+# How long a thread whose connection ended waits to be handed the next one.
+THREAD_LINGER_SECONDS = 2.0
+
+
+class ConnectionThread:
+    """A thread serving connections handed to it, one at a time, until it idles out."""
+
+    __slots__ = ("worker", "handoff", "handed", "thread")
+
+    def __init__(self, worker: ThreadedWorker) -> None:
+        self.worker = worker
+        # The next connection, (socket, peer, sockname), put there by the main thread.
+        self.handoff: deque = deque()
+        # Signalled (under the worker's lock) when a connection is handed over.
+        self.handed = threading.Condition(worker.lock)
+        self.thread = threading.Thread(target=self.run, name="arbiter-conn", daemon=True)
+
+    def run(self) -> None:
+        worker = self.worker
+        handler = worker.handler
+        observer = worker
+        stopping = worker.stopping
+        job: tuple | None = self.handoff.popleft()
+        while job is not None:
+            conn, peer, sockname = job
+            try:
+                serve_connection(handler, conn, peer, sockname, observer=observer,
+                                 stopping=stopping)
+            except BaseException:  # serve_connection logs; never let a thread die noisily
+                worker.log.exception("connection thread failed serving %r", peer)
+            finally:
+                conn.close()
+            job = worker.connection_done(self)
+
+
+class ThreadedWorker(Worker):
+    """Accept in the main thread; serve each connection in a thread; at most
+    ``max_connections`` at once."""
+
+    worker_type = "threaded"
+    multithread = True
+    hung_policy = "recycle"
+
+    def serve(self) -> None:
+        self.limit = max(1, int(self.cfg.max_connections))
+        self.active = 0  # connections being served
+        self.idle_threads: list[ConnectionThread] = []
+        self.lock = threading.Lock()
+        self.connection_ended = threading.Condition(self.lock)
+        self.paused = False  # listeners unwatched: at the bound
+        self.freed_r, self.freed_w = os.pipe()
+        os.set_blocking(self.freed_r, False)
+        os.set_blocking(self.freed_w, False)
+
+        selector = self.selector = selectors.DefaultSelector()
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+        self.watch_listeners(selector)
+        selector.register(self.wakeup_r, selectors.EVENT_READ, "signal")
+        selector.register(self.freed_r, selectors.EVENT_READ, "freed")
+        socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
+        try:
+            while self.between_requests():
+                for key, _ in selector.select(self.tick):
+                    data = key.data
+                    if data == "signal":
+                        self.drain_wakeup()
+                    elif data == "freed":
+                        self.drain_freed()
+                    else:
+                        self.accept_from(data, socknames[data.fileno])
+                with self.lock:
+                    if self.paused and self.active < self.limit:
+                        self.paused = False
+                        resume = True
+                    else:
+                        resume = False
+                if resume:
+                    self.watch_listeners(selector)
+            self.log.debug("worker #%d (pid %d) stops accepting; %d connection(s) to finish",
+                           self.number, os.getpid(), self.active)
+        finally:
+            selector.close()
+            for listener in self.listeners:
+                listener.sock.close()
+        self.finish_connections()
+
+    # -- accepting --------------------------------------------------------------
+    def watch_listeners(self, selector: selectors.BaseSelector) -> None:
+        for listener in self.listeners:
+            selector.register(listener.sock, selectors.EVENT_READ, listener)
+
+    def accept_from(self, listener: Any, sockname: Any) -> None:
+        """Accept what is queued, up to the bound; at the bound stop watching."""
+        while self.alive:
+            with self.lock:
+                if self.active >= self.limit:
+                    self.pause_listeners()
+                    return
+            try:
+                conn, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS...: back off to select
+                self.log.warning("accept on %s failed: %s", listener.name, exc)
+                return
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.dispatch((conn, peer, sockname))
+
+    def pause_listeners(self) -> None:
+        """At the bound (lock held): leave further clients in the backlog."""
+        if self.paused:
+            return
+        self.paused = True
+        for listener in self.listeners:
+            try:
+                self.selector.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def dispatch(self, job: tuple) -> None:
+        """Hand a connection to a waiting thread, or start a new one."""
+        with self.lock:
+            self.active += 1
+            if self.idle_threads:
+                worker_thread = self.idle_threads.pop()
+                worker_thread.handoff.append(job)
+                worker_thread.handed.notify()
+                return
+        worker_thread = ConnectionThread(self)
+        worker_thread.handoff.append(job)
+        try:
+            worker_thread.thread.start()
+        except RuntimeError as exc:  # can't start a new thread: resources exhausted
+            with self.lock:
+                self.active -= 1
+            self.log.error("cannot start a connection thread: %s", exc)
+            job[0].close()
+
+    # -- connection threads ---------------------------------------------------------
+    def connection_done(self, worker_thread: ConnectionThread) -> tuple | None:
+        """Called by a thread whose connection ended: its next job, or None to exit."""
+        with self.lock:
+            self.active -= 1
+            if self.paused:
+                try:
+                    os.write(self.freed_w, b"\0")
+                except BlockingIOError:
+                    pass
+            if not self.alive:
+                self.connection_ended.notify()
+                return None
+            self.idle_threads.append(worker_thread)
+            deadline = time.monotonic() + THREAD_LINGER_SECONDS
+            while not worker_thread.handoff:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.alive:
+                    break
+                worker_thread.handed.wait(remaining)
+            if worker_thread.handoff:
+                return worker_thread.handoff.popleft()
+            self.idle_threads.remove(worker_thread)
+            return None
+
+    def drain_freed(self) -> None:
+        try:
+            while os.read(self.freed_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- stopping -------------------------------------------------------------------
+    def finish_connections(self) -> None:
+        """After TERM: wait for the running connections (the master kills after
+        ``graceful_timeout``); keep the heartbeat going meanwhile."""
+        with self.lock:
+            for worker_thread in self.idle_threads:
+                worker_thread.handed.notify()  # waiting threads exit
+            while self.active:
+                self.slot.heartbeat()
+                self.connection_ended.wait(self.tick)
+        self.log.debug("worker #%d (pid %d): all connections finished", self.number, os.getpid())
