@@ -33,3 +33,27 @@ def make_server(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def server(make_server) -> Server:
     return make_server()
+
+
+ALL_WORKER_TYPES = ("preforked", "forked", "threaded", "pooled", "evented")
+
+
+@pytest.fixture(params=ALL_WORKER_TYPES)
+def worker_type(request) -> str:
+    """Parametrises a test over every worker type."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def make_module_server(tmp_path_factory) -> Iterator:
+    """Like make_server, but the servers live for the whole test module."""
+    servers: list[Server] = []
+
+    def make(name: str = "srv") -> Server:
+        server = Server(tmp_path_factory.mktemp(name))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

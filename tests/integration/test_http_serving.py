@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -55,15 +56,24 @@ BAD_INPUTS = {
 }
 
 
-@pytest.fixture(params=["httptools", "h11"])
-def running(request, server):
+# Every worker type with the default parser, and the parser parity on preforked.
+SERVING_CONFIGS = [("preforked", "httptools"), ("preforked", "h11"), ("forked", "auto"),
+                   ("threaded", "auto"), ("pooled", "auto"), ("evented", "auto")]
+
+
+@pytest.fixture(scope="module", params=SERVING_CONFIGS, ids=lambda c: f"{c[0]}-{c[1]}")
+def running(request, make_module_server):
+    worker_type, parser = request.param
+    server = make_module_server(f"{worker_type}-{parser}")
     server.write_app(APP)
     server.write_config(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
         workers: 2
-        http_parser: {request.param}
+        worker_type: {worker_type}
+        http_parser: {parser}
         limits: {{body: 1000}}
+        header_timeout: 2
     """)
     server.start("-c", "server.yaml")
     server.wait_workers(2)
@@ -133,14 +143,40 @@ def test_expect_100_continue(running):
         assert _read_response(s).endswith(b"data")
 
 
-def test_validator_wrapped_app_runs_clean(make_server):
+def test_validator_wrapped_app_runs_clean(make_server, worker_type):
     server = make_server()
     server.write_app(APP)
-    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "app:validated")
+    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", worker_type, "app:validated")
     assert server.get("/v").text == "GET /v"
     assert server.get("/echo", method="POST", body=b"abc").text == "abc"
     assert server.get("/v", method="HEAD").status == 200
     assert "Traceback" not in server.stderr and "AssertionError" not in server.stderr
+
+
+def test_slowloris_client_gets_408_and_others_are_served(running):
+    """A head trickling in a byte at a time is cut after header_timeout (2 s here)."""
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
+        started = time.monotonic()
+        reply = b""
+        try:
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+                if select.select([slow], [], [], 0)[0]:
+                    break  # the server answered: stop sending, read it
+                slow.sendall(bytes([byte]))
+                assert running.get("/other", timeout=5).status == 200
+                time.sleep(0.25)
+                if time.monotonic() - started > 6:
+                    break
+        except OSError:
+            pass  # the server cut us off mid-send
+        slow.settimeout(5)
+        try:
+            while chunk := slow.recv(65536):
+                reply += chunk
+        except OSError:
+            pass
+    assert status_of(reply) == 408
+    assert time.monotonic() - started < 6
 
 
 def test_fifty_keepalive_clients_on_two_workers_are_all_served(running):
@@ -150,23 +186,38 @@ def test_fifty_keepalive_clients_on_two_workers_are_all_served(running):
     stop = time.monotonic() + 3
     lock = threading.Lock()
 
+    failures: list[str] = []
+
     def client(i: int) -> None:
         conn = None
         try:
             while time.monotonic() < stop:
+                fresh = conn is None
                 if conn is None:
                     conn = socket.create_connection(("127.0.0.1", running.port), timeout=10)
                 t0 = time.monotonic()
-                conn.sendall(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
-                reply = _read_response(conn)
+                try:
+                    conn.sendall(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+                    reply = _read_response(conn)
+                except OSError as exc:
+                    reply, error = b"", exc
+                else:
+                    error = None
+                if not reply:
+                    conn.close()
+                    conn = None
+                    if fresh:  # a new connection must be answered
+                        failures.append(f"client {i}: {error or 'closed without a response'}")
+                        return
+                    continue  # an idle keep-alive connection was closed: retry, as clients do
                 with lock:
                     latencies.append(time.monotonic() - t0)
                 served[i] += 1
                 if b"connection: close" in reply.lower():
                     conn.close()
                     conn = None
-        except OSError:
-            pass
+        except OSError as exc:
+            failures.append(f"client {i}: {exc}")
         finally:
             if conn is not None:
                 conn.close()
@@ -176,6 +227,7 @@ def test_fifty_keepalive_clients_on_two_workers_are_all_served(running):
         t.start()
     for t in threads:
         t.join(20)
+    assert not failures, failures[:5]
     assert all(n > 0 for n in served), f"unserved clients: {served.count(0)}"
     assert max(latencies) < 2.0
 
@@ -202,11 +254,12 @@ def _read_response(s: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_an_idle_keepalive_connection_does_not_hold_back_a_new_client(make_server):
-    """One preforked worker, one idle keep-alive client: a second client is served at once."""
+def test_an_idle_keepalive_connection_does_not_hold_back_a_new_client(make_server, worker_type):
+    """One worker, one idle keep-alive client: a second client is served at once."""
     server = make_server()
     server.write_app(APP)
-    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "--keepalive", "30", "app:app")
+    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", worker_type,
+                 "--keepalive", "30", "app:app")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as idle:
         idle.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_response(idle).endswith(b"GET /first")
