@@ -1,0 +1,98 @@
+"""Bind address parsing, listener opening, and the scoreboard's shared rows."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from arbiter.scoreboard import BOOTING, BUSY, IDLE, Scoreboard
+from arbiter.sockets import BindError, open_listener, open_listeners, parse_address
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.mark.parametrize("text, family, host, port", [
+    ("127.0.0.1:8000", socket.AF_INET, "127.0.0.1", 8000),
+    ("localhost:0", socket.AF_INET, "localhost", 0),
+    ("[::1]:9000", socket.AF_INET6, "::1", 9000),
+    (":80", socket.AF_INET, "0.0.0.0", 80),
+])
+def test_tcp_addresses(text, family, host, port):
+    address = parse_address(text)
+    assert (address.family, address.host, address.port) == (family, host, port)
+
+
+def test_unix_address_with_and_without_mode():
+    assert parse_address("unix:/tmp/a.sock").path == "/tmp/a.sock"
+    address = parse_address("unix:/tmp/a.sock:0660")
+    assert (address.path, address.mode) == ("/tmp/a.sock", 0o660)
+
+
+def test_fd_address():
+    assert parse_address("fd://3").fd == 3
+
+
+@pytest.mark.parametrize("text", ["nohostport", "1.2.3.4:99999", "::1:80", "fd://x", "unix:"])
+def test_bad_addresses_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+def test_port_in_use_names_the_address():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(BindError, match=f"127.0.0.1:{port}"):
+            open_listener(parse_address(f"127.0.0.1:{port}"), 16)
+    finally:
+        taken.close()
+
+
+def test_unix_listener_replaces_a_stale_socket_and_unlinks_on_close(tmp_path):
+    path = str(tmp_path / "s.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # leaves the file behind, nobody listening
+    listener = open_listener(parse_address(f"unix:{path}:0600"), 16)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    listener.close()
+    assert not os.path.exists(path)
+
+
+def test_failed_open_listeners_closes_what_it_opened():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(BindError):
+            open_listeners(["127.0.0.1:0", f"127.0.0.1:{port}"], 16)
+    finally:
+        taken.close()
+
+
+def test_scoreboard_rows_are_shared_with_a_forked_writer():
+    board = Scoreboard(slots=4)
+    board.claim(2, generation=5, number=3)
+    assert board.read(2).state == BOOTING
+    pid = os.fork()
+    if pid == 0:
+        writer = board.writer(2)
+        writer.set_pid(os.getpid())
+        writer.set_state(IDLE)
+        writer.request_started("POST", "/orders")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    row = board.read(2)
+    assert (row.pid, row.generation, row.number) == (pid, 5, 3)
+    assert (row.state, row.in_flight, row.method, row.path) == (BUSY, 1, "POST", "/orders")
+    writer = board.writer(2)
+    writer.request_finished(200)
+    row = board.read(2)
+    assert (row.state, row.in_flight, row.requests) == (IDLE, 0, 1)
+    board.release(2)
+    assert board.read(2).pid == 0
