@@ -1,34 +1,64 @@
 #!/usr/bin/env python3
-"""Benchmark arbiter against gunicorn (sync, 2 workers) on a hello-world WSGI app.
+"""Benchmark arbiter's five worker types against their gunicorn counterparts.
 
 This script owns the arbiter-vs-gunicorn benchmark; it measures, it does not
-tune.  It is modelled on the peer baseline (shared bench/README.md, peers.sh):
+tune.  It is modelled on the peer baseline (shared bench/README.md, peers.sh).
+
+Pairs -- every arbiter worker type is measured next to the gunicorn worker
+nearest to it, at equal worker (and thread) counts:
+
+==========  =====================================  ==============================
+arbiter     peer                                   why this peer
+==========  =====================================  ==============================
+preforked   gunicorn sync, ``-w W``                one connection at a time
+pooled      gunicorn gthread, ``-w W --threads T``  same pattern (thread pool)
+threaded    gunicorn gthread, ``-w W --threads T``  nearest peer (threads)
+forked      gunicorn gthread, ``-w W --threads T``  nearest peer (no fork-per-conn)
+evented     gunicorn gthread, ``-w W --threads T``  nearest peer (gunicorn's own
+                                                   event-loop workers need
+                                                   gevent/eventlet)
+==========  =====================================  ==============================
+
+arbiter runs as ``python -m arbiter -b 127.0.0.1:PORT -w W -k TYPE -t T
+--http-parser P --log-level warning --max-connections 1000 hello:app``.
+
+How each number is taken:
 
 * every server is started on 127.0.0.1 on a free port, with ``scripts/hello.py``
   as the app, and is polled until it answers an HTTP request;
-* a 2 s warm-up, then ``wrk -t1 -c50 -d8s --latency`` (``-H "Connection: close"``
-  for the ``close`` load); without wrk, a built-in closed-loop Python load
-  generator (selectors, one thread) runs instead;
+* the two servers of a pair run side by side and are measured alternately,
+  load by load (which one goes first flips every run and every load), so
+  drift of the machine's speed hits both; pairs are visited in reverse order
+  every other run;
+* per measurement: a warm-up (``--warmup``, same load), then
+  ``wrk -t1 -c50 -dDs --latency`` (``-H "Connection: close"`` for the
+  ``close`` load); without wrk, a built-in closed-loop Python load generator
+  (selectors, one thread) runs instead;
 * server CPU per request: utime+stime (+ reaped children's) of the server's
   whole process tree, read from /proc before and after the measured run,
   divided by the requests completed;
-* "connections served": a separate probe opens 50 connections at once, each
-  sending requests in a loop for ~2 s, and counts the connections that got at
-  least one response (plus the worst latency, including requests still
-  unanswered at the end) -- this is what exposes a one-connection-at-a-time
-  keep-alive worker starving the others;
-* each (server, parser, load) is run ``--runs`` times, servers alternating
-  (order reversed every other run against drift); the table shows medians and
-  the arbiter/gunicorn ratios (median of the per-run ratios).
+* "served": a separate probe opens 50 connections at once, each sending
+  requests in a loop for ~2 s, and counts the connections that got at least
+  one response -- this exposes a one-connection-at-a-time keep-alive worker
+  starving the others;
+* the table shows medians over ``--runs``; ratios are arbiter / peer, the
+  median of the per-run ratios; the floor column applies the README's noise
+  band (0.83-1.17 = the same speed).
+
+``--capacity N`` also runs the concurrency benchmark of
+``scripts/evented_capacity.py`` (N keep-alive connections held by one
+``evented`` worker, its RSS); ``--capacity-only`` runs just that.
 
 Every server started is stopped by pid (TERM, then KILL after a timeout, its
-descendants too), also on errors and Ctrl-C.
+descendants too), also on errors, Ctrl-C and SIGTERM.
 
 Usage::
 
-    python scripts/bench.py [--duration 8] [--runs 3] [--gunicorn-venv PATH]
-        [--parsers httptools,h11] [--loads keepalive,close] [--connections 50]
-        [--servers arbiter,gunicorn] [--loadgen auto|wrk|python] [--json]
+    python scripts/bench.py [--types preforked,pooled,threaded,forked,evented]
+        [--workers 2] [--threads 4] [--parsers httptools[,h11]]
+        [--loads keepalive,close] [--duration 8] [--runs 3] [--connections 50]
+        [--servers arbiter,gunicorn] [--gunicorn-venv PATH]
+        [--loadgen auto|wrk|python] [--capacity N [--capacity-only]] [--json]
 """
 
 from __future__ import annotations
@@ -58,10 +88,23 @@ REPO_ROOT = SCRIPTS_DIR.parent
 APP = "hello:app"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_VENV = Path.home() / ".cache" / "arbiter-bench" / "venv"
+WORKER_TYPES = ("preforked", "pooled", "threaded", "forked", "evented")
+NOISE_LOW, NOISE_HIGH = 0.83, 1.17  # README: a server against itself reads 0.83-1.17
+FORK_EXEMPT = ("forked", "close")  # (type, load) exempt from the speed floor
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP end the run like Ctrl-C does, so every server is stopped."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 # --------------------------------------------------------------------------- processes
@@ -77,8 +120,7 @@ def _proc_stat(pid: int) -> list[str] | None:
     return data[data.rindex(")") + 2 :].split()
 
 
-def descendants(root: int) -> list[int]:
-    """All live descendants of *root*, found by walking /proc by parent pid."""
+def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -86,6 +128,12 @@ def descendants(root: int) -> list[int]:
         st = _proc_stat(int(entry))
         if st is not None:
             children.setdefault(int(st[1]), []).append(int(entry))
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    """All live descendants of *root*, found by walking /proc by parent pid."""
+    children = _children_map()
     out: list[int] = []
     todo = [root]
     while todo:
@@ -95,11 +143,32 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct, live (not zombie) children of *pid* -- a master's workers."""
+    return [c for c in _children_map().get(pid, []) if alive(c)]
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict ({} if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """VmRSS (or VmHWM, ...) of *pid* in MiB; NaN if the process is gone."""
+    value = proc_status(pid).get(key, "")
+    return int(value.split()[0]) / 1024 if value.endswith("kB") else float("nan")
+
+
 def tree_cpu_ticks(root: int) -> int:
     """utime+stime+cutime+cstime of *root* and all its descendants, in clock ticks.
 
     The reaped-children fields make a worker that exits (and is reaped by its
-    master) mid-run keep its CPU in the total.
+    master) mid-run -- or a forked worker's per-connection child -- keep its CPU
+    in the total.
     """
     total = 0
     for pid in [root, *descendants(root)]:
@@ -109,6 +178,14 @@ def tree_cpu_ticks(root: int) -> int:
     return total
 
 
+def loadavg() -> float:
+    """The 1-minute load average (NaN if unknown): how busy the machine was."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def alive(pid: int) -> bool:
     st = _proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X")
@@ -116,18 +193,27 @@ def alive(pid: int) -> bool:
 
 @dataclass
 class Server:
-    name: str  # "arbiter" | "gunicorn"
+    name: str  # "arbiter" | "gunicorn" | anything a caller spawns
+    kind: str  # arbiter worker type | gunicorn worker class
     parser: str  # arbiter: httptools | h11; gunicorn: "-"
     port: int
     proc: subprocess.Popen
     logfile: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.kind}" + (f" {self.parser}" if self.parser != "-" else "")
 
 
 RUNNING: list[Server] = []
 
 
 def stop_server(server: Server, timeout: float = 15.0) -> None:
-    """TERM the master by pid, KILL it after *timeout*, then any descendant left."""
+    """TERM the master by pid, KILL it after *timeout*, then any descendant left.
+
+    The server leaves RUNNING only once it is stopped, so an interrupted stop
+    is finished by ``stop_all``.
+    """
     proc = server.proc
     kids = descendants(proc.pid)
     if proc.poll() is None:
@@ -135,7 +221,7 @@ def stop_server(server: Server, timeout: float = 15.0) -> None:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log(f"  {server.name} pid {proc.pid} still alive after {timeout:.0f}s: SIGKILL")
+            log(f"  {server.label} pid {proc.pid} still alive after {timeout:.0f}s: SIGKILL")
             proc.kill()
             proc.wait()
     deadline = time.monotonic() + 5
@@ -152,6 +238,17 @@ def stop_server(server: Server, timeout: float = 15.0) -> None:
         RUNNING.remove(server)
 
 
+def stop_all() -> None:
+    """Stop every server still running (each by pid); a second Ctrl-C is ignored meanwhile."""
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for server in list(RUNNING):
+            stop_server(server)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,7 +262,7 @@ def wait_ready(server: Server, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(
-                f"{server.name} exited with code {server.proc.returncode}:\n{tail(server.logfile)}"
+                f"{server.label} exited with code {server.proc.returncode}:\n{tail(server.logfile)}"
             )
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
         try:
@@ -178,7 +275,7 @@ def wait_ready(server: Server, timeout: float = 30.0) -> None:
         finally:
             conn.close()
         time.sleep(0.05)
-    raise RuntimeError(f"{server.name} did not answer within {timeout:.0f}s ({last}):\n"
+    raise RuntimeError(f"{server.label} did not answer within {timeout:.0f}s ({last}):\n"
                        f"{tail(server.logfile)}")
 
 
@@ -221,32 +318,74 @@ def version_of(python: str, module: str) -> str:
 # --------------------------------------------------------------------------- servers
 
 
-def start_server(name: str, parser: str, workers: int, worker_type: str, gunicorn_py: str,
-                 logdir: Path) -> Server:
-    port = free_port()
-    if name == "arbiter":
-        cmd = [sys.executable, "-m", "arbiter", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-               "-k", worker_type, "--http-parser", parser, "--log-level", "warning", APP]
-    else:
-        cmd = [gunicorn_py, "-m", "gunicorn", "-w", str(workers), "-k", "sync",
-               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--no-control-socket",
-               "--chdir", str(SCRIPTS_DIR), APP]
+@dataclass(frozen=True)
+class Spec:
+    """One server configuration: arbiter (kind = worker type) or gunicorn (kind = class)."""
+
+    name: str
+    kind: str
+    parser: str
+    workers: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        if self.name == "gunicorn":
+            shape = f"{self.workers}w" + (f"x{self.threads}t" if self.kind == "gthread" else "")
+            return f"gunicorn {self.kind} {shape}"
+        return f"arbiter {self.kind} {self.parser}"
+
+
+def peer_spec(worker_type: str, workers: int, threads: int) -> Spec:
+    """The gunicorn worker nearest to an arbiter worker type (see the module docstring)."""
+    if worker_type == "preforked":
+        return Spec("gunicorn", "sync", "-", workers, 1)
+    return Spec("gunicorn", "gthread", "-", workers, threads)
+
+
+def arbiter_cmd(port: int, worker_type: str, workers: int, threads: int, parser: str,
+                max_connections: int = 1000, extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "arbiter", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+            "-k", worker_type, "-t", str(threads), "--http-parser", parser,
+            "--log-level", "warning", "--max-connections", str(max_connections),
+            *(extra or []), APP]
+
+
+def gunicorn_cmd(python: str, port: int, worker_class: str, workers: int,
+                 threads: int) -> list[str]:
+    cmd = [python, "-m", "gunicorn", "-w", str(workers), "-k", worker_class]
+    if worker_class == "gthread":
+        cmd += ["--threads", str(threads)]
+    return cmd + ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "--no-control-socket",
+                  "--chdir", str(SCRIPTS_DIR), APP]
+
+
+def spawn(name: str, kind: str, parser: str, port: int, cmd: list[str], logdir: Path) -> Server:
+    """Start *cmd* in its own session (a terminal's Ctrl-C reaches only us) and track it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(SCRIPTS_DIR), str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
     )
     for key in list(env):
-        if key.startswith("ARBITER_") or key in ("WEB_CONCURRENCY", "PORT"):
+        if key.startswith(("ARBITER_", "GUNICORN_")) or key in ("WEB_CONCURRENCY", "PORT"):
             del env[key]  # don't let the caller's environment change what is measured
-    logfile = logdir / f"{name}-{parser}-{port}.log"
+    logfile = logdir / f"{name}-{kind}-{parser}-{port}.log"
     with open(logfile, "wb") as out:
-        # own session: a Ctrl-C in the terminal reaches only us; we stop the server by pid
         proc = subprocess.Popen(cmd, cwd=SCRIPTS_DIR, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(name, parser, port, proc, logfile)
+    server = Server(name, kind, parser, port, proc, logfile)
     RUNNING.append(server)
-    log(f"started {name} ({parser}) pid {proc.pid} on 127.0.0.1:{port}: {' '.join(cmd)}")
+    log(f"started {server.label} pid {proc.pid} on 127.0.0.1:{port}: {' '.join(cmd)}")
     return server
+
+
+def start_server(spec: Spec, gunicorn_py: str, logdir: Path) -> Server:
+    port = free_port()
+    if spec.name == "arbiter":
+        cmd = arbiter_cmd(port, spec.kind, spec.workers, spec.threads, spec.parser)
+    else:
+        cmd = gunicorn_cmd(gunicorn_py, port, spec.kind, spec.workers, spec.threads)
+    return spawn(spec.name, spec.kind, spec.parser, port, cmd, logdir)
 
 
 # --------------------------------------------------------------------------- load: wrk
@@ -292,13 +431,15 @@ def parse_wrk(out: str) -> LoadResult:
 
 
 def run_wrk(wrk: str, port: int, conns: int, seconds: float, close: bool) -> LoadResult:
-    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency"]
+    # wrk takes whole seconds only ("-d0.5s" is a usage error)
+    cmd = [wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
     cmd.append(f"http://127.0.0.1:{port}/")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
+        msg = (out.stderr.strip() or out.stdout.strip()).splitlines()[:3]
+        raise RuntimeError(f"wrk failed ({out.returncode}): {' / '.join(msg)}")
     return parse_wrk(out.stdout)
 
 
@@ -505,8 +646,14 @@ def probe_connections(port: int, conns: int, seconds: float, close: bool) -> Pro
 @dataclass
 class Sample:
     run: int
+    pair_type: str  # the arbiter worker type this measurement belongs to
+    pair_parser: str
+    role: str  # "arbiter" | "peer"
     server: str
+    kind: str
     parser: str
+    workers: int
+    threads: int
     load: str
     rps: float
     p99_ms: float
@@ -517,53 +664,84 @@ class Sample:
     served: int
     connections: int
     probe_max_ms: float
+    worker_rss_mb: float
     loadgen: str
+    loadavg: float  # 1-minute load average right after the measured run
 
 
-def measure(server: Server, load: str, args: argparse.Namespace, run: int,
-            use_wrk: str | None) -> Sample:
+def measure(server: Server, spec: Spec, role: str, pair: tuple[str, str], load: str,
+            args: argparse.Namespace, run: int, use_wrk: str | None) -> Sample:
     close = load == "close"
-    # warm-up with the same load
-    if use_wrk:
-        run_wrk(use_wrk, server.port, args.connections, args.warmup, close)
-    else:
-        run_python_load(server.port, args.connections, args.warmup, close)
+    if args.warmup > 0:  # warm-up with the same load
+        if use_wrk:
+            run_wrk(use_wrk, server.port, args.connections, args.warmup, close)
+        else:
+            run_python_load(server.port, args.connections, args.warmup, close)
     t0 = tree_cpu_ticks(server.proc.pid)
     if use_wrk:
         res = run_wrk(use_wrk, server.port, args.connections, args.duration, close)
     else:
         res = run_python_load(server.port, args.connections, args.duration, close)
     t1 = tree_cpu_ticks(server.proc.pid)
+    rss = max((rss_mb(w) for w in children_of(server.proc.pid)), default=float("nan"))
     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / res.requests if res.requests else float("nan")
     probe = probe_connections(server.port, args.connections, args.probe_seconds, close)
-    sample = Sample(run, server.name, server.parser, load, res.rps, res.p99_ms, cpu_us,
-                    res.requests, res.socket_errors, res.non2xx, probe.served, probe.connections,
-                    probe.max_ms, "wrk" if use_wrk else "python")
-    log(f"  {server.name:8} {server.parser:9} {load:9} {res.rps:9.0f} req/s  p99 "
-        f"{res.p99_ms:7.2f} ms  {cpu_us:6.0f} us/req  served {probe.served}/{probe.connections}"
-        f"  errs {res.socket_errors}+{res.non2xx}")
+    sample = Sample(run, pair[0], pair[1], role, spec.name, spec.kind, spec.parser, spec.workers,
+                    spec.threads, load, res.rps, res.p99_ms, cpu_us, res.requests,
+                    res.socket_errors, res.non2xx, probe.served, probe.connections, probe.max_ms,
+                    rss, "wrk" if use_wrk else "python", loadavg())
+    log(f"  {spec.label:28} {load:9} {res.rps:9.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
+        f"{cpu_us:6.0f} us/req  served {probe.served}/{probe.connections}  "
+        f"errs {res.socket_errors}+{res.non2xx}  rss {rss:.0f} MB  load {sample.loadavg:.1f}")
     if server.proc.poll() is not None:
-        raise RuntimeError(f"{server.name} died during the run:\n{tail(server.logfile)}")
+        raise RuntimeError(f"{server.label} died during the run:\n{tail(server.logfile)}")
     return sample
 
 
-def configs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for name in args.servers:
-        if name == "arbiter":
-            out += [("arbiter", p) for p in args.parsers]
-        else:
-            out.append(("gunicorn", "-"))
-    # interleave so that gunicorn sits between arbiter configurations
-    arb = [c for c in out if c[0] == "arbiter"]
-    gun = [c for c in out if c[0] == "gunicorn"]
-    mixed: list[tuple[str, str]] = []
-    while arb or gun:
-        if arb:
-            mixed.append(arb.pop(0))
-        if gun:
-            mixed.append(gun.pop(0))
-    return mixed
+@dataclass
+class Pair:
+    """An arbiter configuration and its gunicorn peer (either may be left out by --servers)."""
+
+    worker_type: str
+    parser: str
+    members: list[tuple[str, Spec]]  # (role, spec)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.worker_type, self.parser)
+
+
+def make_pairs(args: argparse.Namespace) -> list[Pair]:
+    pairs = []
+    for worker_type in args.types:
+        for parser in args.parsers:
+            members: list[tuple[str, Spec]] = []
+            if "arbiter" in args.servers:
+                members.append(("arbiter", Spec("arbiter", worker_type, parser, args.workers,
+                                                args.threads)))
+            if "gunicorn" in args.servers:
+                members.append(("peer", peer_spec(worker_type, args.workers, args.threads)))
+            pairs.append(Pair(worker_type, parser, members))
+    return pairs
+
+
+def run_pair(pair: Pair, run: int, flip: bool, args: argparse.Namespace, use_wrk: str | None,
+             gunicorn_py: str, logdir: Path, samples: list[Sample]) -> None:
+    """Start both servers of *pair*, measure them alternately load by load, stop them."""
+    members = pair.members[::-1] if flip else pair.members
+    servers: dict[str, Server] = {}
+    try:
+        for role, spec in members:
+            servers[role] = start_server(spec, gunicorn_py, logdir)
+        for role, _ in members:
+            wait_ready(servers[role])
+        for i, load in enumerate(args.loads):
+            for role, spec in (members if i % 2 == 0 else members[::-1]):
+                samples.append(measure(servers[role], spec, role, pair.key, load, args, run,
+                                       use_wrk))
+    finally:
+        for server in servers.values():
+            stop_server(server)
 
 
 # --------------------------------------------------------------------------- report
@@ -574,56 +752,94 @@ def _med(values: list[float]) -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
-def summarize(samples: list[Sample]) -> list[dict]:
+def _stats(ss: list[Sample]) -> dict | None:
+    if not ss:
+        return None
+    return {
+        "label": Spec(ss[0].server, ss[0].kind, ss[0].parser, ss[0].workers,
+                      ss[0].threads).label,
+        "runs": len(ss),
+        "rps": _med([s.rps for s in ss]),
+        "p99_ms": _med([s.p99_ms for s in ss]),
+        "cpu_us_per_req": _med([s.cpu_us_per_req for s in ss]),
+        "served": min(s.served for s in ss),
+        "connections": ss[0].connections,
+        "probe_max_ms": max(s.probe_max_ms for s in ss),
+        "errors": _med([s.socket_errors + s.non2xx for s in ss]),
+        "worker_rss_mb": _med([s.worker_rss_mb for s in ss]),
+    }
+
+
+def verdict(worker_type: str, load: str, rps_ratio: float | None, arb: dict | None) -> str:
+    """The issue's floor: not slower than the peer (ratio >= the noise band's low end)."""
+    if arb is None:
+        return "FAILED"
+    if (worker_type, load) == FORK_EXEMPT:
+        out = "exempt (fork/conn)"
+    elif rps_ratio is None:
+        out = "-"
+    elif rps_ratio < NOISE_LOW:
+        out = "FAIL slower"
+    elif rps_ratio > NOISE_HIGH:
+        out = "ok faster"
+    else:
+        out = "ok same"
+    if arb["served"] < arb["connections"]:
+        out += f"; STARVES {arb['served']}/{arb['connections']}"
+    return out
+
+
+def summarize(samples: list[Sample], pairs: list[Pair], loads: list[str],
+              failures: dict[tuple[str, str], str]) -> list[dict]:
     rows: list[dict] = []
-    keys: list[tuple[str, str, str]] = []
-    for s in samples:
-        if (s.server, s.parser, s.load) not in keys:
-            keys.append((s.server, s.parser, s.load))
-    for key in keys:
-        ss = [s for s in samples if (s.server, s.parser, s.load) == key]
-        row = {
-            "server": key[0], "parser": key[1], "load": key[2], "runs": len(ss),
-            "rps": _med([s.rps for s in ss]),
-            "p99_ms": _med([s.p99_ms for s in ss]),
-            "cpu_us_per_req": _med([s.cpu_us_per_req for s in ss]),
-            "served": min(s.served for s in ss),
-            "connections": ss[0].connections,
-            "probe_max_ms": max(s.probe_max_ms for s in ss),
-            "errors": _med([s.socket_errors + s.non2xx for s in ss]),
-            "rps_ratio": None, "cpu_ratio": None,
-        }
-        if key[0] == "arbiter":
+    for pair in pairs:
+        for load in loads:
+            mine = [s for s in samples if (s.pair_type, s.pair_parser) == pair.key
+                    and s.load == load]
+            arb = _stats([s for s in mine if s.role == "arbiter"])
+            peer = _stats([s for s in mine if s.role == "peer"])
             rr, cr = [], []
-            for s in ss:
-                g = [x for x in samples if x.server == "gunicorn" and x.load == s.load
-                     and x.run == s.run]
-                if g and g[0].rps and g[0].cpu_us_per_req:
-                    rr.append(s.rps / g[0].rps)
-                    cr.append(s.cpu_us_per_req / g[0].cpu_us_per_req)
-            if rr:
-                row["rps_ratio"], row["cpu_ratio"] = _med(rr), _med(cr)
-        rows.append(row)
-    rows.sort(key=lambda r: (r["load"] != "keepalive", r["load"], r["server"] != "gunicorn",
-                             r["parser"]))
+            for a in (s for s in mine if s.role == "arbiter"):
+                p = [s for s in mine if s.role == "peer" and s.run == a.run]
+                if p and p[0].rps and p[0].cpu_us_per_req == p[0].cpu_us_per_req:
+                    rr.append(a.rps / p[0].rps)
+                    cr.append(a.cpu_us_per_req / p[0].cpu_us_per_req)
+            rps_ratio = _med(rr) if rr else None
+            cpu_ratio = _med(cr) if cr else None
+            has_arbiter = any(role == "arbiter" for role, _ in pair.members)
+            rows.append({
+                "type": pair.worker_type, "parser": pair.parser, "load": load,
+                "arbiter": arb, "peer": peer,
+                "rps_ratio": rps_ratio, "cpu_ratio": cpu_ratio,
+                "floor": verdict(pair.worker_type, load, rps_ratio, arb) if has_arbiter else "-",
+                "failure": failures.get(pair.key),
+            })
     return rows
 
 
 def _ratio(v: float | None) -> str:
-    return f"{v:.2f}x" if v is not None else ""
+    return f"{v:.2f}x" if v is not None and v == v else ""
+
+
+def _cells(st: dict | None) -> list[str]:
+    if st is None:
+        return ["-", "-", "-", "-"]
+    return [f"{st['rps']:,.0f}", f"{st['p99_ms']:.2f}", f"{st['cpu_us_per_req']:.0f}",
+            f"{st['served']}/{st['connections']}"]
 
 
 def table(rows: list[dict]) -> str:
-    head = ["server", "parser", "load", "req/s", "p99 ms", "CPU us/req", "served",
-            "probe max ms", "errors", "req/s ratio", "CPU ratio"]
+    head = ["type", "parser", "load", "req/s", "p99 ms", "CPU us/req", "served",
+            "gunicorn peer", "req/s", "p99 ms", "CPU us/req", "served",
+            "req/s ratio", "CPU ratio", "errors a/p", "floor"]
     lines = []
     for r in rows:
-        lines.append([
-            r["server"], r["parser"], r["load"], f"{r['rps']:,.0f}", f"{r['p99_ms']:.2f}",
-            f"{r['cpu_us_per_req']:.0f}", f"{r['served']}/{r['connections']}",
-            f"{r['probe_max_ms']:.0f}", f"{r['errors']:.0f}", _ratio(r["rps_ratio"]),
-            _ratio(r["cpu_ratio"]),
-        ])
+        arb, peer = r["arbiter"], r["peer"]
+        errs = "/".join("-" if st is None else f"{st['errors']:.0f}" for st in (arb, peer))
+        peer_label = peer["label"].removeprefix("gunicorn ") if peer else "-"
+        lines.append([r["type"], r["parser"], r["load"], *_cells(arb), peer_label,
+                      *_cells(peer), _ratio(r["rps_ratio"]), _ratio(r["cpu_ratio"]), errs,
+                      r["floor"]])
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
 
     def fmt(cells: list[str]) -> str:
@@ -632,6 +848,49 @@ def table(rows: list[dict]) -> str:
     out = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [fmt(x) for x in lines]
     return "\n".join(out)
+
+
+def notes(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    out = [
+        f"arbiter: -w {args.workers} -t {args.threads} --max-connections 1000; peers at equal "
+        f"workers (and threads): preforked <-> gunicorn sync, every other type <-> gunicorn "
+        f"gthread --threads {args.threads}.",
+        f"served = connections (of the probe's {args.connections}, each sending requests for "
+        f"{args.probe_seconds:g}s) that got >= 1 response, worst run; errors = socket errors + "
+        "non-2xx/3xx (median), arbiter/peer; ratios = arbiter / peer, median of per-run ratios; "
+        "CPU us/req = the server's process tree CPU / requests.",
+        f"floor: with keep-alive load no type slower than its peer, with Connection: close the "
+        f"same for every type but forked; a req/s ratio in {NOISE_LOW}-{NOISE_HIGH} counts as "
+        "the same speed (the machine's noise band).",
+    ]
+    by_key = {(r["type"], r["parser"], r["load"]): r for r in rows}
+    for r in rows:
+        if (r["type"], r["load"]) != FORK_EXEMPT or r["arbiter"] is None:
+            continue
+        arb, peer = r["arbiter"], r["peer"]
+        ka = by_key.get((r["type"], r["parser"], "keepalive"))
+        line = (f"forked under close load ({r['parser']}): {arb['rps']:,.0f} req/s, "
+                f"{arb['cpu_us_per_req']:.0f} us CPU/req")
+        if peer is not None:
+            line += (f" vs gthread's {peer['rps']:,.0f} req/s, {peer['cpu_us_per_req']:.0f} us "
+                     f"(req/s ratio {_ratio(r['rps_ratio'])}, CPU ratio {_ratio(r['cpu_ratio'])})")
+        line += (". Every request is a new connection and forked serves each connection in a "
+                 f"fresh child: fork + exit + reap of a ~{arb['worker_rss_mb']:.0f} MB worker "
+                 "(README: ~1.9 ms wall for a 30 MB process, against ~0.1 ms to start a thread)")
+        if ka is not None and ka["arbiter"] is not None:
+            extra = arb["cpu_us_per_req"] - ka["arbiter"]["cpu_us_per_req"]
+            line += f"; here a new connection costs forked {extra:+.0f} us of CPU over a kept-alive request"
+            if peer is not None and ka["peer"] is not None:
+                line += (f", gthread "
+                         f"{peer['cpu_us_per_req'] - ka['peer']['cpu_us_per_req']:+.0f} us")
+            if arb["rps"]:
+                line += (f"; 1/throughput = {1e6 / arb['rps']:.0f} us per connection "
+                         f"({args.workers} workers)")
+        out.append(line + ". Exempt from the floor; reported for what it costs.")
+    for r in rows:
+        if r["failure"] and r["load"] == rows[0]["load"]:
+            out.append(f"FAILED {r['type']} ({r['parser']}): {r['failure'].splitlines()[0]}")
+    return out
 
 
 def environment(gunicorn_py: str | None, loadgen: str) -> dict:
@@ -649,107 +908,177 @@ def environment(gunicorn_py: str | None, loadgen: str) -> dict:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(), "cpu": cpu,
         "python": platform.python_version(), "arbiter_commit": commit or "?",
         "gunicorn": version_of(gunicorn_py, "gunicorn") if gunicorn_py else None,
-        "loadgen": loadgen,
+        "loadgen": loadgen, "loadavg_start": round(loadavg(), 2),
     }
 
 
 # --------------------------------------------------------------------------- main
 
 
+def jsonable(value: object) -> object:
+    """*value* with NaN/inf floats as None: strict JSON for other tools."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _split(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=8, help="seconds of measured load [8]")
+    p.add_argument("--types", default=",".join(WORKER_TYPES),
+                   help=f"arbiter worker types [{','.join(WORKER_TYPES)}]")
+    p.add_argument("--worker-type", dest="types", help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--workers", type=int, default=2, help="workers per server [2]")
+    p.add_argument("--threads", type=int, default=4,
+                   help="arbiter -t and gunicorn gthread --threads [4]")
+    p.add_argument("--parsers", default="httptools", help="arbiter parsers [httptools]; "
+                   "httptools,h11 for both")
+    p.add_argument("--loads", default="keepalive,close", help="keepalive,close")
+    p.add_argument("--duration", type=float, default=8,
+                   help="seconds of measured load (whole seconds with wrk) [8]")
     p.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load [2]")
-    p.add_argument("--runs", type=int, default=3, help="passes over every configuration [3]")
+    p.add_argument("--runs", type=int, default=3, help="passes over every pair [3]")
     p.add_argument("--connections", type=int, default=50, help="concurrent connections [50]")
     p.add_argument("--probe-seconds", type=float, default=2,
                    help="length of the connections-served probe [2]")
-    p.add_argument("--servers", default="arbiter,gunicorn", help="arbiter,gunicorn")
-    p.add_argument("--parsers", default="httptools,h11", help="arbiter parsers [httptools,h11]")
-    p.add_argument("--loads", default="keepalive,close", help="keepalive,close")
-    p.add_argument("--workers", type=int, default=2, help="workers per server [2]")
-    p.add_argument("--worker-type", default="preforked", help="arbiter worker type [preforked]")
+    p.add_argument("--servers", default="arbiter,gunicorn",
+                   help="arbiter,gunicorn (leave one out to measure only the other)")
     p.add_argument("--gunicorn-venv", default=None,
                    help=f"venv with gunicorn (made if missing) [this interpreter if it has "
                         f"gunicorn, else {DEFAULT_VENV}]")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="wrk, the built-in Python generator, or wrk if installed [auto]")
+    p.add_argument("--capacity", type=int, default=0, metavar="N",
+                   help="also run scripts/evented_capacity.py with N connections (e.g. 10000)")
+    p.add_argument("--capacity-only", action="store_true",
+                   help="run only the capacity benchmark (needs --capacity N)")
     p.add_argument("--json", action="store_true", help="print JSON (samples + summary) to stdout")
     args = p.parse_args(argv)
-    def split(s: str) -> list[str]:
-        return [x.strip() for x in s.split(",") if x.strip()]
-
-    args.servers, args.parsers, args.loads = split(args.servers), split(args.parsers), split(args.loads)
+    args.types, args.parsers = _split(args.types), _split(args.parsers)
+    args.servers, args.loads = _split(args.servers), _split(args.loads)
     for name in args.servers:
         if name not in ("arbiter", "gunicorn"):
             p.error(f"--servers: unknown server {name!r}")
+    for worker_type in args.types:
+        if worker_type not in WORKER_TYPES:
+            p.error(f"--types: unknown worker type {worker_type!r} (known: "
+                    f"{', '.join(WORKER_TYPES)})")
     for load in args.loads:
         if load not in ("keepalive", "close"):
             p.error(f"--loads: unknown load {load!r}")
     for parser in args.parsers:
         if parser not in ("httptools", "h11", "auto"):
             p.error(f"--parsers: unknown parser {parser!r}")
-    if args.runs < 1 or args.connections < 1 or args.duration <= 0:
-        p.error("--runs, --connections and --duration must be positive")
+    if not (args.types and args.parsers and args.servers and args.loads):
+        p.error("--types, --parsers, --servers and --loads must not be empty")
+    if args.runs < 1 or args.connections < 1 or args.duration <= 0 or args.workers < 1 \
+            or args.threads < 1 or args.warmup < 0:
+        p.error("--runs, --connections, --duration, --workers and --threads must be positive")
+    if args.loadgen != "python" and (args.duration != int(args.duration)
+                                     or args.warmup != int(args.warmup)):
+        p.error("wrk takes whole seconds: give --duration and --warmup as integers")
+    if args.capacity_only and args.capacity < 1:
+        p.error("--capacity-only needs --capacity N")
+    if args.capacity < 0:
+        p.error("--capacity must be positive")
     return args
+
+
+def compare(args: argparse.Namespace, use_wrk: str | None, gunicorn_py: str | None,
+            logdir: Path) -> tuple[list[Sample], list[Pair], dict[tuple[str, str], str]]:
+    """Every pair, --runs times; a pair whose server fails is recorded and skipped after."""
+    samples: list[Sample] = []
+    failures: dict[tuple[str, str], str] = {}
+    pairs = make_pairs(args)
+    for run in range(1, args.runs + 1):
+        order = pairs if run % 2 else pairs[::-1]
+        for i, pair in enumerate(order):
+            if pair.key in failures:
+                continue
+            log(f"run {run}/{args.runs}: {pair.worker_type} ({pair.parser})")
+            try:
+                run_pair(pair, run, bool((run + i) % 2 == 0), args, use_wrk,
+                         gunicorn_py or sys.executable, logdir, samples)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                failures[pair.key] = f"run {run}: {exc}"
+                log(f"  {pair.worker_type} ({pair.parser}) FAILED, skipped from now on: {exc}")
+                # drop its partial samples of this run: a pair is compared whole or not at all
+                samples[:] = [s for s in samples
+                              if not ((s.pair_type, s.pair_parser) == pair.key and s.run == run)]
+    return samples, pairs, failures
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    install_signal_handlers()
     wrk = shutil.which("wrk")
     if args.loadgen == "wrk" and not wrk:
         log("wrk not found")
         return 1
     use_wrk = wrk if args.loadgen != "python" else None
-    if use_wrk is None:
+    if use_wrk is None and not args.capacity_only:
         log("using the built-in Python load generator (numbers are not comparable with wrk's)")
-    gunicorn_py = gunicorn_python(args.gunicorn_venv) if "gunicorn" in args.servers else None
+    need_gunicorn = "gunicorn" in args.servers and not args.capacity_only
+    gunicorn_py = gunicorn_python(args.gunicorn_venv) if need_gunicorn else None
     env = environment(gunicorn_py, "wrk" if use_wrk else "python")
     log(f"environment: {env}")
-    samples: list[Sample] = []
+    if env["loadavg_start"] > (os.cpu_count() or 1):
+        log(f"the machine is busy (load average {env['loadavg_start']:.1f} on "
+            f"{os.cpu_count()} CPUs): expect noisy numbers, trust the ratios more")
     logdir = Path(tempfile.mkdtemp(prefix="arbiter-bench-"))
-    order = configs(args)
+    log(f"server logs in {logdir}")
+    samples: list[Sample] = []
+    pairs: list[Pair] = []
+    failures: dict[tuple[str, str], str] = {}
+    capacity: dict | None = None
     try:
-        for run in range(1, args.runs + 1):
-            for name, parser in (order if run % 2 else order[::-1]):
-                server = start_server(name, parser, args.workers, args.worker_type,
-                                      gunicorn_py or sys.executable, logdir)
-                try:
-                    wait_ready(server)
-                    for load in args.loads:
-                        samples.append(measure(server, load, args, run, use_wrk))
-                finally:
-                    stop_server(server)
+        if not args.capacity_only:
+            samples, pairs, failures = compare(args, use_wrk, gunicorn_py, logdir)
+        if args.capacity:
+            sys.path.insert(0, str(SCRIPTS_DIR))
+            import evented_capacity  # the concurrency benchmark, in its own script
+
+            capacity = evented_capacity.run_capacity(
+                evented_capacity.parse_args([str(args.capacity)]), logdir)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    except RuntimeError as exc:
-        log(f"error: {exc}")
-        return 1
     finally:
-        for server in list(RUNNING):
-            stop_server(server)
-    rows = summarize(samples)
+        stop_all()
+    rows = summarize(samples, pairs, args.loads, failures)
     cmd = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
-        print(json.dumps({"command": cmd, "environment": env,
-                          "samples": [asdict(s) for s in samples], "summary": rows}, indent=2))
+        print(json.dumps(jsonable({
+            "command": cmd, "environment": env, "samples": [asdict(s) for s in samples],
+            "summary": rows, "failures": {f"{k[0]}/{k[1]}": v for k, v in failures.items()},
+            "capacity": capacity}), indent=2, allow_nan=False))
     else:
         print(f"\n{cmd}")
         print(f"{env['date']}  nproc={env['nproc']}  {env['cpu']}  Python {env['python']}  "
               f"arbiter {env['arbiter_commit']}  gunicorn {env['gunicorn']}  load: {env['loadgen']}"
               f" -t1 -c{args.connections} -d{args.duration:g}s (warm-up {args.warmup:g}s), "
-              f"medians of {args.runs} run(s)\n")
-        print(table(rows))
-        print(
-            "\nserved = connections (of the probe's, each sending requests for "
-            f"{args.probe_seconds:g}s) that got >= 1 response, worst run; probe max ms = worst "
-            "latency seen by the probe, unanswered requests included; errors = socket errors + "
-            "non-2xx/3xx (median); ratios = arbiter / gunicorn sync, median of per-run ratios "
-            "(noise band ~0.83-1.17); CPU us/req = server process tree CPU / requests."
-        )
-    return 0
+              f"medians of {args.runs} run(s); load average {env['loadavg_start']:.1f} at the "
+              f"start, {_med([s.loadavg for s in samples]):.1f} median during the runs\n")
+        if rows:
+            print(table(rows))
+            print()
+            for line in notes(rows, args):
+                print(f"* {line}")
+        if capacity is not None:
+            import evented_capacity
+
+            print()
+            print(evented_capacity.report(capacity))
+    bad = any(r["failure"] for r in rows) or (capacity is not None and not capacity["ok"])
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
