@@ -436,12 +436,14 @@ class PooledWorker(Worker):
 
     def take_back(self) -> None:
         """Connections the pool has finished with: keep alive, linger or close."""
-        self.return_wake_pending = False
+        # Order matters: empty the pipe, then clear the flag, then drain the queue, so
+        # a give_back() that saw the flag still set is always drained below.
         try:
             while os.read(self.returns_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self.return_wake_pending = False
         returned = self.returned
         while returned:
             conn, action = returned.popleft()
