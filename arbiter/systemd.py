@@ -75,6 +75,7 @@ class Notifier:
         self.log = logger
         self.send_timeout = send_timeout
         self.pid = os.getpid()  # the only process allowed to send
+        self.handed_over = False  # a USR2-upgraded master speaks for the service now
         self._sock: socket.socket | None = None
 
     @classmethod
@@ -95,7 +96,8 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """True when this process can notify systemd."""
-        return self.address is not None and os.getpid() == self.pid
+        return (self.address is not None and os.getpid() == self.pid
+                and not self.handed_over)
 
     def __bool__(self) -> bool:
         return self.enabled
@@ -156,6 +158,21 @@ class Notifier:
         """
         return self.send(MAINPID=os.getpid() if pid is None else pid,
                          READY=1 if ready else None, STATUS=status)
+
+    def hand_over(self) -> None:
+        """Go silent: the USR2-upgraded master has taken over (it sent ``MAINPID=``).
+
+        From then on the old master must not send ``STOPPING=1`` (its TERM
+        after WINCH would make systemd stop the whole service), nor
+        ``READY=1``/``STATUS=``/``WATCHDOG=1``.
+        """
+        self.handed_over = True
+
+    def reclaim(self, status: str | None = None) -> bool:
+        """Speak again after :meth:`hand_over`: the new master died, the upgrade is
+        rolled back, so this master is systemd's main process again."""
+        self.handed_over = False
+        return self.mainpid(ready=True, status=status)
 
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: the keep-alive ping of ``WatchdogSec=``."""

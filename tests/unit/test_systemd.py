@@ -274,6 +274,18 @@ def test_forked_children_cannot_notify(notify):
     assert n.ready() and recv(receiver) == "READY=1"
 
 
+def test_old_master_is_silent_after_hand_over_until_it_reclaims(notify):
+    value, receiver = notify
+    n = Notifier.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "2000000"})
+    n.hand_over()
+    assert not n.enabled and n.watchdog_interval() is None
+    assert n.stopping() is False and n.ready() is False
+    assert nothing_received(receiver)
+    assert n.reclaim("upgrade rolled back") is True
+    assert recv(receiver) == f"MAINPID={os.getpid()}\nREADY=1\nSTATUS=upgrade rolled back"
+    assert n.enabled and n.watchdog_interval() == 1.0
+
+
 def test_clear_environ_drops_notify_and_watchdog_only():
     env = {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1", "PATH": "/bin"}
     clear_environ(env)
