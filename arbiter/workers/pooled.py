@@ -190,7 +190,11 @@ class PooledWorker(Worker):
             for key, mask in events:
                 role = key.data
                 if type(role) is PooledConnection:
-                    if role.state == CLOSED:  # closed by an earlier event of this batch
+                    state = role.state
+                    if state == IN_POOL:  # bytes or EOF while a pool thread owns it
+                        self.watch(role, 0)
+                        continue
+                    if state == CLOSED:  # closed by an earlier event of this batch
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self.on_writable(role)
@@ -336,8 +340,14 @@ class PooledWorker(Worker):
             raise RuntimeError(f"unexpected event {event!r} in the selector")
 
     def dispatch(self, conn: PooledConnection, *, streamed: bool) -> None:
-        """Give a connection with a complete request (or a big body to stream) to the pool."""
-        self.watch(conn, 0)
+        """Give a connection with a complete request (or a big body to stream) to the pool.
+
+        Its fd stays registered for reading (no epoll_ctl per request): in the
+        common case nothing arrives while the app runs; if something does, the
+        loop unregisters it then, and it is watched again when it comes back.
+        """
+        if conn.registered_events != selectors.EVENT_READ:
+            self.watch(conn, 0)
         conn.state = IN_POOL
         conn.streamed = streamed
         with self.work_ready:
