@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from arbiter import logs
+from arbiter import logs, systemd
 from arbiter.appload import AppLoadError, load_app, prepare_import_path
 from arbiter.scoreboard import BOOTING, FREE, Scoreboard
 from arbiter.sockets import BindError, Listener, open_listeners
@@ -166,6 +166,11 @@ class Master:
         self.exit_code = EXIT_OK
         self.signal_r = self.signal_w = -1
         self.selector: selectors.BaseSelector | None = None
+        self.notify = systemd.Notifier.from_environ(os.environ, log)
+        self.announced_ready = False
+        self.next_watchdog = 0.0
+        # Socket activation: binds systemd handed us replace the config's (on reload too).
+        self.activated_binds: list[str] = []
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -183,7 +188,19 @@ class Master:
             except AppLoadError as exc:
                 raise StartupError(EXIT_APP, f"the app cannot be loaded: {exc}") from None
         try:
-            listeners = open_listeners(cfg.bind, cfg.backlog, cfg.reuse_port)
+            activated = systemd.listen_fds(os.environ)
+        except ValueError as exc:
+            raise StartupError(EXIT_CONFIG, f"socket activation: {exc}") from None
+        self.activated_binds = systemd.activated_bind_addresses(activated)
+        skipped = [a for a in activated if not a.listening]
+        for sock in skipped:
+            self.log.warning("socket activation: fd %d (%s) is not a listening stream socket; "
+                             "ignored", sock.fd, sock.name)
+        if self.activated_binds:
+            self.log.info("socket activation: serving on %s (the config's bind is ignored)",
+                          ", ".join(self.activated_binds))
+        try:
+            listeners = open_listeners(self.binds(cfg), cfg.backlog, cfg.reuse_port)
         except BindError as exc:
             raise StartupError(EXIT_BIND, str(exc)) from None
         self.listeners = {lst.address.text: lst for lst in listeners}
@@ -202,6 +219,10 @@ class Master:
         self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
                       self.pid, self.target, cfg.worker_type, cfg.app)
 
+    def binds(self, cfg: Any) -> list[str]:
+        """What to listen on: the sockets systemd passed, else the config's bind."""
+        return self.activated_binds or list(cfg.bind)
+
     def install_signals(self) -> None:
         self.signal_r, self.signal_w = os.pipe()
         os.set_blocking(self.signal_r, False)
@@ -217,6 +238,7 @@ class Master:
         try:
             while True:
                 self.wait_for_events()
+                self.ping_watchdog()
                 for sig in self.read_signals():
                     self.handle_signal(sig)
                 self.reap_workers()
@@ -228,6 +250,7 @@ class Master:
                     self.reload_requested = False
                     self.begin_reload()
                 self.check_boots()
+                self.announce_first_ready()
                 self.check_reload()
                 self.kill_hung_workers()
                 self.enforce_kill_deadlines()
@@ -246,6 +269,8 @@ class Master:
                 timeout = min(timeout, max(0.0, worker.kill_at - now))
         if self.stop_mode:
             timeout = min(timeout, 0.1)
+        if self.next_watchdog:
+            timeout = min(timeout, max(0.0, self.next_watchdog - now))
         assert self.selector is not None
         self.selector.select(max(timeout, 0.0))
 
@@ -336,6 +361,7 @@ class Master:
         self.selector.close()
         os.close(self.signal_r)
         os.close(self.signal_w)
+        systemd.clear_environ(os.environ)  # only the master talks to systemd
         keep = {lst.fileno for lst in gen.listeners}
         for lst in self.listeners.values():
             if lst.fileno not in keep:
@@ -536,21 +562,22 @@ class Master:
     # -- reload -------------------------------------------------------------------
     def begin_reload(self) -> None:
         assert self.current is not None
+        self.notify.reloading("reloading")
         try:
             new_cfg = self.reload_config()
         except Exception as exc:  # ConfigError, or anything reading the file
-            self.log.error("reload aborted, keeping the running config: %s", exc)
+            self.reload_aborted(str(exc))
             return
         try:
             cls = worker_class(new_cfg.worker_type)
         except ValueError as exc:
-            self.log.error("reload aborted, keeping the running config: %s", exc)
+            self.reload_aborted(str(exc))
             return
         try:
-            listeners = open_listeners(new_cfg.bind, new_cfg.backlog, new_cfg.reuse_port,
-                                       existing=self.listeners)
+            listeners = open_listeners(self.binds(new_cfg), new_cfg.backlog,
+                                       new_cfg.reuse_port, existing=self.listeners)
         except BindError as exc:
-            self.log.error("reload aborted, keeping the running config: %s", exc)
+            self.reload_aborted(str(exc))
             return
         opened = [lst for lst in listeners if lst.address.text not in self.listeners]
         for lst in opened:
@@ -561,8 +588,10 @@ class Master:
             try:
                 app = load_app(new_cfg.app)
             except AppLoadError as exc:
-                self.log.error("reload aborted, keeping the running config: %s", exc)
+                for lst in opened:
+                    self.listeners.pop(lst.address.text, None)
                 self.close_listeners(opened)
+                self.reload_aborted(str(exc))
                 return
         self.apply_log_settings(new_cfg)
         old_target = self.target
@@ -574,6 +603,10 @@ class Master:
         self.next_spawn_at = 0.0
         self.log.info("reloading: starting generation %d (%d %s worker(s))", gen.number,
                       self.target, new_cfg.worker_type)
+
+    def reload_aborted(self, why: str) -> None:
+        self.log.error("reload aborted, keeping the running config: %s", why)
+        self.notify.ready(self.status_line())
 
     def check_reload(self) -> None:
         """Commit the pending reload once every new worker is ready."""
@@ -597,6 +630,7 @@ class Master:
             del self.listeners[lst.address.text]
         self.close_listeners(gone)
         self.log.info("reload complete: generation %d serving", gen.number)
+        self.notify.ready(self.status_line())
 
     def abort_reload(self, why: str) -> None:
         assert self.pending is not None and self.current is not None
@@ -613,6 +647,7 @@ class Master:
         prepare_import_path(self.current.cfg.chdir, self.current.cfg.pythonpath)
         self.log.error("reload rolled back, generation %d keeps serving: %s",
                        self.current.number, why)
+        self.notify.ready(self.status_line())
 
     def apply_log_settings(self, cfg: Any) -> None:
         try:
@@ -620,11 +655,47 @@ class Master:
         except OSError as exc:
             self.log.error("cannot open the error log %s: %s", cfg.log.error_log, exc)
 
+    # -- systemd ------------------------------------------------------------------
+    def status_line(self) -> str:
+        gen = self.current
+        if gen is None:
+            return "starting"
+        ready = sum(1 for w in self.live_workers(gen) if w.ready)
+        text = (f"generation {gen.number}: {ready}/{self.target} {gen.cfg.worker_type} "
+                f"worker(s) ready")
+        if self.pending is not None:
+            new = sum(1 for w in self.live_workers(self.pending.generation) if w.ready)
+            text += f"; reloading: {new}/{self.target} new worker(s) ready"
+        if self.boot_failures:
+            text += f"; crash-loop backoff ({self.boot_failures} failure(s) in a row)"
+        return text
+
+    def announce_first_ready(self) -> None:
+        """READY=1 once, when the whole first generation has loaded the app."""
+        if self.announced_ready or self.current is None:
+            return
+        ready = sum(1 for w in self.live_workers(self.current) if w.ready)
+        if ready >= self.target:
+            self.announced_ready = True
+            self.log.info("ready: %d %s worker(s) serving", ready, self.current.cfg.worker_type)
+            self.notify.ready(self.status_line())
+
+    def ping_watchdog(self) -> None:
+        interval = self.notify.watchdog_interval()
+        if not interval:
+            return
+        now = time.monotonic()
+        if now >= self.next_watchdog:
+            self.notify.watchdog()
+            self.notify.status(self.status_line())
+            self.next_watchdog = now + interval
+
     # -- stop ---------------------------------------------------------------------
     def begin_stop(self, mode: str) -> None:
         if self.stop_mode == "fast" or self.stop_mode == mode:
             return
         self.stop_mode = mode
+        self.notify.stopping()
         now = time.monotonic()
         if mode == "graceful":
             grace = self.cfg.graceful_timeout
