@@ -75,6 +75,7 @@ RECV_SIZE = 65536
 PIPELINE_OUTPUT_LIMIT = 256 * 1024  # stop answering buffered requests until this is flushed
 LINGER_SECONDS = 0.5  # after an error response: read and discard before closing (no RST)
 FD_SLACK = 64  # descriptors beyond max_connections: listeners, logs, pipes, the selector
+IOV_BATCH = 64  # buffers per sendmsg() call (well under IOV_MAX)
 ACCEPT_BACKOFF = 0.5  # seconds the listeners rest after EMFILE / ENFILE / ENOBUFS
 
 _READ = selectors.EVENT_READ
@@ -106,7 +107,7 @@ class Connection:
         self.info: ConnectionInfo | None = None  # built at the first request
         self.phase = FIRST_HEAD
         self.events = _READ
-        self.out: bytes | memoryview | None = None  # bytes not yet written
+        self.out: list[bytes | memoryview] | None = None  # buffers not yet written
         self.request: Request | None = None  # the request being received
         self.body: list[bytes] | None = None
         self.body_size = 0
@@ -171,6 +172,10 @@ class DeadlineBuckets:
 
     def next_due(self) -> float | None:
         return self.keys[0] / self.RESOLUTION if self.keys else None
+
+
+def pending_bytes(buffers: list[bytes | memoryview]) -> int:
+    return sum(len(buffer) for buffer in buffers)
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -400,11 +405,11 @@ class EventedWorker(Worker):
         if conn.out is None:
             self.set_interest(conn)
             return
-        before = len(conn.out)
+        before = pending_bytes(conn.out)
         if not self.flush(conn):
             return
         if conn.out is not None:
-            if len(conn.out) < before:
+            if pending_bytes(conn.out) < before:
                 self.timers.schedule(conn, time.monotonic() + self.read_timeout)
             return
         self.drive(conn)
@@ -414,7 +419,7 @@ class EventedWorker(Worker):
         if phase in (FIRST_HEAD, HEAD) and not conn.http.idle:
             # Slowloris: the head did not arrive within header_timeout.
             self.request_finished(408)
-            conn.out = self.handler.error_response(408, self.connection_info(conn))
+            conn.out = [self.handler.error_response(408, self.connection_info(conn))]
             conn.close_after = conn.linger = True
             conn.request = None
             self.drive(conn)
@@ -453,7 +458,7 @@ class EventedWorker(Worker):
     def advance(self, conn: Connection) -> None:
         """Consume the buffered bytes: run the app for each complete request, in order."""
         http = conn.http
-        queued: list[bytes] = []
+        queued: list[bytes | memoryview] = []
         size = 0
         while True:
             event = http.next_event()
@@ -488,8 +493,8 @@ class EventedWorker(Worker):
                 continue
             if event is PAUSED:
                 response = self.respond(conn)
-                queued.append(response)
-                size += len(response)
+                queued += response
+                size += pending_bytes(response)
                 if conn.close_after:
                     break
                 http.start_next_cycle()
@@ -508,7 +513,7 @@ class EventedWorker(Worker):
                 break
             raise RuntimeError(f"unexpected event {event!r}")
         if queued:
-            self.queue(conn, b"".join(queued) if len(queued) > 1 else queued[0])
+            self.queue(conn, queued)
 
     def await_more(self, conn: Connection) -> None:
         """NEED_DATA: enter the phase that matches what is missing, with its deadline."""
@@ -520,7 +525,7 @@ class EventedWorker(Worker):
                 self.timers.schedule(conn, time.monotonic() + self.read_timeout)
             if conn.request.expect_continue and not conn.continue_sent:
                 conn.continue_sent = True
-                self.queue(conn, CONTINUE_RESPONSE)
+                self.queue(conn, [CONTINUE_RESPONSE])
         elif conn.served == 0:
             conn.phase = FIRST_HEAD  # the accept-time deadline stands
         elif http.idle:
@@ -531,8 +536,8 @@ class EventedWorker(Worker):
             conn.phase = HEAD
             self.timers.schedule(conn, time.monotonic() + self.header_timeout)
 
-    def respond(self, conn: Connection) -> bytes:
-        """Run the app for the complete request; return the whole response."""
+    def respond(self, conn: Connection) -> list[bytes]:
+        """Run the app for the complete request; return the whole response as buffers."""
         request = conn.request
         assert request is not None
         handler = self.handler
@@ -554,7 +559,7 @@ class EventedWorker(Worker):
         if not outcome.keep_alive:
             conn.close_after = True
             conn.linger = outcome.status == 0 or bool(conn.http.trailing_data)
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out
 
     def may_keep_alive(self) -> bool:
         return self.keepalive > 0 and self.alive
@@ -575,27 +580,41 @@ class EventedWorker(Worker):
 
     # -- output --------------------------------------------------------------------
     @staticmethod
-    def queue(conn: Connection, data: bytes) -> None:
+    def queue(conn: Connection, buffers: list[bytes | memoryview]) -> None:
         if conn.out is None:
-            conn.out = data
+            conn.out = buffers
         else:
-            conn.out = bytes(conn.out) + data
+            conn.out += buffers
 
     def flush(self, conn: Connection) -> bool:
-        """Write as much pending output as the socket takes; False if the connection died."""
+        """Write as much pending output as the socket takes; False if the connection died.
+
+        Several buffers go out in one ``sendmsg`` (writev): a large body is
+        never copied to be joined with its head.
+        """
         out = conn.out
         try:
-            sent = conn.sock.send(out)
+            if len(out) == 1:
+                sent = conn.sock.send(out[0])
+            else:
+                sent = conn.sock.sendmsg(out[:IOV_BATCH])
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as exc:
             self.log.debug("connection from %r ended while writing: %s", conn.peer, exc)
             self.close(conn)
             return False
-        if sent >= len(out):
+        done = 0
+        while done < len(out) and sent >= len(out[done]):
+            sent -= len(out[done])
+            done += 1
+        if done == len(out):
             conn.out = None
-        else:
-            conn.out = memoryview(out)[sent:]
+            return True
+        if done:
+            del out[:done]
+        if sent:
+            out[0] = memoryview(out[0])[sent:]
         return True
 
     def finish(self, conn: Connection) -> None:
