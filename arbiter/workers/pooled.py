@@ -101,7 +101,7 @@ class PooledConnection:
     """One client connection and its request in progress."""
 
     __slots__ = ("sock", "fd", "peer", "info", "http", "state", "deadline", "head_started",
-                 "served", "request", "body_parts", "body_size", "streamed", "started",
+                 "fd_watched", "request", "body_parts", "body_size", "streamed", "started",
                  "outbox", "registered_events", "linger_budget")
 
     def __init__(self, sock: socket.socket, peer: Any, info: ConnectionInfo,
@@ -114,7 +114,7 @@ class PooledConnection:
         self.state = WAIT_FIRST
         self.deadline = deadline
         self.head_started = 0.0
-        self.served = 0
+        self.fd_watched = False  # while in the pool: still registered for reading
         self.request: Request | None = None
         self.body_parts: list[bytes] = []
         self.body_size = 0
@@ -154,6 +154,8 @@ class PooledWorker(Worker):
         os.set_blocking(self.returns_w, False)
         self.work: collections.deque = collections.deque()
         self.work_ready = threading.Condition(threading.Lock())
+        # Guards the hand-back of an idle keep-alive connection by a pool thread.
+        self.handback_lock = threading.Lock()
         for listener in self.listeners:
             listener.sock.setblocking(False)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, _SELECTOR_ROLE_SIGNAL)
@@ -192,9 +194,13 @@ class PooledWorker(Worker):
                 if type(role) is PooledConnection:
                     state = role.state
                     if state == IN_POOL:  # bytes or EOF while a pool thread owns it
-                        self.watch(role, 0)
-                        continue
-                    if state == CLOSED:  # closed by an earlier event of this batch
+                        with self.handback_lock:
+                            if role.state == IN_POOL:
+                                role.fd_watched = False
+                                self.watch(role, 0)
+                                continue
+                        # handed back this instant: an ordinary event
+                    elif state == CLOSED:  # closed by an earlier event of this batch
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self.on_writable(role)
@@ -348,6 +354,7 @@ class PooledWorker(Worker):
         """
         if conn.registered_events != selectors.EVENT_READ:
             self.watch(conn, 0)
+        conn.fd_watched = conn.registered_events == selectors.EVENT_READ
         conn.state = IN_POOL
         conn.streamed = streamed
         with self.work_ready:
@@ -457,7 +464,6 @@ class PooledWorker(Worker):
         returned = self.returned
         while returned:
             conn, action = returned.popleft()
-            conn.served += 1
             if action == KEEP and self.alive:
                 conn.request = None
                 conn.body_parts = []
@@ -482,9 +488,10 @@ class PooledWorker(Worker):
                 listener.sock.close()
             except OSError:
                 pass
-        for conn in list(self.connections.values()):
-            if conn.state in (WAIT_FIRST, WAIT_IDLE):
-                self.close(conn)
+        with self.handback_lock:  # a connection being handed back is closed here, or sees alive
+            for conn in list(self.connections.values()):
+                if conn.state in (WAIT_FIRST, WAIT_IDLE):
+                    self.close(conn)
         self.log.debug("worker #%d (pid %d) draining: %d connection(s) in progress",
                        self.number, os.getpid(), len(self.connections))
 
@@ -519,6 +526,21 @@ class PooledWorker(Worker):
             self.give_back(conn, action)
 
     def give_back(self, conn: PooledConnection, action: int) -> None:
+        """Return a connection to the selector thread.
+
+        The hot path -- keep-alive, nothing buffered, its fd still registered --
+        needs no wakeup: the connection just becomes idle again (under the
+        hand-back lock, so the selector never sees it half-way) and the
+        selector's next read event on it is the next request. Anything else
+        goes through the queue and the wakeup pipe.
+        """
+        if action == KEEP and conn.http.idle:
+            with self.handback_lock:
+                if conn.fd_watched and self.alive:
+                    conn.request = None
+                    conn.deadline = time.monotonic() + self.keepalive  # the scan reads it
+                    conn.state = WAIT_IDLE
+                    return
         self.returned.append((conn, action))
         if not self.return_wake_pending:
             self.return_wake_pending = True
