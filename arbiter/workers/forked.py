@@ -150,6 +150,7 @@ class ForkedWorker(Worker):
         self.forks = 0
         self.paused = False
         self.in_child = False
+        self.child_exited = False
         self.die_with_parent = _die_with_parent()
         signal.signal(signal.SIGCHLD, self.handle_chld)  # the wakeup fd wakes the loop
         # Move everything the app allocated at boot out of the collector's reach, so
@@ -185,7 +186,8 @@ class ForkedWorker(Worker):
                     listener.sock.close()
 
     def handle_chld(self, signum: int, frame: Any) -> None:
-        return None  # the byte on the wakeup fd is the message; reaping is in the loop
+        # The byte on the wakeup fd wakes the loop; the flag lets a busy accept loop reap.
+        self.child_exited = True
 
     # -- the loop's chores ------------------------------------------------------------
     def wait_time(self) -> float:
@@ -228,11 +230,11 @@ class ForkedWorker(Worker):
     def accept_from(self, listener: Any, sockname: Any) -> None:
         """Accept and fork while connections are queued, up to the bound."""
         while self.alive:
-            if len(self.children) >= self.limit:
+            if self.child_exited:
                 self.reap_children()
-                if len(self.children) >= self.limit:
-                    self.pause_listeners()
-                    return
+            if len(self.children) >= self.limit:
+                self.pause_listeners()
+                return
             try:
                 conn, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -305,6 +307,7 @@ class ForkedWorker(Worker):
     # -- children -------------------------------------------------------------------------
     def reap_children(self) -> None:
         """Collect every exited child; count the requests it served."""
+        self.child_exited = False
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
