@@ -15,16 +15,20 @@ limit and the ``keepalive`` idle limit with deadlines, and writes the core's
 error responses (400/413/431/...) itself. When a request's head and whole
 body are buffered, the connection is handed to the pool; the pool thread
 builds the environ, runs the app, writes the response, and gives the
-connection back (through a queue and a wakeup pipe watched by the selector),
-ready for the next request. Pipelined requests already buffered are dispatched
-next, one request per connection at a time, so responses stay in order.
+connection back, ready for the next request: an idle keep-alive connection
+whose socket the selector still watches simply becomes idle again (no wakeup,
+no syscall: the hot path); any other (pipelined bytes buffered, to close or
+linger) goes through a queue and a wakeup pipe watched by the selector.
+Pipelined requests already buffered are dispatched next, one request per
+connection at a time, so responses stay in order.
 
 Two bounded exceptions, both documented trade-offs:
 
 * a request body larger than ``BODY_BUFFER_LIMIT`` (1 MiB) is not held in
   memory: the connection is handed over once the head (and what is already
   buffered) is in, and the pool thread reads the rest as the app consumes
-  ``wsgi.input`` (each read waits at most the stall limit, ``timeout``);
+  ``wsgi.input`` (each read waits at most the stall limit, ``timeout``), so
+  a slow sender of a *large* body does hold a pool thread while it sends;
 * writing a response blocks the pool thread while the client does not read
   it, for at most the stall limit per write: slow *readers* of large responses
   can hold a thread for a while, slow *senders* never do.
@@ -92,7 +96,6 @@ KEEP = 0
 CLOSE = 1
 LINGER = 2
 
-_SELECTOR_ROLE_LISTENER = "listener"
 _SELECTOR_ROLE_SIGNAL = "signal"
 _SELECTOR_ROLE_RETURNS = "returns"
 
@@ -174,7 +177,7 @@ class PooledWorker(Worker):
         tick = self.tick
         next_beat = 0.0
         draining = False
-        select = self.selector.select
+        wait_for_events = self.selector.select
         while True:
             now = time.monotonic()
             if now >= next_beat:
@@ -182,13 +185,16 @@ class PooledWorker(Worker):
                 if not self.between_requests() and not draining:
                     draining = True
                     self.begin_drain()
+                elif (not self.accepting and not draining
+                      and len(self.connections) < self.max_connections):
+                    self.watch_listeners(True)  # after an accept error paused it
             if not self.alive and not draining:  # max_requests, from a pool thread
                 draining = True
                 self.begin_drain()
             if draining and not self.connections:
                 return
             timeout = min(next_beat, self.next_scan) - now
-            events = select(timeout if timeout > 0 else 0)
+            events = wait_for_events(timeout if timeout > 0 else 0)
             for key, mask in events:
                 role = key.data
                 if type(role) is PooledConnection:
@@ -239,8 +245,9 @@ class PooledWorker(Worker):
                 sock, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ENOBUFS...: try again on the next event
+            except OSError as exc:  # EMFILE, ENOBUFS...: pause accepting for a tick
                 self.log.warning("accept on %s failed: %s", listener.name, exc)
+                self.watch_listeners(False)
                 return
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
@@ -503,6 +510,8 @@ class PooledWorker(Worker):
             self.selector.close()
         except OSError:
             pass
+        os.close(self.returns_r)
+        os.close(self.returns_w)
         for listener in self.listeners:
             try:
                 listener.sock.close()
