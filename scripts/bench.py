@@ -71,6 +71,7 @@ import os
 import platform
 import re
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -90,7 +91,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_VENV = Path.home() / ".cache" / "arbiter-bench" / "venv"
 WORKER_TYPES = ("preforked", "pooled", "threaded", "forked", "evented")
 NOISE_LOW, NOISE_HIGH = 0.83, 1.17  # README: a server against itself reads 0.83-1.17
-FORK_EXEMPT = ("forked", "close")  # (type, load) exempt from the speed floor
+FORK_EXEMPT = ("forked", "close")
+WRK_TIMEOUT_MS = 2000.0  # wrk's default --timeout  # (type, load) exempt from the speed floor
 
 
 def log(msg: str) -> None:
@@ -399,6 +401,7 @@ class LoadResult:
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
     socket_errors: int = 0
+    timeouts: int = 0  # wrk: requests unanswered within its 2 s timeout (not in the latencies)
     non2xx: int = 0
     raw: str = ""
 
@@ -425,6 +428,7 @@ def parse_wrk(out: str) -> LoadResult:
         res.max_ms = _to_ms(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         res.socket_errors = sum(int(x) for x in m.groups())
+        res.timeouts = int(m.group(4))
     if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
         res.non2xx = int(m.group(1))
     return res
@@ -667,6 +671,7 @@ class Sample:
     worker_rss_mb: float
     loadgen: str
     loadavg: float  # 1-minute load average right after the measured run
+    p99_censored: bool = False  # >= 1% of requests timed out: p99 is a lower bound
 
 
 def measure(server: Server, spec: Spec, role: str, pair: tuple[str, str], load: str,
@@ -684,12 +689,15 @@ def measure(server: Server, spec: Spec, role: str, pair: tuple[str, str], load: 
         res = run_python_load(server.port, args.connections, args.duration, close)
     t1 = tree_cpu_ticks(server.proc.pid)
     rss = max((rss_mb(w) for w in children_of(server.proc.pid)), default=float("nan"))
+    censored = res.timeouts >= 0.01 * (res.requests + res.timeouts) and res.timeouts > 0
+    if censored:  # timed-out requests are missing from wrk's latencies: p99 is >= the timeout
+        res.p99_ms = max(res.p99_ms if res.p99_ms == res.p99_ms else 0.0, WRK_TIMEOUT_MS)
     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / res.requests if res.requests else float("nan")
     probe = probe_connections(server.port, args.connections, args.probe_seconds, close)
     sample = Sample(run, pair[0], pair[1], role, spec.name, spec.kind, spec.parser, spec.workers,
                     spec.threads, load, res.rps, res.p99_ms, cpu_us, res.requests,
                     res.socket_errors, res.non2xx, probe.served, probe.connections, probe.max_ms,
-                    rss, "wrk" if use_wrk else "python", loadavg())
+                    rss, "wrk" if use_wrk else "python", loadavg(), censored)
     log(f"  {spec.label:28} {load:9} {res.rps:9.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
         f"{cpu_us:6.0f} us/req  served {probe.served}/{probe.connections}  "
         f"errs {res.socket_errors}+{res.non2xx}  rss {rss:.0f} MB  load {sample.loadavg:.1f}")
@@ -761,6 +769,7 @@ def _stats(ss: list[Sample]) -> dict | None:
         "runs": len(ss),
         "rps": _med([s.rps for s in ss]),
         "p99_ms": _med([s.p99_ms for s in ss]),
+        "p99_censored": any(s.p99_censored for s in ss),
         "cpu_us_per_req": _med([s.cpu_us_per_req for s in ss]),
         "served": min(s.served for s in ss),
         "connections": ss[0].connections,
@@ -824,7 +833,8 @@ def _ratio(v: float | None) -> str:
 def _cells(st: dict | None) -> list[str]:
     if st is None:
         return ["-", "-", "-", "-"]
-    return [f"{st['rps']:,.0f}", f"{st['p99_ms']:.2f}", f"{st['cpu_us_per_req']:.0f}",
+    p99 = f"{st['p99_ms']:.2f}" + ("*" if st.get("p99_censored") else "")
+    return [f"{st['rps']:,.0f}", p99, f"{st['cpu_us_per_req']:.0f}",
             f"{st['served']}/{st['connections']}"]
 
 
@@ -858,7 +868,9 @@ def notes(rows: list[dict], args: argparse.Namespace) -> list[str]:
         f"served = connections (of the probe's {args.connections}, each sending requests for "
         f"{args.probe_seconds:g}s) that got >= 1 response, worst run; errors = socket errors + "
         "non-2xx/3xx (median), arbiter/peer; ratios = arbiter / peer, median of per-run ratios; "
-        "CPU us/req = the server's process tree CPU / requests.",
+        "CPU us/req = the server's process tree CPU / requests; p99* = in some run >= 1% of "
+        f"the requests timed out (wrk's {WRK_TIMEOUT_MS / 1000:g} s timeout), so that run's p99 "
+        f"counts as >= {WRK_TIMEOUT_MS:.0f} ms.",
         f"floor: with keep-alive load no type slower than its peer, with Connection: close the "
         f"same for every type but forked; a req/s ratio in {NOISE_LOW}-{NOISE_HIGH} counts as "
         "the same speed (the machine's noise band).",
@@ -961,6 +973,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capacity-only", action="store_true",
                    help="run only the capacity benchmark (needs --capacity N)")
     p.add_argument("--json", action="store_true", help="print JSON (samples + summary) to stdout")
+    p.add_argument("--save", metavar="FILE", help="also write the JSON to FILE")
+    p.add_argument("--report", metavar="FILE",
+                   help="measure nothing: print the table of a run saved with --save/--json")
     args = p.parse_args(argv)
     args.types, args.parsers = _split(args.types), _split(args.parsers)
     args.servers, args.loads = _split(args.servers), _split(args.loads)
@@ -1018,6 +1033,8 @@ def compare(args: argparse.Namespace, use_wrk: str | None, gunicorn_py: str | No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report_saved(args.report, args.json)
     install_signal_handlers()
     wrk = shutil.which("wrk")
     if args.loadgen == "wrk" and not wrk:
@@ -1053,32 +1070,56 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all()
-    rows = summarize(samples, pairs, args.loads, failures)
     cmd = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data = jsonable({
+        "command": cmd, "environment": env, "samples": [asdict(s) for s in samples],
+        "summary": summarize(samples, pairs, args.loads, failures),
+        "failures": {f"{k[0]}/{k[1]}": v for k, v in failures.items()}, "capacity": capacity})
+    if args.save:
+        Path(args.save).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        log(f"results saved to {args.save} (python scripts/bench.py --report {args.save})")
+    return emit(data, args)
+
+
+def emit(data: dict, args: argparse.Namespace) -> int:
+    """Print *data* (as saved) as JSON or as the table; the exit status: 1 if anything failed."""
+    samples = [Sample(**{k: float("nan") if v is None else v for k, v in s.items()})
+               for s in data["samples"]]
+    failures = {(k.split("/", 1)[0], k.split("/", 1)[-1]): v
+                for k, v in data["failures"].items()}
+    rows = summarize(samples, make_pairs(args), args.loads, failures)
+    capacity, env = data.get("capacity"), data["environment"]
     if args.json:
-        print(json.dumps(jsonable({
-            "command": cmd, "environment": env, "samples": [asdict(s) for s in samples],
-            "summary": rows, "failures": {f"{k[0]}/{k[1]}": v for k, v in failures.items()},
-            "capacity": capacity}), indent=2, allow_nan=False))
+        print(json.dumps(data, indent=2, allow_nan=False))
     else:
-        print(f"\n{cmd}")
+        print(f"\n{data['command']}")
         print(f"{env['date']}  nproc={env['nproc']}  {env['cpu']}  Python {env['python']}  "
               f"arbiter {env['arbiter_commit']}  gunicorn {env['gunicorn']}  load: {env['loadgen']}"
               f" -t1 -c{args.connections} -d{args.duration:g}s (warm-up {args.warmup:g}s), "
               f"medians of {args.runs} run(s); load average {env['loadavg_start']:.1f} at the "
               f"start, {_med([s.loadavg for s in samples]):.1f} median during the runs\n")
-        if rows:
+        if samples or failures:
             print(table(rows))
             print()
             for line in notes(rows, args):
                 print(f"* {line}")
         if capacity is not None:
+            sys.path.insert(0, str(SCRIPTS_DIR))
             import evented_capacity
 
             print()
             print(evented_capacity.report(capacity))
     bad = any(r["failure"] for r in rows) or (capacity is not None and not capacity["ok"])
     return 1 if bad else 0
+
+
+def report_saved(path: str, json_out: bool) -> int:
+    """``--report FILE``: the table of a run saved with --save (or printed with --json)."""
+    data = json.loads(Path(path).read_text())
+    argv = shlex.split(data["command"])[2:]  # "python scripts/bench.py ARGS..."
+    args = parse_args(argv)
+    args.json = json_out
+    return emit(data, args)
 
 
 if __name__ == "__main__":
