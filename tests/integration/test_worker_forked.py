@@ -104,6 +104,8 @@ def test_max_connections_bounds_the_children_and_the_rest_wait(server):
     assert peak <= 2 and peak_children <= 2, (peak, peak_children)
     assert elapsed >= 2.8, "5 requests of 1 s, 2 at a time, need three rounds"
     assert len({int(r.text.split()[0]) for r in responses}) == 5
+    # while clients queued at the bound, children answered with Connection: close
+    assert sum(r.headers.get("connection") == "close" for r in responses) >= 2
     # reaped promptly: no zombie stays behind
     wait_for(lambda: no_children(worker), timeout=5, message="every child reaped")
     for pid in seen:

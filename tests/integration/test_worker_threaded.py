@@ -83,6 +83,8 @@ def test_max_connections_bounds_the_threads_and_the_rest_wait(server):
     assert peak <= 3, f"{peak} requests ran at once with max_connections: 3"
     assert peak == 3
     assert elapsed >= 1.9, "6 requests of 1 s, 3 at a time, need two rounds"
+    # while clients queued at the bound, the first round was told to close (threads turn over)
+    assert sum(r.headers.get("connection") == "close" for r in responses) >= 3
 
 
 def test_a_hung_request_recycles_the_worker_and_the_others_finish(server):
