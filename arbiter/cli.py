@@ -101,6 +101,9 @@ def run_server(argv: Sequence[str]) -> int:
         print(f"arbiter: cannot open the error log {cfg.log.error_log}: {exc}", file=sys.stderr)
         return 1
     os.umask(cfg.umask)
+    # A reload re-reads the same file even after `chdir` moved the working directory.
+    if ns.config:
+        ns.config = os.path.abspath(ns.config)
     master = Master(cfg, lambda: _load(ns), log)
     try:
         master.start()

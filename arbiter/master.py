@@ -36,7 +36,13 @@ from typing import Any
 from arbiter import logs, systemd
 from arbiter.appload import AppLoadError, load_app, prepare_import_path
 from arbiter.scoreboard import BOOTING, FREE, Scoreboard
-from arbiter.sockets import BindError, Listener, open_listeners
+from arbiter.sockets import (
+    BindError,
+    Listener,
+    decode_inherited,
+    encode_inherited,
+    open_listeners,
+)
 from arbiter.workers import worker_class
 from arbiter.workers.base import EXIT_APP_LOAD_FAILED, TRACEBACK_SIGNAL
 
@@ -51,6 +57,11 @@ EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_BIND = 2
 EXIT_APP = 3
+
+# USR2 upgrade: how the old master hands its listeners to the new one.
+UPGRADE_FDS_ENV = "ARBITER_UPGRADE_FDS"
+UPGRADE_FROM_ENV = "ARBITER_UPGRADE_FROM"
+UPGRADE_ACTIVATED_ENV = "ARBITER_UPGRADE_ACTIVATED"
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -171,6 +182,10 @@ class Master:
         self.next_watchdog = 0.0
         # Socket activation: binds systemd handed us replace the config's (on reload too).
         self.activated_binds: list[str] = []
+        self.launch_cwd = os.getcwd()
+        self.upgrade_pid: int | None = None  # the new master started by USR2
+        self.upgraded_from: int | None = None  # the old master that started us
+        self.winched = False  # WINCH: workers stopped, master and sockets kept
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -187,11 +202,15 @@ class Master:
                 app = load_app(cfg.app)
             except AppLoadError as exc:
                 raise StartupError(EXIT_APP, f"the app cannot be loaded: {exc}") from None
+        inherited = decode_inherited(os.environ.pop(UPGRADE_FDS_ENV, ""))
+        self.upgraded_from = int(os.environ.pop(UPGRADE_FROM_ENV, "0") or 0) or None
         try:
             activated = systemd.listen_fds(os.environ)
         except ValueError as exc:
             raise StartupError(EXIT_CONFIG, f"socket activation: {exc}") from None
         self.activated_binds = systemd.activated_bind_addresses(activated)
+        if os.environ.pop(UPGRADE_ACTIVATED_ENV, ""):
+            self.activated_binds = list(inherited)  # the old master's systemd sockets
         skipped = [a for a in activated if not a.listening]
         for sock in skipped:
             self.log.warning("socket activation: fd %d (%s) is not a listening stream socket; "
@@ -200,10 +219,17 @@ class Master:
             self.log.info("socket activation: serving on %s (the config's bind is ignored)",
                           ", ".join(self.activated_binds))
         try:
-            listeners = open_listeners(self.binds(cfg), cfg.backlog, cfg.reuse_port)
+            listeners = open_listeners(self.binds(cfg), cfg.backlog, cfg.reuse_port,
+                                       inherited=inherited)
         except BindError as exc:
             raise StartupError(EXIT_BIND, str(exc)) from None
         self.listeners = {lst.address.text: lst for lst in listeners}
+        for text, fd in inherited.items():
+            if text not in self.listeners:  # the new config no longer binds it
+                os.close(fd)
+        if self.upgraded_from:
+            self.log.info("upgrade: took over %d listener(s) from the old master (pid %d)",
+                          len(inherited), self.upgraded_from)
         if cfg.pidfile:
             try:
                 write_pidfile(cfg.pidfile, self.pid)
@@ -293,6 +319,9 @@ class Master:
         elif self.stop_mode:
             return
         elif sig == signal.SIGHUP:
+            if self.winched:
+                self.winched = False
+                self.log.info("HUP after WINCH: starting workers again")
             self.reload_requested = True
         elif sig == signal.SIGTTIN:
             self.target += 1
@@ -305,9 +334,10 @@ class Master:
             logs.reopen_log_files()
             self.signal_workers(signal.SIGUSR1)
             self.log.info("log files reopened")
-        elif sig in (signal.SIGUSR2, signal.SIGWINCH):
-            self.log.warning("%s (upgrade / stop workers) is not supported by this release; "
-                             "ignored", name)
+        elif sig == signal.SIGUSR2:
+            self.begin_upgrade()
+        elif sig == signal.SIGWINCH:
+            self.stop_all_workers()
 
     # -- workers ---------------------------------------------------------------
     def spawn_worker(self, gen: Generation) -> None:
@@ -390,6 +420,9 @@ class Master:
                 continue
             if pid == 0:
                 return
+            if pid == self.upgrade_pid:
+                self.upgrade_exited(status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -397,6 +430,7 @@ class Master:
             if not worker.ready:
                 # It may have announced itself just before dying.
                 worker.ready = self.scoreboard.read(worker.slot).state not in (BOOTING, FREE)
+                self.ever_ready = self.ever_ready or worker.ready
             self.scoreboard.release(worker.slot)
             self.worker_exited(worker, status)
 
@@ -415,6 +449,7 @@ class Master:
         if self.pending and worker.generation is self.pending.generation:
             self.abort_reload(f"a new worker failed to boot ({how})")
             return
+        self.mark_ready_workers()  # a sibling may have booted since the last turn
         if code == EXIT_APP_LOAD_FAILED and not self.ever_ready:
             self.log.error("the app cannot be loaded at first start (see the traceback above); "
                            "exiting")
@@ -430,15 +465,13 @@ class Master:
         self.log.error("%s; retrying in %g s (failure %d in a row)", why, delay,
                        self.boot_failures)
 
-    def check_boots(self) -> None:
-        """Mark workers ready from the scoreboard; kill those past boot_timeout."""
+    def mark_ready_workers(self) -> None:
+        """Mark workers that announced themselves in the scoreboard as ready."""
         assert self.scoreboard is not None
-        now = time.monotonic()
-        for worker in list(self.workers.values()):
+        for worker in self.workers.values():
             if worker.ready or worker.retiring:
                 continue
-            row = self.scoreboard.read(worker.slot)
-            if row.state not in (BOOTING, FREE):
+            if self.scoreboard.read(worker.slot).state not in (BOOTING, FREE):
                 worker.ready = True
                 self.ever_ready = True
                 if self.boot_failures:
@@ -446,6 +479,13 @@ class Master:
                                   worker.number, worker.pid)
                 self.boot_failures = 0
                 self.next_spawn_at = 0.0
+
+    def check_boots(self) -> None:
+        """Mark workers ready from the scoreboard; kill those past boot_timeout."""
+        self.mark_ready_workers()
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.ready or worker.retiring:
                 continue
             boot_timeout = worker.generation.cfg.boot_timeout
             if now - worker.spawned_at > boot_timeout:
@@ -535,6 +575,8 @@ class Master:
 
     def manage_workers(self) -> None:
         """Spawn or retire workers so each generation in play has ``target`` of them."""
+        if self.winched:
+            return
         for gen in (self.current, self.pending.generation if self.pending else None):
             if gen is None:
                 continue
@@ -655,6 +697,90 @@ class Master:
         except OSError as exc:
             self.log.error("cannot open the error log %s: %s", cfg.log.error_log, exc)
 
+    # -- upgrade (USR2) and WINCH ------------------------------------------------------
+    def begin_upgrade(self) -> None:
+        """USR2: exec a new master that inherits the listeners; we keep serving."""
+        if self.upgrade_pid is not None:
+            self.log.warning("USR2 ignored: the new master (pid %d) is still running",
+                             self.upgrade_pid)
+            return
+        if self.upgraded_from and pid_alive(self.upgraded_from):
+            self.log.warning("USR2 ignored: the old master (pid %d) is still running; "
+                             "stop it first", self.upgraded_from)
+            return
+        pidfile = self.cfg.pidfile
+        if pidfile:
+            try:
+                write_pidfile(pidfile + ".oldbin", self.pid)
+            except StartupError as exc:
+                self.log.error("USR2 aborted: %s", exc)
+                return
+            remove_pidfile(pidfile, self.pid)
+        listeners = list(self.listeners.values())
+        env = dict(os.environ)
+        env[UPGRADE_FDS_ENV] = encode_inherited(listeners)
+        env[UPGRADE_FROM_ENV] = str(self.pid)
+        if self.activated_binds:
+            env[UPGRADE_ACTIVATED_ENV] = "1"
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            self.log.error("USR2 aborted: cannot fork: %s", exc)
+            if pidfile:
+                os.replace(pidfile + ".oldbin", pidfile)
+            return
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in HANDLED_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.chdir(self.launch_cwd)
+                env = systemd.upgrade_environ(env, os.getpid())
+                os.execve(sys.executable, argv, env)
+            except BaseException as exc:
+                try:
+                    self.log.error("USR2: cannot exec the new master: %s", exc)
+                finally:
+                    os._exit(127)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self.upgrade_pid = pid
+        self.notify.hand_over()
+        self.log.info("upgrade: new master started (pid %d) with %d listener(s); once it serves, "
+                      "send WINCH then TERM to this master (pid %d) — or TERM the new one to "
+                      "roll back", pid, len(listeners), self.pid)
+
+    def upgrade_exited(self, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        pid, self.upgrade_pid = self.upgrade_pid, None
+        pidfile = self.cfg.pidfile
+        if pidfile:
+            try:
+                write_pidfile(pidfile, self.pid)
+            except StartupError as exc:
+                self.log.error("cannot restore the pidfile: %s", exc)
+            remove_pidfile(pidfile + ".oldbin", self.pid)
+        self.notify.reclaim("the new master exited; this one serves again")
+        hint = " (workers were stopped by WINCH: send HUP to start them)" if self.winched else ""
+        self.log.warning("upgrade: the new master (pid %s) exited with %s; this master (pid %d) "
+                         "stays in charge%s", pid, code, self.pid, hint)
+
+    def stop_all_workers(self) -> None:
+        """WINCH: stop every worker gracefully; keep the master and the sockets."""
+        self.winched = True
+        if self.pending is not None:
+            self.abort_reload("WINCH")
+        for worker in list(self.workers.values()):
+            if not worker.retiring:
+                self.stop_worker(worker, signal.SIGTERM, "WINCH")
+        self.log.info("WINCH: stopping all workers; the master keeps the sockets "
+                      "(HUP starts workers again)")
+
     # -- systemd ------------------------------------------------------------------
     def status_line(self) -> str:
         gen = self.current
@@ -678,7 +804,10 @@ class Master:
         if ready >= self.target:
             self.announced_ready = True
             self.log.info("ready: %d %s worker(s) serving", ready, self.current.cfg.worker_type)
-            self.notify.ready(self.status_line())
+            if self.upgraded_from:
+                self.notify.mainpid(ready=True, status=self.status_line())
+            else:
+                self.notify.ready(self.status_line())
 
     def ping_watchdog(self) -> None:
         interval = self.notify.watchdog_interval()
@@ -723,9 +852,11 @@ class Master:
         return not self.workers
 
     def close_listeners(self, listeners: list[Listener]) -> None:
+        # A unix socket file is unlinked by its last owner: never while a new
+        # master (USR2) shares it, never when systemd made it (fd://).
         for lst in listeners:
             try:
-                lst.close(unlink=lst.address.fd is None)
+                lst.close(unlink=lst.address.fd is None and self.upgrade_pid is None)
             except OSError:
                 pass
 
@@ -750,8 +881,20 @@ class Master:
         self.listeners = {}
         if self.cfg.pidfile:
             remove_pidfile(self.cfg.pidfile, self.pid)
+            remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
         signal.set_wakeup_fd(-1)
         self.log.info("arbiter master (pid %d) exiting with code %d", self.pid, self.exit_code)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not a zombie)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _queue_only(signum: int, frame: Any) -> None:

@@ -170,21 +170,59 @@ def open_listener(address: Address, backlog: int, reuse_port: bool = False) -> L
     return Listener(address, sock)
 
 
+def adopt_listener(text: str, fd: int) -> Listener:
+    """A listener inherited from an old master (USR2 upgrade) for the bind ``text``.
+
+    A unix socket keeps its path, so the last master to own it unlinks it.
+    """
+    address = parse_address(text)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise BindError(f"cannot adopt inherited {text} (fd {fd}): {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    created = address.path if address.family == socket.AF_UNIX else None
+    return Listener(address, sock, created_path=created)
+
+
+def encode_inherited(listeners: list[Listener]) -> str:
+    """The environment value that hands listeners to a new master: ``fd=bind`` pairs."""
+    return "\n".join(f"{lst.fileno}={lst.address.text}" for lst in listeners)
+
+
+def decode_inherited(value: str) -> dict[str, int]:
+    """Bind text -> fd, from :func:`encode_inherited`'s value."""
+    inherited: dict[str, int] = {}
+    for line in value.splitlines():
+        fd, sep, text = line.partition("=")
+        if sep and fd.isdigit():
+            inherited[text] = int(fd)
+    return inherited
+
+
 def open_listeners(binds: tuple[str, ...] | list[str], backlog: int,
                    reuse_port: bool = False,
-                   existing: dict[str, Listener] | None = None) -> list[Listener]:
-    """Open every bind address, reusing listeners already open for the same text.
+                   existing: dict[str, Listener] | None = None,
+                   inherited: dict[str, int] | None = None) -> list[Listener]:
+    """Open every bind address, reusing listeners already open for the same text,
+    and adopting ``inherited`` fds (bind text -> fd) passed by an old master.
 
     On failure, the listeners opened by this call are closed again before
     BindError propagates, so a failed reload leaks nothing.
     """
     existing = existing or {}
+    inherited = inherited or {}
     opened: list[Listener] = []
     result: list[Listener] = []
     try:
         for text in binds:
             if text in existing:
                 result.append(existing[text])
+                continue
+            if text in inherited:
+                listener = adopt_listener(text, inherited[text])
+                opened.append(listener)
+                result.append(listener)
                 continue
             try:
                 address = parse_address(text)
@@ -195,6 +233,6 @@ def open_listeners(binds: tuple[str, ...] | list[str], backlog: int,
             result.append(listener)
     except BaseException:
         for listener in opened:
-            listener.close()
+            listener.close(unlink=listener.address.text not in inherited)
         raise
     return result

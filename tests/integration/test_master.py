@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from harness import ARBITER, cmdline, http_request, pid_alive, wait_for
+from harness import ARBITER, children_of, cmdline, http_request, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -379,3 +379,33 @@ def test_environment_and_command_line_layering(server):
         other.wait_workers(1)
     finally:
         other.stop()
+
+
+def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
+    basic_config(server, extra="pidfile: arbiter.pid")
+    server.start("-c", "server.yaml")
+    old_workers = set(server.wait_workers(2))
+    pidfile = server.workdir / "arbiter.pid"
+    server.signal(signal.SIGUSR2)
+    oldbin = server.workdir / "arbiter.pid.oldbin"
+    wait_for(lambda: oldbin.exists() and pidfile.exists(), message="pidfile and .oldbin")
+    assert int(oldbin.read_text()) == server.pid
+    new_master = int(pidfile.read_text())
+    assert new_master != server.pid
+    wait_for(lambda: len([p for p in children_of(new_master) if pid_alive(p)]) == 2,
+             message="the new master's workers")
+    server.signal(signal.SIGWINCH)
+    wait_for(lambda: not any(pid_alive(p) for p in old_workers),
+             message="the old workers to stop after WINCH")
+    # only the new master's workers answer now, on the same port
+    new_workers = {p for p in children_of(new_master) if pid_alive(p)}
+    for _ in range(4):
+        assert int(server.get("/").text.split()[-1]) in new_workers
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert not oldbin.exists()
+    assert int(pidfile.read_text()) == new_master
+    assert server.get("/").status == 200  # the new master serves on alone
+    os.kill(new_master, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(new_master), message="the new master to stop")
+    assert not pidfile.exists()
