@@ -526,8 +526,7 @@ SETTINGS: tuple[Setting, ...] = (
             ("--max-requests-jitter",), "N"),
     Setting("max_worker_memory", 0, number(0),
             "MiB of the worker's private memory (USS, not RSS: pages shared with the master"
-            " don't count); recycle it gracefully above (0 = off)",
-            later=True),
+            " don't count); recycle it gracefully above (0 = off)"),
     Setting("boot_timeout", 30, number(0, exclusive=True),
             "a new worker must be ready (app loaded) within this, or it failed",
             ("--boot-timeout",), "SECONDS"),

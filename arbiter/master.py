@@ -65,6 +65,7 @@ UPGRADE_ACTIVATED_ENV = "ARBITER_UPGRADE_ACTIVATED"
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
+MEMORY_CHECK_INTERVAL = 5.0  # seconds between private-memory checks of the workers
 TIMEOUT_KILL_GRACE = 1.0  # after the traceback dump, before SIGKILL
 FAST_STOP_GRACE = 1.0  # INT/QUIT: how long workers get before SIGKILL
 
@@ -106,6 +107,7 @@ class WorkerProcess:
     kill_at: float | None = None  # SIGKILL when this monotonic time passes
     killed: bool = False
     reason: str = ""  # why it is being stopped, for the log
+    awaiting_replacement: bool = False  # recycle (TERM) once a replacement is ready
 
 
 @dataclass
@@ -186,6 +188,7 @@ class Master:
         self.upgrade_pid: int | None = None  # the new master started by USR2
         self.upgraded_from: int | None = None  # the old master that started us
         self.winched = False  # WINCH: workers stopped, master and sockets kept
+        self.next_memory_check = 0.0
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -279,6 +282,8 @@ class Master:
                 self.announce_first_ready()
                 self.check_reload()
                 self.kill_hung_workers()
+                self.recycle_large_workers()
+                self.retire_replaced_workers()
                 self.enforce_kill_deadlines()
                 self.manage_workers()
         finally:
@@ -542,6 +547,40 @@ class Master:
             else:
                 worker.retiring = True
                 worker.kill_at = now + TIMEOUT_KILL_GRACE
+
+    def recycle_large_workers(self) -> None:
+        """max_worker_memory: recycle a worker whose private memory (USS) grew too large.
+
+        The replacement starts first; the old worker is told to stop (TERM,
+        in-flight requests finish) once the replacement is ready.
+        """
+        now = time.monotonic()
+        if now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        for worker in list(self.workers.values()):
+            limit_mib = worker.generation.cfg.max_worker_memory
+            if not limit_mib or not worker.ready or worker.retiring:
+                continue
+            uss = private_memory(worker.pid)
+            if uss is None or uss <= limit_mib * 1024 * 1024:
+                continue
+            self.log.warning("worker #%d (pid %d) uses %.1f MiB of private memory "
+                             "(max_worker_memory %g MiB): recycling it once a replacement "
+                             "is ready", worker.number, worker.pid, uss / 1048576, limit_mib)
+            worker.retiring = True
+            worker.reason = "max_worker_memory"
+            worker.awaiting_replacement = True
+
+    def retire_replaced_workers(self) -> None:
+        for worker in list(self.workers.values()):
+            if not worker.awaiting_replacement:
+                continue
+            gen = worker.generation
+            ready = sum(1 for w in self.live_workers(gen) if w.ready)
+            if ready >= self.target or gen is not self.current:
+                worker.awaiting_replacement = False
+                self.stop_worker(worker, signal.SIGTERM, worker.reason)
 
     def enforce_kill_deadlines(self) -> None:
         now = time.monotonic()
@@ -884,6 +923,21 @@ class Master:
             remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
         signal.set_wakeup_fd(-1)
         self.log.info("arbiter master (pid %d) exiting with code %d", self.pid, self.exit_code)
+
+
+def private_memory(pid: int) -> int | None:
+    """A process's unique set size in bytes (private pages: not shared with the master
+    or other workers), from /proc/PID/smaps_rollup; None where Linux can't tell."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    total = 0
+    for line in text.splitlines():
+        if line.startswith((b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def pid_alive(pid: int) -> bool:

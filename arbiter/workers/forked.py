@@ -56,6 +56,10 @@ from arbiter.workers.base import TRACEBACK_SIGNAL, Worker, setproctitle
 
 # Between SIGUSR2 (traceback) and SIGKILL for a hung child.
 HUNG_CHILD_KILL_DELAY = 1.0
+# Connections accepted (and forked) per wakeup before the loop's chores run again.
+# Pause after a failed accept (out of file descriptors...) so the loop does not spin.
+ACCEPT_ERROR_BACKOFF = 0.1
+ACCEPT_BATCH = 16
 
 # One row per child: current request's start (0.0 = none), requests served, method, path.
 _CHILD_ROW = struct.Struct("<dQ16s96s")
@@ -251,8 +255,14 @@ class ForkedWorker(Worker):
 
     # -- accept and fork ------------------------------------------------------------------
     def accept_from(self, listener: Any, sockname: Any) -> None:
-        """Accept and fork while connections are queued, up to the bound."""
-        while self.alive:
+        """Accept and fork while connections are queued, up to the bound.
+
+        At most ``ACCEPT_BATCH`` per wakeup, so a flood of clients never keeps
+        the loop from its heartbeat, reaping and hung-child checks.
+        """
+        for _ in range(ACCEPT_BATCH):
+            if not self.alive:
+                return
             if self.child_exited:
                 self.reap_children()
             if len(self.children) >= self.limit:
@@ -262,8 +272,9 @@ class ForkedWorker(Worker):
                 conn, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ENOBUFS...: back off to select
+            except OSError as exc:  # EMFILE, ENOBUFS...: back off, then select again
                 self.log.warning("accept on %s failed: %s", listener.name, exc)
+                time.sleep(ACCEPT_ERROR_BACKOFF)  # the listener stays readable: no hot loop
                 return
             try:
                 if conn.family != socket.AF_UNIX:

@@ -45,6 +45,10 @@ from arbiter.workers.base import Worker
 
 # How long a thread whose connection ended waits to be handed the next one.
 THREAD_LINGER_SECONDS = 2.0
+# Connections accepted per wakeup before the loop's heartbeat and chores run again.
+# Pause after a failed accept (out of file descriptors...) so the loop does not spin.
+ACCEPT_ERROR_BACKOFF = 0.1
+ACCEPT_BATCH = 64
 
 
 class ConnectionThread:
@@ -142,8 +146,14 @@ class ThreadedWorker(Worker):
             selector.register(listener.sock, selectors.EVENT_READ, listener)
 
     def accept_from(self, listener: Any, sockname: Any) -> None:
-        """Accept what is queued, up to the bound; at the bound stop watching."""
-        while self.alive:
+        """Accept what is queued, up to the bound; at the bound stop watching.
+
+        At most ``ACCEPT_BATCH`` per wakeup, so a flood of clients never keeps
+        the loop from its heartbeat and chores (the selector fires again at once).
+        """
+        for _ in range(ACCEPT_BATCH):
+            if not self.alive:
+                return
             with self.lock:
                 if self.active >= self.limit:
                     self.pause_listeners()
@@ -152,8 +162,9 @@ class ThreadedWorker(Worker):
                 conn, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ENOBUFS...: back off to select
+            except OSError as exc:  # EMFILE, ENOBUFS...: back off, then select again
                 self.log.warning("accept on %s failed: %s", listener.name, exc)
+                time.sleep(ACCEPT_ERROR_BACKOFF)  # the listener stays readable: no hot loop
                 return
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

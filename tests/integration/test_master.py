@@ -409,3 +409,32 @@ def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
     os.kill(new_master, signal.SIGTERM)
     wait_for(lambda: not pid_alive(new_master), message="the new master to stop")
     assert not pidfile.exists()
+
+
+def test_a_worker_over_max_worker_memory_is_recycled_after_its_replacement(server):
+    server.write_app("""
+        import os
+        hoard = []
+
+        def app(environ, start_response):
+            if environ["PATH_INFO"] == "/grow":
+                hoard.append(bytearray(os.urandom(1024)) * (40 * 1024))  # 40 MiB, private
+            body = str(os.getpid()).encode()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [body]
+    """)
+    server.write_config(f"""
+        app: app:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 1
+        max_worker_memory: 30
+    """)
+    server.start("-c", "server.yaml")
+    (big,) = server.wait_workers(1)
+    assert server.get("/grow").text == str(big)
+    log = server.wait_log("max_worker_memory", timeout=20)
+    assert f"pid {big}" in log
+    wait_for(lambda: not pid_alive(big), timeout=20, message="the large worker to be recycled")
+    (fresh,) = server.wait_workers(1)
+    assert fresh != big
+    assert server.get("/").text == str(fresh)
