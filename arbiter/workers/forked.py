@@ -56,9 +56,9 @@ from arbiter.workers.base import TRACEBACK_SIGNAL, Worker, setproctitle
 
 # Between SIGUSR2 (traceback) and SIGKILL for a hung child.
 HUNG_CHILD_KILL_DELAY = 1.0
-# Connections accepted (and forked) per wakeup before the loop's chores run again.
 # Pause after a failed accept (out of file descriptors...) so the loop does not spin.
 ACCEPT_ERROR_BACKOFF = 0.1
+# Connections accepted (and forked) per wakeup before the loop's chores run again.
 ACCEPT_BATCH = 16
 
 # One row per child: current request's start (0.0 = none), requests served, method, path.

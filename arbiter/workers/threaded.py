@@ -45,9 +45,9 @@ from arbiter.workers.base import Worker
 
 # How long a thread whose connection ended waits to be handed the next one.
 THREAD_LINGER_SECONDS = 2.0
-# Connections accepted per wakeup before the loop's heartbeat and chores run again.
 # Pause after a failed accept (out of file descriptors...) so the loop does not spin.
 ACCEPT_ERROR_BACKOFF = 0.1
+# Connections accepted per wakeup before the loop's heartbeat and chores run again.
 ACCEPT_BATCH = 64
 
 
