@@ -553,7 +553,7 @@ SETTINGS: tuple[Setting, ...] = (
             ("--pidfile",), "FILE"),
     Setting("daemon", False, boolean,
             "detach (python-daemon); write the pidfile",
-            ("--daemon",), later=True),
+            ("--daemon",)),
     Setting("user", None, optional(user_or_group),
             "drop privileges to this user (name or uid) after binding",
             ("--user",), "USER", later=True),

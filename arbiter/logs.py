@@ -463,3 +463,18 @@ def reopen_log_files() -> None:
                 )
     for access_log in list(_access_logs):
         access_log.reopen()
+
+
+def open_fds(logger: logging.Logger) -> list[int]:
+    """The file descriptors a logger writes to (files, streams, syslog sockets):
+    what daemon mode must keep open when it closes everything else."""
+    fds: list[int] = []
+    for handler in logger.handlers:
+        for holder in (getattr(handler, "stream", None), getattr(handler, "socket", None)):
+            if holder is None:
+                continue
+            try:
+                fds.append(holder.fileno())
+            except (AttributeError, OSError, ValueError):
+                continue
+    return fds

@@ -120,8 +120,8 @@ class PendingReload:
     opened: list[Listener] = field(default_factory=list)  # listeners new in this config
 
 
-def write_pidfile(path: str, pid: int) -> None:
-    """Write the pidfile atomically; refuse if another live master owns it."""
+def check_pidfile(path: str, pid: int) -> None:
+    """Refuse to start when the pidfile names another live process."""
     try:
         with open(path) as existing:
             other = int(existing.read().strip() or 0)
@@ -137,6 +137,14 @@ def write_pidfile(path: str, pid: int) -> None:
         else:
             raise StartupError(EXIT_CONFIG, f"pidfile {path}: arbiter is already running "
                                             f"as pid {other}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK):
+        raise StartupError(EXIT_CONFIG, f"pidfile {path}: directory {directory} is not writable")
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """Write the pidfile atomically; refuse if another live master owns it."""
+    check_pidfile(path, pid)
     tmp = f"{path}.{pid}.tmp"
     try:
         with open(tmp, "w") as f:
@@ -233,12 +241,16 @@ class Master:
         if self.upgraded_from:
             self.log.info("upgrade: took over %d listener(s) from the old master (pid %d)",
                           len(inherited), self.upgraded_from)
-        if cfg.pidfile:
-            try:
+        try:
+            if cfg.pidfile:
+                check_pidfile(cfg.pidfile, self.pid)
+            if cfg.daemon:
+                self.daemonize()
+            if cfg.pidfile:
                 write_pidfile(cfg.pidfile, self.pid)
-            except StartupError:
-                self.close_listeners(list(self.listeners.values()))
-                raise
+        except StartupError:
+            self.close_listeners(list(self.listeners.values()))
+            raise
         self.current = Generation(1, cfg, listeners, cls, app)
         self.scoreboard = Scoreboard()
         setproctitle(f"arbiter: master [{cfg.proc_name}]")
@@ -247,6 +259,29 @@ class Master:
             self.log.info("listening on %s", lst.name)
         self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
                       self.pid, self.target, cfg.worker_type, cfg.app)
+
+    def daemonize(self) -> None:
+        """--daemon: detach from the terminal (python-daemon), keeping listeners and logs.
+
+        Called once everything that can fail at start has been checked, so those
+        errors still reach the terminal with a non-zero exit; the process that
+        started us exits 0 once we are detached.
+        """
+        import daemon  # python-daemon: double fork, setsid, fd closing done right
+
+        if self.cfg.log.error_log == "-":
+            self.log.warning("daemon mode: the error log is stderr, which is detached; "
+                             "set log.error_log to a file or syslog to keep it")
+        preserve = [lst.fileno for lst in self.listeners.values()]
+        preserve += logs.open_fds(self.log)
+        context = daemon.DaemonContext(
+            working_directory=os.getcwd(), umask=self.cfg.umask, files_preserve=preserve,
+            signal_map={}, detach_process=True, prevent_core=False)
+        try:
+            context.open()
+        except Exception as exc:
+            raise StartupError(EXIT_CONFIG, f"cannot detach (daemon mode): {exc}") from None
+        self.pid = os.getpid()
 
     def binds(self, cfg: Any) -> list[str]:
         """What to listen on: the sockets systemd passed, else the config's bind."""

@@ -149,9 +149,10 @@ class Server:
             self.wait_serving(timeout)
         return self
 
-    def wait_serving(self, timeout: float = 15.0) -> None:
+    def wait_serving(self, timeout: float = 15.0, detached: bool = False) -> None:
+        """Poll until the port answers; unless ``detached``, fail if the command exited."""
         def serving() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
+            if not detached and self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"arbiter exited with {self.proc.returncode}:\n{self.stderr}")
             try:
                 http_request(self.port, "/", timeout=2)

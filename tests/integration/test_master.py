@@ -41,6 +41,7 @@ def other(environ, start_response):
 def basic_config(server, workers: int = 2, extra: str = "", worker_type: str = "preforked",
                  graceful_timeout: float = 10) -> None:
     server.write_app(APP)
+    extra = extra.replace("\n", "\n        ")  # keep every extra line in the mapping
     server.write_config(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
@@ -438,3 +439,38 @@ def test_a_worker_over_max_worker_memory_is_recycled_after_its_replacement(serve
     (fresh,) = server.wait_workers(1)
     assert fresh != big
     assert server.get("/").text == str(fresh)
+
+
+def test_daemon_detaches_and_stops_cleanly_via_the_pidfile(server):
+    basic_config(server, extra="pidfile: arbiter.pid\ndaemon: true\nlog: {error_log: error.log}")
+    server.start("-c", "server.yaml", wait=False)
+    assert server.wait_exit(20) == 0  # the command returns once detached
+    pidfile = server.workdir / "arbiter.pid"
+    wait_for(pidfile.exists, message="the daemon's pidfile")
+    daemon_pid = int(pidfile.read_text())
+    assert daemon_pid != server.pid
+    try:
+        server.wait_serving(detached=True)
+        assert cmdline(daemon_pid).startswith("arbiter: master")
+        os.kill(daemon_pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(daemon_pid), message="the daemon to stop")
+        assert not pidfile.exists()
+        assert "exiting with code 0" in (server.workdir / "error.log").read_text()
+    finally:
+        if pid_alive(daemon_pid):
+            os.kill(daemon_pid, signal.SIGKILL)
+
+
+def test_daemon_start_errors_reach_the_terminal(server):
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        port = blocker.getsockname()[1]
+        server.start("--daemon", "-b", f"127.0.0.1:{port}", wait=False)
+        assert server.wait_exit(20) == 2
+        assert f"127.0.0.1:{port}" in server.stderr
+    finally:
+        blocker.close()
