@@ -197,12 +197,19 @@ class Master:
         self.upgraded_from: int | None = None  # the old master that started us
         self.winched = False  # WINCH: workers stopped, master and sockets kept
         self.next_memory_check = 0.0
+        self.worker_identity: tuple[int, int] | None = None  # (uid, gid) for `user`/`group`
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
         """Everything that can fail with a clean exit code, before any worker exists."""
         cfg = self.cfg
         prepare_import_path(cfg.chdir, cfg.pythonpath)
+        try:
+            self.worker_identity = resolve_identity(cfg.user, cfg.group)
+        except ValueError as exc:
+            raise StartupError(EXIT_CONFIG, str(exc)) from None
+        if self.worker_identity:
+            hand_log_files_to(self.worker_identity, cfg)
         try:
             cls = worker_class(cfg.worker_type)
         except ValueError as exc:
@@ -440,6 +447,8 @@ class Master:
                                 slot=self.scoreboard.writer(slot), number=number,
                                 generation=gen.number, master_pid=self.pid, app=gen.app,
                                 log=self.log)
+        if self.worker_identity:  # after the worker opened its log files
+            drop_privileges(*self.worker_identity)
         return worker.run()
 
     def free_slot(self) -> int | None:
@@ -958,6 +967,56 @@ class Master:
             remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
         signal.set_wakeup_fd(-1)
         self.log.info("arbiter master (pid %d) exiting with code %d", self.pid, self.exit_code)
+
+
+def resolve_identity(user: str | int | None, group: str | int | None) -> tuple[int, int] | None:
+    """(uid, gid) the workers run as, from the ``user``/``group`` settings; None to keep ours.
+
+    A user without a group takes the user's primary group. Switching needs root.
+    """
+    import grp
+    import pwd
+
+    if user is None and group is None:
+        return None
+    uid, gid = os.getuid(), os.getgid()
+    if user is not None:
+        try:
+            entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+        except KeyError:
+            raise ValueError(f"user: no such user {user!r}") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group is not None:
+        try:
+            gid = (grp.getgrgid(group) if isinstance(group, int) else grp.getgrnam(group)).gr_gid
+        except KeyError:
+            raise ValueError(f"group: no such group {group!r}") from None
+    if os.geteuid() != 0 and (uid, gid) != (os.getuid(), os.getgid()):
+        raise ValueError(f"user/group: switching to uid {uid}, gid {gid} needs root "
+                         f"(running as uid {os.getuid()})")
+    return uid, gid
+
+
+def hand_log_files_to(identity: tuple[int, int], cfg: Any) -> None:
+    """Log files stay usable after the workers drop privileges (USR1 reopens them)."""
+    for path in (cfg.log.error_log, cfg.log.access_log):
+        if not path or path in ("-", "syslog"):
+            continue
+        try:
+            with open(path, "a"):
+                pass
+            os.chown(path, *identity)
+        except OSError:
+            continue
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """In a worker, after the fork: become ``uid``/``gid`` for good."""
+    if (os.getuid(), os.getgid()) == (uid, gid):
+        return
+    os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
 
 
 def private_memory(pid: int) -> int | None:

@@ -29,6 +29,11 @@ from arbiter.appload import AppLoadError, load_app
 from arbiter.http import HTTPSettings, WSGIHandler
 from arbiter.scoreboard import DRAINING, IDLE, SlotWriter
 
+try:  # imported here, in the master: a worker may have dropped privileges by the time it runs
+    import ctypes
+except ImportError:  # pragma: no cover
+    ctypes = None  # type: ignore[assignment]
+
 try:
     from setproctitle import setproctitle
 except ImportError:  # pragma: no cover - a hard dependency, but never fatal
@@ -120,7 +125,8 @@ class Worker:
         self.tick = min(1.0, timeout / 4) if timeout > 0 else 1.0
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.handler: WSGIHandler | None = None
-        self.access_log: logs.AccessLog | None = None
+        # Opened here, in the fork, before a `user` switch could forbid it.
+        self.access_log = logs.AccessLog(cfg.log.access_log, cfg.log.access_format)
         # Multithreaded workers: the requests running now, by thread (start, method, path).
         self.requests_lock = threading.Lock()
         self.running: dict[int, tuple[float, str, str]] = {}
@@ -140,7 +146,6 @@ class Worker:
                                self.number, os.getpid(), exc)
                 return EXIT_APP_LOAD_FAILED
         workers.current_worker_type = self.worker_type
-        self.access_log = logs.AccessLog(self.cfg.log.access_log, self.cfg.log.access_format)
         self.handler = WSGIHandler(
             self.app, http_settings(self.cfg, self.worker_type, self.multithread),
             self.log, self.access_log if self.access_log.enabled else None)
@@ -198,9 +203,9 @@ class Worker:
         """Ask Linux to send us TERM if the master dies (belt to the getppid braces)."""
         if not sys.platform.startswith("linux"):
             return
+        if ctypes is None:
+            return
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             PR_SET_PDEATHSIG = 1
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

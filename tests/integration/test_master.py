@@ -474,3 +474,28 @@ def test_daemon_start_errors_reach_the_terminal(server):
         assert f"127.0.0.1:{port}" in server.stderr
     finally:
         blocker.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_workers_drop_privileges_to_user_and_group(server):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    # preload: the app is imported by the master, before the workers drop privileges
+    basic_config(server, extra="user: nobody\npreload_app: true\nlog: {access_log: access.log}")
+    server.start("-c", "server.yaml")
+    workers = server.wait_workers(2)
+    for pid in workers:
+        status = open(f"/proc/{pid}/status").read()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+    assert os.stat(f"/proc/{server.pid}").st_uid == 0  # the master keeps root to bind on reload
+    assert server.get("/").status == 200
+    access = server.workdir / "access.log"
+    wait_for(lambda: access.exists() and "GET /" in access.read_text(), message="access log")
+
+
+def test_unknown_user_exits_1(server):
+    server.start("-b", f"127.0.0.1:{server.port}", "--user", "no-such-user-here", wait=False)
+    assert server.wait_exit(20) == 1
+    assert "no-such-user-here" in server.stderr
