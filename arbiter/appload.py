@@ -31,6 +31,28 @@ def prepare_import_path(chdir: str | None, pythonpath: Iterable[str]) -> None:
         sys.path.insert(0, path)
 
 
+def forget_project_modules(roots: Iterable[str]) -> list[str]:
+    """Drop from sys.modules every module whose file lies under one of ``roots``
+    (the project's own code: its directory and ``pythonpath``), so that the next
+    import reads the files again. Used by a HUP with ``preload_app``: libraries
+    in site-packages stay loaded (a new release of those needs USR2)."""
+    prefixes = tuple(os.path.join(os.path.abspath(root), "") for root in roots)
+    stdlib = tuple(os.path.join(os.path.abspath(p), "") for p in
+                   {sys.prefix, sys.base_prefix, sys.exec_prefix} if p)
+    forgotten = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        path = os.path.abspath(path)
+        if path.startswith(prefixes) and not path.startswith(stdlib) \
+                and not name.startswith("arbiter"):
+            del sys.modules[name]
+            forgotten.append(name)
+    importlib.invalidate_caches()
+    return forgotten
+
+
 def load_app(spec: str) -> Callable[..., Any]:
     """Import and return the WSGI callable named by ``spec``."""
     module_name, _, attr = spec.partition(":")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arbiter import logs, systemd
-from arbiter.appload import AppLoadError, load_app, prepare_import_path
+from arbiter.appload import AppLoadError, forget_project_modules, load_app, prepare_import_path
 from arbiter.scoreboard import BOOTING, FREE, Scoreboard
 from arbiter.sockets import (
     BindError,
@@ -710,6 +710,7 @@ class Master:
         app = None
         prepare_import_path(new_cfg.chdir, new_cfg.pythonpath)
         if new_cfg.preload_app:
+            forget_project_modules([os.getcwd(), *new_cfg.pythonpath])
             try:
                 app = load_app(new_cfg.app)
             except AppLoadError as exc:

@@ -499,3 +499,30 @@ def test_unknown_user_exits_1(server):
     server.start("-b", f"127.0.0.1:{server.port}", "--user", "no-such-user-here", wait=False)
     assert server.wait_exit(20) == 1
     assert "no-such-user-here" in server.stderr
+
+
+def test_hup_with_preload_app_loads_the_new_code(server):
+    server.write_app("""
+        VERSION = b"release 1"
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [VERSION]
+    """)
+    server.write_config(f"""
+        app: app:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 2
+        preload_app: true
+    """)
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    assert server.get("/").text == "release 1"
+    server.write_app("""
+        VERSION = b"release 2, a longer one"
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [VERSION]
+    """)
+    server.signal(signal.SIGHUP)
+    server.wait_log("reload complete")
+    wait_for(lambda: server.get("/").text == "release 2, a longer one", message="the new release to serve")
