@@ -49,6 +49,9 @@ THREAD_LINGER_SECONDS = 2.0
 ACCEPT_ERROR_BACKOFF = 0.1
 # Connections accepted per wakeup before the loop's heartbeat and chores run again.
 ACCEPT_BATCH = 64
+# What the main loop's selector reports besides listeners.
+SIGNAL_ARRIVED = "signal arrived"
+THREAD_FREED = "a connection thread finished while at the bound"
 
 
 class ConnectionThread:
@@ -109,16 +112,16 @@ class ThreadedWorker(Worker):
         for listener in self.listeners:
             listener.sock.setblocking(False)
         self.watch_listeners(selector)
-        selector.register(self.wakeup_r, selectors.EVENT_READ, "signal")
-        selector.register(self.freed_r, selectors.EVENT_READ, "freed")
+        selector.register(self.wakeup_r, selectors.EVENT_READ, SIGNAL_ARRIVED)
+        selector.register(self.freed_r, selectors.EVENT_READ, THREAD_FREED)
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
         try:
             while self.between_requests():
                 for key, _ in selector.select(self.tick):
                     data = key.data
-                    if data == "signal":
+                    if data is SIGNAL_ARRIVED:
                         self.drain_wakeup()
-                    elif data == "freed":
+                    elif data is THREAD_FREED:
                         self.drain_freed()
                     else:
                         self.accept_from(data, socknames[data.fileno])
