@@ -23,6 +23,7 @@ from __future__ import annotations
 import select
 import selectors
 import socket
+import time
 
 from arbiter.http import serve_connection
 from arbiter.workers.base import Worker
@@ -63,8 +64,9 @@ class PreforkedWorker(Worker):
                             conn, peer = listener.sock.accept()
                         except (BlockingIOError, InterruptedError):
                             break
-                        except OSError as exc:  # EMFILE, ENOBUFS...: back off to select
+                        except OSError as exc:  # EMFILE, ENOBUFS...: back off a moment
                             self.log.warning("accept on %s failed: %s", listener.name, exc)
+                            time.sleep(0.1)  # the listener stays readable: don't spin
                             break
                         try:
                             if conn.family != socket.AF_UNIX:
