@@ -467,7 +467,7 @@ class Setting:
 SECTIONS: Mapping[str, str] = MappingProxyType(
     {
         "limits": "request size limits (0 = no limit; for body, null = no limit)",
-        "ssl": "TLS on every listener when certfile is set (later release)",
+        "ssl": "TLS on every listener when certfile is set (TLS >= 1.2)",
         "log": "logging",
         "hooks": 'each "module:function"; see the docs for arguments (later release)',
     }
@@ -576,12 +576,11 @@ SETTINGS: tuple[Setting, ...] = (
             "on TERM: seconds /readyz answers 503 while still serving, so a load balancer"
             " stops sending before we stop accepting",
             later=True),
-    Setting("ssl.certfile", None, _opt_str, "PEM certificate (chain)", later=True),
+    Setting("ssl.certfile", None, _opt_str, "PEM certificate (chain)"),
     Setting("ssl.keyfile", None, _opt_str,
-            "PEM private key (null: the key is in certfile); needs certfile", later=True),
-    Setting("ssl.ca_certs", None, _opt_str, "set to require client certificates", later=True),
-    Setting("ssl.ciphers", None, _opt_str, "OpenSSL cipher string (null = Python's default)",
-            later=True),
+            "PEM private key (null: the key is in certfile); needs certfile"),
+    Setting("ssl.ca_certs", None, _opt_str, "set to require client certificates"),
+    Setting("ssl.ciphers", None, _opt_str, "OpenSSL cipher string (null = Python's default)"),
     Setting("log.level", "info", choice("debug", "info", "warning", "error", "critical"),
             "debug | info | warning | error | critical",
             ("--log-level",), "LEVEL"),

@@ -35,7 +35,17 @@ from typing import Any
 
 from arbiter import logs, systemd
 from arbiter.appload import AppLoadError, forget_project_modules, load_app, prepare_import_path
-from arbiter.scoreboard import BOOTING, FREE, Scoreboard
+from arbiter.control import ControlServer, default_socket_path
+from arbiter.scoreboard import (
+    BOOTING,
+    DURATION_BUCKETS,
+    FREE,
+    METHODS,
+    STATE_NAMES,
+    STATUS_CLASSES,
+    Counters,
+    Scoreboard,
+)
 from arbiter.sockets import (
     BindError,
     Listener,
@@ -43,6 +53,7 @@ from arbiter.sockets import (
     encode_inherited,
     open_listeners,
 )
+from arbiter.tls import server_context
 from arbiter.workers import worker_class
 from arbiter.workers.base import EXIT_APP_LOAD_FAILED, TRACEBACK_SIGNAL
 
@@ -62,6 +73,11 @@ EXIT_APP = 3
 UPGRADE_FDS_ENV = "ARBITER_UPGRADE_FDS"
 UPGRADE_FROM_ENV = "ARBITER_UPGRADE_FROM"
 UPGRADE_ACTIVATED_ENV = "ARBITER_UPGRADE_ACTIVATED"
+
+# Why workers were replaced, as `ctl status` and the metrics count them.
+RESTART_REASONS = {"timed out": "timeout", "max_worker_memory": "memory",
+                   "replaced by reload": "reload", "scaled down": "scale_down",
+                   "WINCH": "winch", "reload rolled back": "reload"}
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -91,6 +107,7 @@ class Generation:
     listeners: list[Listener]
     worker_cls: type
     app: Any = None  # the preloaded app, when preload_app
+    tls: Any = None  # the ssl.SSLContext every listener serves with (None: plain HTTP)
 
 
 @dataclass
@@ -198,6 +215,15 @@ class Master:
         self.winched = False  # WINCH: workers stopped, master and sockets kept
         self.next_memory_check = 0.0
         self.worker_identity: tuple[int, int] | None = None  # (uid, gid) for `user`/`group`
+        self.started_at = time.time()
+        # Exact request counts of workers that are gone (live ones are read from the board).
+        self.finished_counters = Counters.zero()
+        self.finished_requests = 0
+        self.restarts: dict[str, int] = dict.fromkeys(
+            ("crash", "timeout", "max_requests", "memory", "reload", "scale_down", "winch"), 0)
+        self.reloads = {"succeeded": 0, "failed": 0}
+        self.reload_waiters: list[Callable[[dict[str, Any]], None]] = []
+        self.control: ControlServer | None = None
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -212,6 +238,10 @@ class Master:
             hand_log_files_to(self.worker_identity, cfg)
         try:
             cls = worker_class(cfg.worker_type)
+        except ValueError as exc:
+            raise StartupError(EXIT_CONFIG, str(exc)) from None
+        try:
+            tls = server_context(cfg.ssl)
         except ValueError as exc:
             raise StartupError(EXIT_CONFIG, str(exc)) from None
         app = None
@@ -258,10 +288,20 @@ class Master:
         except StartupError:
             self.close_listeners(list(self.listeners.values()))
             raise
-        self.current = Generation(1, cfg, listeners, cls, app)
+        self.current = Generation(1, cfg, listeners, cls, app, tls)
         self.scoreboard = Scoreboard()
         setproctitle(f"arbiter: master [{cfg.proc_name}]")
         self.install_signals()
+        control_path = cfg.control_socket or default_socket_path(cfg.pidfile)
+        if control_path:
+            try:
+                self.control = ControlServer(control_path, self.handle_control, self.log)
+            except OSError as exc:
+                self.close_listeners(list(self.listeners.values()))
+                raise StartupError(EXIT_CONFIG, f"control socket: {exc}") from None
+            assert self.selector is not None
+            self.control.register(self.selector)
+            self.log.info("control socket on %s", control_path)
         for lst in listeners:
             self.log.info("listening on %s", lst.name)
         self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
@@ -345,7 +385,9 @@ class Master:
         if self.next_watchdog:
             timeout = min(timeout, max(0.0, self.next_watchdog - now))
         assert self.selector is not None
-        self.selector.select(max(timeout, 0.0))
+        for key, mask in self.selector.select(max(timeout, 0.0)):
+            if key.data is not None:  # the control socket and its clients
+                key.data(mask)
 
     def read_signals(self) -> list[int]:
         try:
@@ -435,6 +477,9 @@ class Master:
         signal.set_wakeup_fd(-1)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        for key in list(self.selector.get_map().values()):
+            if key.data is not None:  # the control socket and its clients: the master's
+                key.fileobj.close()  # type: ignore[union-attr]
         self.selector.close()
         os.close(self.signal_r)
         os.close(self.signal_w)
@@ -446,7 +491,7 @@ class Master:
         worker = gen.worker_cls(cfg=gen.cfg, listeners=gen.listeners,
                                 slot=self.scoreboard.writer(slot), number=number,
                                 generation=gen.number, master_pid=self.pid, app=gen.app,
-                                log=self.log)
+                                log=self.log, tls=gen.tls)
         if self.worker_identity:  # after the worker opened its log files
             drop_privileges(*self.worker_identity)
         return worker.run()
@@ -480,6 +525,8 @@ class Master:
                 # It may have announced itself just before dying.
                 worker.ready = self.scoreboard.read(worker.slot).state not in (BOOTING, FREE)
                 self.ever_ready = self.ever_ready or worker.ready
+            self.finished_counters.add(self.scoreboard.counters(worker.slot))
+            self.finished_requests += self.scoreboard.read(worker.slot).requests
             self.scoreboard.release(worker.slot)
             self.worker_exited(worker, status)
 
@@ -490,10 +537,18 @@ class Master:
         if worker.retiring or self.stop_mode:
             self.log.info("%s stopped (%s)%s", label, how,
                           f": {worker.reason}" if worker.reason else "")
+            if not self.stop_mode:
+                self.count_restart(RESTART_REASONS.get(worker.reason, "crash"))
+            return
+        if worker.ready and code == 0:
+            self.log.info("%s recycled itself (max_requests); replacing it", label)
+            self.count_restart("max_requests")
             return
         if worker.ready:
             self.log.warning("%s died (%s); replacing it", label, how)
+            self.count_restart("crash")
             return
+        self.count_restart("crash")
         # Died before it was ready: a boot failure.
         if self.pending and worker.generation is self.pending.generation:
             self.abort_reload(f"a new worker failed to boot ({how})")
@@ -695,6 +750,7 @@ class Master:
             return
         try:
             cls = worker_class(new_cfg.worker_type)
+            tls = server_context(new_cfg.ssl)
         except ValueError as exc:
             self.reload_aborted(str(exc))
             return
@@ -723,7 +779,7 @@ class Master:
         old_target = self.target
         if new_cfg.workers != self.current.cfg.workers:
             self.target = new_cfg.workers
-        gen = Generation(self.current.number + 1, new_cfg, listeners, cls, app)
+        gen = Generation(self.current.number + 1, new_cfg, listeners, cls, app, tls)
         self.pending = PendingReload(gen, time.monotonic(), old_target, opened)
         self.boot_failures = 0
         self.next_spawn_at = 0.0
@@ -732,6 +788,8 @@ class Master:
 
     def reload_aborted(self, why: str) -> None:
         self.log.error("reload aborted, keeping the running config: %s", why)
+        self.reloads["failed"] += 1
+        self.reload_finished(False, why)
         self.notify.ready(self.status_line())
 
     def check_reload(self) -> None:
@@ -756,6 +814,8 @@ class Master:
             del self.listeners[lst.address.text]
         self.close_listeners(gone)
         self.log.info("reload complete: generation %d serving", gen.number)
+        self.reloads["succeeded"] += 1
+        self.reload_finished(True, f"generation {gen.number} serving")
         self.notify.ready(self.status_line())
 
     def abort_reload(self, why: str) -> None:
@@ -773,6 +833,8 @@ class Master:
         prepare_import_path(self.current.cfg.chdir, self.current.cfg.pythonpath)
         self.log.error("reload rolled back, generation %d keeps serving: %s",
                        self.current.number, why)
+        self.reloads["failed"] += 1
+        self.reload_finished(False, f"rolled back: {why}")
         self.notify.ready(self.status_line())
 
     def apply_log_settings(self, cfg: Any) -> None:
@@ -864,6 +926,127 @@ class Master:
                 self.stop_worker(worker, signal.SIGTERM, "WINCH")
         self.log.info("WINCH: stopping all workers; the master keeps the sockets "
                       "(HUP starts workers again)")
+
+    # -- control socket (arbiter ctl) ---------------------------------------------------
+    def handle_control(self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+                       ) -> None:
+        command = request.get("command")
+        if command == "status":
+            reply({"ok": True, "status": self.snapshot()})
+        elif command == "scale":
+            self.control_scale(str(request.get("workers", "")), reply)
+        elif command == "reload":
+            if self.stop_mode:
+                reply({"ok": False, "outcome": "the master is stopping"})
+            elif self.pending is not None or self.reload_requested:
+                reply({"ok": False, "outcome": "a reload is already in progress; try again"})
+            else:
+                self.log.info("reload requested through the control socket")
+                self.reload_requested = True
+                self.reload_waiters.append(reply)
+        elif command == "reopen":
+            self.handle_signal(signal.SIGUSR1)
+            reply({"ok": True, "outcome": "log files reopened"})
+        elif command == "stop":
+            now = bool(request.get("now"))
+            reply({"ok": True, "outcome": "stopping now" if now else "stopping gracefully"})
+            self.begin_stop("fast" if now else "graceful")
+        else:
+            reply({"ok": False, "error": f"unknown command {command!r}"})
+
+    def control_scale(self, spec: str, reply: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            number = int(spec)
+        except ValueError:
+            reply({"ok": False, "error": f"scale: expected N, +N or -N, got {spec!r}"})
+            return
+        target = self.target + number if spec[:1] in "+-" else number
+        if target < 1:
+            reply({"ok": False, "error": f"scale: at least 1 worker (asked for {target})"})
+            return
+        self.target = target
+        self.log.info("scaling to %d worker(s) (control socket)", target)
+        reply({"ok": True, "outcome": f"scaling to {target} worker(s)", "workers": target})
+
+    # -- status ---------------------------------------------------------------------
+    def reload_finished(self, ok: bool, outcome: str) -> None:
+        """Hook for whoever waits on a reload (``arbiter ctl reload``)."""
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for answer in waiters:
+            answer({"ok": ok, "outcome": outcome})
+
+    def request_counters(self) -> tuple[Counters, int]:
+        """Exact request counters: finished workers plus the live ones."""
+        assert self.scoreboard is not None
+        total = Counters.zero()
+        total.add(self.finished_counters)
+        requests = self.finished_requests
+        for worker in self.workers.values():
+            total.add(self.scoreboard.counters(worker.slot))
+            requests += self.scoreboard.read(worker.slot).requests
+        return total, requests
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything `arbiter ctl status`, /status and /metrics show, as plain data."""
+        assert self.scoreboard is not None and self.current is not None
+        now = time.monotonic()
+        workers = []
+        for worker in sorted(self.workers.values(), key=lambda w: (w.generation.number, w.number)):
+            row = self.scoreboard.read(worker.slot)
+            state = STATE_NAMES.get(row.state, "unknown")
+            if worker.retiring and row.state != BOOTING:
+                state = "draining"
+            current = None
+            if row.in_flight and row.request_started:
+                current = {"method": row.method, "path": row.path,
+                           "age": round(now - row.request_started, 3)}
+            memory = process_memory(worker.pid)
+            workers.append({
+                "pid": worker.pid, "number": worker.number,
+                "generation": worker.generation.number, "age": round(now - worker.spawned_at, 3),
+                "state": state, "ready": worker.ready, "requests": row.requests,
+                "in_flight": row.in_flight, "current": current,
+                "rss": memory[0], "uss": memory[1],
+                "last_heartbeat": round(now - row.heartbeat, 3),
+            })
+        counters, requests = self.request_counters()
+        cumulative, running = [], 0
+        for count in counters.buckets:
+            running += count
+            cumulative.append(running)
+        cfg = self.current.cfg
+        return {
+            "master": {
+                "pid": self.pid, "uptime": round(time.time() - self.started_at, 3),
+                "config": cfg.source, "worker_type": cfg.worker_type, "app": cfg.app,
+                "listeners": [lst.name for lst in self.listeners.values()],
+                "generation": self.current.number, "target_workers": self.target,
+                "reloading": self.pending is not None, "stopping": self.stop_mode,
+                "crash_loop_failures": self.boot_failures,
+                "next_spawn_in": round(max(0.0, self.next_spawn_at - now), 3),
+                "ready": self.serving_ready(),
+            },
+            "workers": workers,
+            "restarts": dict(self.restarts),
+            "reloads": dict(self.reloads),
+            "requests": {
+                "total": requests,
+                "by_status": dict(zip(STATUS_CLASSES, counters.by_status, strict=True)),
+                "by_method": dict(zip(METHODS, counters.by_method, strict=True)),
+                "duration_buckets": [[bound, count] for bound, count
+                                     in zip(DURATION_BUCKETS, cumulative, strict=True)],
+                "duration_sum": counters.duration_sum,
+            },
+        }
+
+    def serving_ready(self) -> bool:
+        """/readyz: some worker of the current generation is ready and we're not stopping."""
+        if self.stop_mode or self.current is None:
+            return False
+        return any(w.ready for w in self.live_workers(self.current))
+
+    def count_restart(self, reason: str) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     # -- systemd ------------------------------------------------------------------
     def status_line(self) -> str:
@@ -963,6 +1146,11 @@ class Master:
             self.workers.pop(pid, None)
         self.close_listeners(list(self.listeners.values()))
         self.listeners = {}
+        for answer in self.reload_waiters:
+            answer({"ok": False, "outcome": "the master stopped"})
+        self.reload_waiters = []
+        if self.control is not None:
+            self.control.close()
         if self.cfg.pidfile:
             remove_pidfile(self.cfg.pidfile, self.pid)
             remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
@@ -1018,6 +1206,17 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([gid])
     os.setgid(gid)
     os.setuid(uid)
+
+
+def process_memory(pid: int) -> tuple[int | None, int | None]:
+    """(RSS, USS) in bytes of a process, from /proc; None where unknown."""
+    rss = None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, private_memory(pid)
 
 
 def private_memory(pid: int) -> int | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
 
 # Worker states stored in a row.
@@ -34,8 +35,25 @@ PATH_SIZE = 96
 # pid, generation, number, state, boot_time, heartbeat, requests, in_flight,
 # request_started, method, path
 _ROW = struct.Struct(f"<iIIB3xddQIxxxxd{METHOD_SIZE}s{PATH_SIZE}s")
-ROW_SIZE = 192
-assert _ROW.size <= ROW_SIZE
+
+# Request counters, exact (each worker counts its own; the master adds a dead
+# worker's final counts to its totals when it reaps it): responses by status
+# class, requests by method, and a duration histogram (cumulative buckets are
+# made by the reader; each request increments one bucket here).
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, float("inf"))
+_METHOD_INDEX = {name: i for i, name in enumerate(METHODS)}
+_OFF_COUNTERS = 192
+_OFF_STATUS = _OFF_COUNTERS
+_OFF_METHODS = _OFF_STATUS + 8 * len(STATUS_CLASSES)
+_OFF_BUCKETS = _OFF_METHODS + 8 * len(METHODS)
+_OFF_DURATION_SUM = _OFF_BUCKETS + 8 * len(DURATION_BUCKETS)
+_COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}Qd")
+_QWORD = struct.Struct("<Q")
+ROW_SIZE = 512
+assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 
 # Offsets of the fields a worker updates on its hot path.
 _OFF_STATE = 12
@@ -78,6 +96,32 @@ class WorkerRow:
         return STATE_NAMES.get(self.state, "unknown")
 
 
+@dataclass
+class Counters:
+    """Request counters: one worker's, or a sum of many."""
+
+    by_status: list[int]
+    by_method: list[int]
+    buckets: list[int]  # per bucket (not cumulative), same order as DURATION_BUCKETS
+    duration_sum: float = 0.0
+
+    @classmethod
+    def zero(cls) -> Counters:
+        return cls([0] * len(STATUS_CLASSES), [0] * len(METHODS), [0] * len(DURATION_BUCKETS))
+
+    def add(self, other: Counters) -> None:
+        for mine, theirs in ((self.by_status, other.by_status),
+                             (self.by_method, other.by_method),
+                             (self.buckets, other.buckets)):
+            for i, value in enumerate(theirs):
+                mine[i] += value
+        self.duration_sum += other.duration_sum
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status)
+
+
 class Scoreboard:
     """The shared table. Create in the master before forking."""
 
@@ -91,6 +135,12 @@ class Scoreboard:
         now = time.monotonic()
         _ROW.pack_into(self.memory, slot * ROW_SIZE, 0, generation, number, BOOTING,
                        now, now, 0, 0, 0.0, b"", b"")
+
+    def counters(self, slot: int) -> Counters:
+        values = _COUNTERS.unpack_from(self.memory, slot * ROW_SIZE + _OFF_COUNTERS)
+        n_status, n_methods = len(STATUS_CLASSES), len(METHODS)
+        return Counters(list(values[:n_status]), list(values[n_status:n_status + n_methods]),
+                        list(values[n_status + n_methods:-1]), values[-1])
 
     def release(self, slot: int) -> None:
         self.memory[slot * ROW_SIZE:(slot + 1) * ROW_SIZE] = bytes(ROW_SIZE)
@@ -114,12 +164,32 @@ class Scoreboard:
 class SlotWriter:
     """What a worker uses to write its own row. Cheap enough for the request path."""
 
-    __slots__ = ("memory", "base", "requests")
+    __slots__ = ("memory", "base", "requests", "counts", "duration_sum", "started", "method")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
         self.base = base
         self.requests = 0
+        self.counts = [0] * (ROW_SIZE // 8)  # by qword offset within the row
+        self.duration_sum = 0.0
+        self.started = 0.0
+        self.method = "GET"
+
+    def record(self, status: int, method: str, duration: float) -> None:
+        """Count one finished request: its status class, method and duration bucket."""
+        base = self.base
+        counts = self.counts
+        offsets = (
+            _OFF_STATUS + 8 * (min(max(status // 100, 1), 5) - 1),
+            _OFF_METHODS + 8 * _METHOD_INDEX.get(method, 7),
+            _OFF_BUCKETS + 8 * bisect_left(DURATION_BUCKETS, duration),
+        )
+        for offset in offsets:
+            index = offset >> 3
+            counts[index] += 1
+            _QWORD.pack_into(self.memory, base + offset, counts[index])
+        self.duration_sum += duration
+        _DOUBLE.pack_into(self.memory, base + _OFF_DURATION_SUM, self.duration_sum)
 
     def set_pid(self, pid: int) -> None:
         struct.pack_into("<i", self.memory, self.base, pid)
@@ -132,6 +202,8 @@ class SlotWriter:
 
     def request_started(self, method: str, path: str) -> None:
         now = time.monotonic()
+        self.started = now
+        self.method = method
         _STATE.pack_into(self.memory, self.base + _OFF_STATE, BUSY)
         _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, now)
         _REQUEST_OPEN.pack_into(self.memory, self.base + _OFF_IN_FLIGHT, 1, now,
@@ -146,12 +218,31 @@ class SlotWriter:
                                 method.encode("latin-1", "replace")[:METHOD_SIZE],
                                 path.encode("latin-1", "replace")[:PATH_SIZE])
 
-    def count_request(self) -> None:
-        """One more request served (the in-flight fields are written separately)."""
+    def count_request(self, status: int = 0, method: str = "", duration: float = 0.0) -> None:
+        """One more request served (the in-flight fields are written separately);
+        with a status, it is counted in the request counters too."""
         self.requests += 1
-        struct.pack_into("<Q", self.memory, self.base + _OFF_REQUESTS, self.requests)
+        _QWORD.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests)
+        if status:
+            self.record(status, method, duration)
+
+    def add_counters(self, counters: Counters, requests: int) -> None:
+        """Fold in what someone else counted (a forked worker's child)."""
+        self.requests += requests
+        _QWORD.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests)
+        for first, values in ((_OFF_STATUS, counters.by_status),
+                              (_OFF_METHODS, counters.by_method),
+                              (_OFF_BUCKETS, counters.buckets)):
+            for i, value in enumerate(values):
+                if value:
+                    index = (first >> 3) + i
+                    self.counts[index] += value
+                    _QWORD.pack_into(self.memory, self.base + first + 8 * i, self.counts[index])
+        self.duration_sum += counters.duration_sum
+        _DOUBLE.pack_into(self.memory, self.base + _OFF_DURATION_SUM, self.duration_sum)
 
     def request_finished(self, status: int) -> None:
+        self.record(status, self.method, time.monotonic() - self.started)
         self.requests += 1
         _REQUEST_DONE.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests, 0)
         _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, time.monotonic())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ from arbiter.http.wsgi import (
     StreamInput,
     WSGIHandler,
 )
+from arbiter.tls import HANDSHAKE_ERRORS, close_notify, handshake
 
 __all__ = ["serve_connection", "DRAIN_LIMIT"]
 
@@ -181,11 +183,101 @@ class _Channel:
             budget -= len(data)
 
 
+class _TLSChannel(_Channel):
+    """The same over a non-blocking ``ssl.SSLSocket``: no MSG_DONTWAIT (SSLSocket refuses
+    flags), ``SSLWant*Error`` instead of BlockingIOError, decrypted bytes already
+    buffered in the SSL object (``pending()``) read before any poll, plain writes
+    instead of sendfile, and the TLS close alert sent before the socket closes."""
+
+    __slots__ = ()
+
+    def _wait(self, events: int, deadline: float) -> None:
+        """Wait (heartbeating) until the socket is ready for ``events``, or raise."""
+        poller = select.poll()
+        poller.register(self.sock, events)
+        while True:
+            self.observer.heartbeat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClientDisconnected("TLS renegotiation timed out")
+            if poller.poll(min(remaining, 1.0) * 1000.0):
+                return
+
+    def recv(self, timeout: float, idle: bool) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        sock = self.sock
+        poller = self._idle_poll if idle else self._rpoll
+        fileno = sock.fileno()
+        while True:
+            if sock.pending():  # decrypted already: poll() would not see these bytes
+                try:
+                    return sock.recv(_RECV_SIZE)
+                except (ssl.SSLError, OSError) as exc:
+                    raise ClientDisconnected(f"recv failed: {exc}") from None
+            self.observer.heartbeat()
+            if idle and self.stopping():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready = poller.poll(min(remaining, 1.0) * 1000.0)
+            if ready:
+                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready):
+                    return None  # someone else is waiting: give this idle connection up
+                try:
+                    return sock.recv(_RECV_SIZE)
+                except ssl.SSLWantReadError:  # a partial record, or a TLS 1.3 ticket/key update
+                    continue
+                except ssl.SSLWantWriteError:
+                    self._wait(_POLLOUT, deadline)
+                    continue
+                except InterruptedError:
+                    continue
+                except OSError as exc:  # ssl.SSLError included
+                    raise ClientDisconnected(f"recv failed: {exc}") from None
+
+    def send(self, data: bytes) -> None:
+        # Without SSL_MODE_ENABLE_PARTIAL_WRITE, send() takes all of ``data`` or raises
+        # SSLWantWriteError; the retry must pass the same bytes (it continues inside).
+        sock = self.sock
+        view = data
+        deadline = time.monotonic() + self.stall
+        while view:
+            try:
+                sent = sock.send(view)
+            except ssl.SSLWantWriteError:
+                if self._wpoll is None:
+                    self._wpoll = select.poll()
+                    self._wpoll.register(sock, _POLLOUT)
+                while True:
+                    self.observer.heartbeat()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ClientDisconnected("write timed out") from None
+                    if self._wpoll.poll(min(remaining, 1.0) * 1000.0):
+                        break
+                continue
+            except ssl.SSLWantReadError:
+                self._wait(_POLLIN, deadline)
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise ClientDisconnected(f"send failed: {exc}") from None
+            view = memoryview(view)[sent:]
+            deadline = time.monotonic() + self.stall
+
+    def linger_close(self) -> None:
+        close_notify(self.sock)  # then half-close: the SSLSocket reads raw bytes from here on
+        super().linger_close()
+
+
 def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockname: Any, *,
                      may_keep_alive: Callable[[], bool] = _always,
                      observer: RequestObserver = NULL_OBSERVER,
                      stopping: Callable[[], bool] = _never,
-                     idle_fds: Sequence[int] = ()) -> int:
+                     idle_fds: Sequence[int] = (),
+                     tls: ssl.SSLContext | None = None) -> int:
     """Serve one connection on a blocking socket until it closes; return requests served.
 
     ``peer`` is the accept() address (tuple for TCP, '' or str for unix
@@ -197,17 +289,39 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
     listeners and its signal wakeup fd) the idle connection is closed so the
     worker can accept the waiting client. Never raises for client
     misbehaviour; the socket is closed on return.
+
+    ``tls``: the server's ``ssl.SSLContext``. The handshake is done here, in the
+    thread or process that serves the connection, and must complete within
+    ``header_timeout`` of the call; that same deadline also bounds the first
+    request head. A failed or timed-out handshake is logged at debug level.
     """
     log = handler.error_log
     served = 0
     channel = None
     linger = False
+    connected = time.monotonic()
+    if tls is not None:
+        try:
+            sock = handshake(tls, sock, connected + handler.settings.header_timeout,
+                             observer.heartbeat)
+        except HANDSHAKE_ERRORS as exc:
+            log.debug("TLS handshake with %r failed: %s", peer, exc)
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+            return 0
     try:
-        sock.setblocking(True)
-        channel = _Channel(sock, observer, stopping, handler.settings.read_timeout, idle_fds)
+        if tls is None:
+            sock.setblocking(True)
+            channel = _Channel(sock, observer, stopping, handler.settings.read_timeout,
+                               idle_fds)
+        else:
+            channel = _TLSChannel(sock, observer, stopping, handler.settings.read_timeout,
+                                  idle_fds)
         conn = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
         served, linger = _serve(handler, conn, channel, handler.connection_info(peer, sockname),
-                                may_keep_alive, observer, stopping)
+                                may_keep_alive, observer, stopping, connected)
     except ClientDisconnected as exc:
         log.debug("connection from %r ended: %s", peer, exc)
     except OSError as exc:
@@ -220,6 +334,8 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
                 channel.linger_close()
             except Exception:  # pragma: no cover - best effort only
                 pass
+        elif tls is not None:
+            close_notify(sock)  # type: ignore[arg-type]
         try:
             sock.close()
         except OSError:  # pragma: no cover
@@ -229,7 +345,7 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
 
 def _serve(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: Any,
            may_keep_alive: Callable[[], bool], observer: RequestObserver,
-           stopping: Callable[[], bool]) -> tuple[int, bool]:
+           stopping: Callable[[], bool], connected: float) -> tuple[int, bool]:
     """The request loop; returns (requests served, whether to linger before closing)."""
     settings = handler.settings
     read_timeout = settings.read_timeout
@@ -243,7 +359,8 @@ def _serve(handler: WSGIHandler, conn: HTTPConnection, channel: _Channel, info: 
     served = 0
     # The whole head must arrive within header_timeout of the connection (first
     # request) or of the first byte of a later one: a slowloris client is cut.
-    head_deadline = time.monotonic() + header_timeout
+    # ``connected``: when serving began (before the TLS handshake, if any).
+    head_deadline = connected + header_timeout
     while True:
         event = conn.next_event()
         if event is NEED_DATA:

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -48,8 +49,10 @@ EXIT_APP_LOAD_FAILED = 3  # the app could not be imported/created at boot
 TRACEBACK_SIGNAL = signal.SIGUSR2
 
 
-def http_settings(cfg: Any, worker_type: str, multithread: bool = False) -> HTTPSettings:
-    """The HTTP core's settings for this worker, derived once from the config."""
+def http_settings(cfg: Any, worker_type: str, multithread: bool = False,
+                  tls: bool = False) -> HTTPSettings:
+    """The HTTP core's settings for this worker, derived once from the config;
+    ``tls``: the listeners serve HTTPS (``wsgi.url_scheme`` is ``https``)."""
     from arbiter import __version__
 
     limits = cfg.limits
@@ -67,6 +70,7 @@ def http_settings(cfg: Any, worker_type: str, multithread: bool = False) -> HTTP
         server_software=f"arbiter/{__version__}",
         multithread=multithread,
         multiprocess=True,
+        url_scheme="https" if tls else "http",
     )
 
 
@@ -105,7 +109,7 @@ class Worker:
 
     def __init__(self, *, cfg: Any, listeners: list, slot: SlotWriter, number: int,
                  generation: int, master_pid: int, app: Any = None,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, tls: ssl.SSLContext | None = None) -> None:
         self.cfg = cfg
         self.listeners = listeners
         self.slot = slot
@@ -114,6 +118,9 @@ class Worker:
         self.master_pid = master_pid
         self.app = app
         self.log = log
+        # The server-side TLS context every listener serves with (None: plain HTTP).
+        # Blocking drivers pass it to serve_connection, which does the handshake.
+        self.tls = tls
         self.alive = True
         self.reopen_requested = False
         self.requests_served = 0
@@ -147,7 +154,8 @@ class Worker:
                 return EXIT_APP_LOAD_FAILED
         workers.current_worker_type = self.worker_type
         self.handler = WSGIHandler(
-            self.app, http_settings(self.cfg, self.worker_type, self.multithread),
+            self.app, http_settings(self.cfg, self.worker_type, self.multithread,
+                                    tls=self.tls is not None),
             self.log, self.access_log if self.access_log.enabled else None)
         self.slot.heartbeat()
         self.slot.set_state(IDLE)  # the master counts this worker as ready from here
@@ -257,8 +265,9 @@ class Worker:
             self.slot.request_finished(status)
         else:
             with self.requests_lock:
-                self.running.pop(threading.get_ident(), None)
-                self.slot.count_request()
+                started, method, _ = self.running.pop(threading.get_ident(), (0.0, "", ""))
+                now = time.monotonic()
+                self.slot.count_request(status, method, now - started if started else 0.0)
                 self._show_running()
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests and self.alive:

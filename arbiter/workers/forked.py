@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arbiter.http import serve_connection
+from arbiter.scoreboard import Scoreboard, SlotWriter
 from arbiter.workers.base import TRACEBACK_SIGNAL, Worker, setproctitle
 
 # Between SIGUSR2 (traceback) and SIGKILL for a hung child.
@@ -102,22 +103,27 @@ class ChildBoard:
 class ChildObserver:
     """The HTTP core's observer inside a child: writes the child's row, nothing else."""
 
-    __slots__ = ("memory", "offset", "requests")
+    __slots__ = ("memory", "offset", "requests", "counters")
 
-    def __init__(self, board: ChildBoard, row: int) -> None:
+    def __init__(self, board: ChildBoard, row: int, counters: SlotWriter) -> None:
         self.memory = board.memory
         self.offset = row * _CHILD_ROW_SIZE
         self.requests = 0
+        self.counters = counters  # the child's request counters, folded in by the worker
 
     def heartbeat(self) -> None:
         return None  # the worker's own loop beats for it
 
     def request_started(self, method: str, path: str) -> None:
+        self.counters.started = time.monotonic()
+        self.counters.method = method
         _CHILD_ROW.pack_into(self.memory, self.offset, time.monotonic(), self.requests,
                              method.encode("latin-1", "replace")[:16],
                              path.encode("latin-1", "replace")[:96])
 
     def request_finished(self, status: int) -> None:
+        self.counters.record(status, self.counters.method,
+                             time.monotonic() - self.counters.started)
         self.requests += 1
         _DONE.pack_into(self.memory, self.offset, 0.0, self.requests)
 
@@ -163,6 +169,7 @@ class ForkedWorker(Worker):
         self.limit = max(1, int(self.cfg.max_connections))
         self.timeout = float(self.cfg.timeout)
         self.board = ChildBoard(self.limit)
+        self.child_counters = Scoreboard(self.limit)  # each child's request counters
         self.free_rows = list(range(self.limit - 1, -1, -1))
         self.children: dict[int, Child] = {}
         self.forks = 0
@@ -287,6 +294,7 @@ class ForkedWorker(Worker):
     def fork_child(self, conn: socket.socket, peer: Any, sockname: Any) -> None:
         row = self.free_rows.pop()
         self.board.clear(row)
+        self.child_counters.release(row)
         self.forks += 1
         sys.stdout.flush()
         sys.stderr.flush()
@@ -320,7 +328,9 @@ class ForkedWorker(Worker):
                     return
             setproctitle(f"arbiter: child [{self.cfg.proc_name}] #{self.number}")
             serve_connection(self.handler, conn, peer, sockname,
-                             observer=ChildObserver(self.board, row), stopping=self.stopping,
+                             observer=ChildObserver(self.board, row,
+                                                    self.child_counters.writer(row)),
+                             stopping=self.stopping,
                              may_keep_alive=self.board.nobody_waiting)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0
@@ -362,8 +372,7 @@ class ForkedWorker(Worker):
                 how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
                 self.log.warning("child pid %d (peer %s) of worker #%d ended with %s",
                                  pid, _peer_text(child.peer), self.number, how)
-            for _ in range(served):
-                self.slot.count_request()
+            self.slot.add_counters(self.child_counters.counters(child.row), served)
             self.count_served(served)
 
     def count_served(self, served: int) -> None:

@@ -51,6 +51,7 @@ class PreforkedWorker(Worker):
         idle_fds = [listener.fileno for listener in self.listeners] + [self.wakeup_r]
         handler = self.handler
         stopping = self.stopping
+        tls = self.tls  # TLS: serve_connection does the handshake, bounded by header_timeout
         try:
             while self.between_requests():
                 for key, _ in selector.select(self.tick):
@@ -74,7 +75,7 @@ class PreforkedWorker(Worker):
                             serve_connection(handler, conn, peer, socknames[listener.fileno],
                                              may_keep_alive=nobody_waiting,
                                              observer=self, stopping=stopping,
-                                             idle_fds=idle_fds)
+                                             idle_fds=idle_fds, tls=tls)
                         finally:
                             conn.close()
                         if not self.between_requests():

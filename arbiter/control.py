@@ -1,0 +1,208 @@
+"""The control socket: how ``arbiter ctl`` talks to a running master.
+
+Owns both ends of a tiny protocol over a unix stream socket (mode 0600): the
+client sends one JSON object on one line (``{"command": "status"}``), the
+master answers one JSON object on one line and closes. The server side is
+non-blocking and is driven by the master's own selector loop — no thread in
+the master. An answer may be deferred (``ctl reload`` is answered when the
+reload transaction commits or rolls back): the handler receives a ``reply``
+callable and may call it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+MAX_REQUEST = 64 * 1024
+
+Reply = Callable[[dict[str, Any]], None]
+Handler = Callable[[dict[str, Any], Reply], None]
+
+
+class ControlError(Exception):
+    """The client could not talk to the master; str() says why, for the user."""
+
+
+def default_socket_path(pidfile: str | None) -> str | None:
+    """Where the control socket lives when ``control_socket`` is not set: next to the pidfile."""
+    if not pidfile:
+        return None
+    root, _ = os.path.splitext(pidfile)
+    return root + ".ctl"
+
+
+class _Client:
+    __slots__ = ("sock", "inbox", "outbox", "answered")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = b""
+        self.answered = False
+
+
+class ControlServer:
+    """The master's end: a listening unix socket served from the master's selector."""
+
+    def __init__(self, path: str, handler: Handler, log: Any) -> None:
+        self.path = path
+        self.handler = handler
+        self.log = log
+        self.selector: selectors.BaseSelector | None = None
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"control_socket {path}: exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: nobody answers
+            else:
+                raise OSError(f"control_socket {path}: another master is listening on it")
+            finally:
+                probe.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+
+    def register(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+
+    def _on_accept(self, mask: int) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("control socket accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            client = _Client(conn)
+            assert self.selector is not None
+            self.selector.register(conn, selectors.EVENT_READ,
+                                   lambda m, c=client: self._on_client(c, m))
+
+    def _on_client(self, client: _Client, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not client.answered:
+            try:
+                data = client.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drop(client)
+                return
+            if not data:
+                self._drop(client)
+                return
+            client.inbox += data
+            if len(client.inbox) > MAX_REQUEST:
+                self._answer(client, {"ok": False, "error": "request too large"})
+                return
+            if b"\n" in client.inbox:
+                line = client.inbox.split(b"\n", 1)[0]
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    self._answer(client, {"ok": False, "error": f"bad request: {exc}"})
+                    return
+                client.answered = True
+                try:
+                    self.handler(request, lambda answer: self._answer(client, answer))
+                except Exception as exc:  # a bug in a command must not take the master down
+                    self.log.exception("control command %r failed", request.get("command"))
+                    self._answer(client, {"ok": False, "error": f"internal error: {exc}"})
+        if mask & selectors.EVENT_WRITE:
+            self._flush(client)
+
+    def _answer(self, client: _Client, answer: dict[str, Any]) -> None:
+        if client.sock.fileno() < 0:
+            return  # the client went away while we worked on it
+        client.answered = True
+        client.outbox += json.dumps(answer).encode() + b"\n"
+        self._flush(client)
+
+    def _flush(self, client: _Client) -> None:
+        try:
+            sent = client.sock.send(client.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(client)
+            return
+        client.outbox = client.outbox[sent:]
+        if client.outbox:
+            assert self.selector is not None
+            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 lambda m, c=client: self._on_client(c, m))
+        else:
+            self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        if client.sock.fileno() < 0:
+            return
+        if self.selector is not None:
+            try:
+                self.selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+        client.sock.close()
+
+    def close(self) -> None:
+        if self.selector is not None:
+            try:
+                self.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def request(path: str, command: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """The client's end: send one command, return the master's answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise ControlError(f"no control socket at {path}: is arbiter running "
+                               f"(with control_socket or a pidfile set)?") from None
+        except ConnectionRefusedError:
+            raise ControlError(f"nothing answers on {path}: the master is not running") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path} (mode 0600: run as the user "
+                               f"that runs arbiter)") from None
+        sock.sendall(json.dumps(command).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise ControlError(f"the master did not answer within {timeout:g} s") from None
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    if not data:
+        raise ControlError("the master closed the connection without answering")
+    return json.loads(data)
