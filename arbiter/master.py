@@ -36,6 +36,7 @@ from typing import Any
 from arbiter import logs, systemd
 from arbiter.appload import AppLoadError, forget_project_modules, load_app, prepare_import_path
 from arbiter.control import ControlServer, default_socket_path
+from arbiter.hooks import HookError, Hooks, load_hooks
 from arbiter.scoreboard import (
     BOOTING,
     DURATION_BUCKETS,
@@ -108,6 +109,7 @@ class Generation:
     worker_cls: type
     app: Any = None  # the preloaded app, when preload_app
     tls: Any = None  # the ssl.SSLContext every listener serves with (None: plain HTTP)
+    hooks: Hooks | None = None
 
 
 @dataclass
@@ -224,12 +226,19 @@ class Master:
         self.reloads = {"succeeded": 0, "failed": 0}
         self.reload_waiters: list[Callable[[dict[str, Any]], None]] = []
         self.control: ControlServer | None = None
+        self.admin: Any = None  # arbiter.admin.AdminServer when admin_bind is set
+        self.draining_until = 0.0  # TERM with drain_delay: /readyz 503 until then
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
         """Everything that can fail with a clean exit code, before any worker exists."""
         cfg = self.cfg
         prepare_import_path(cfg.chdir, cfg.pythonpath)
+        try:
+            hooks = load_hooks(cfg.hooks, self.log)
+        except HookError as exc:
+            raise StartupError(EXIT_CONFIG, str(exc)) from None
+        hooks.call("on_starting", self)
         try:
             self.worker_identity = resolve_identity(cfg.user, cfg.group)
         except ValueError as exc:
@@ -288,7 +297,7 @@ class Master:
         except StartupError:
             self.close_listeners(list(self.listeners.values()))
             raise
-        self.current = Generation(1, cfg, listeners, cls, app, tls)
+        self.current = Generation(1, cfg, listeners, cls, app, tls, hooks)
         self.scoreboard = Scoreboard()
         setproctitle(f"arbiter: master [{cfg.proc_name}]")
         self.install_signals()
@@ -302,6 +311,21 @@ class Master:
             assert self.selector is not None
             self.control.register(self.selector)
             self.log.info("control socket on %s", control_path)
+        if cfg.admin_bind:
+            from arbiter.admin import AdminServer
+
+            try:
+                self.admin = AdminServer(cfg.admin_bind, self, self.log)
+            except OSError as exc:
+                self.close_listeners(list(self.listeners.values()))
+                if self.control is not None:
+                    self.control.close()
+                raise StartupError(EXIT_BIND, f"cannot bind admin_bind {cfg.admin_bind}: "
+                                              f"{exc.strerror or exc}") from None
+            assert self.selector is not None
+            self.admin.register(self.selector)
+            self.log.info("admin endpoints (/metrics /livez /readyz /status) on %s",
+                          cfg.admin_bind)
         for lst in listeners:
             self.log.info("listening on %s", lst.name)
         self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
@@ -353,6 +377,9 @@ class Master:
                 for sig in self.read_signals():
                     self.handle_signal(sig)
                 self.reap_workers()
+                if self.draining_until and not self.stop_mode \
+                        and time.monotonic() >= self.draining_until:
+                    self.begin_stop("graceful")
                 if self.stop_mode:
                     if self.stop_progress():
                         break
@@ -384,6 +411,8 @@ class Master:
             timeout = min(timeout, 0.1)
         if self.next_watchdog:
             timeout = min(timeout, max(0.0, self.next_watchdog - now))
+        if self.draining_until and not self.stop_mode:
+            timeout = min(timeout, max(0.0, self.draining_until - now))
         assert self.selector is not None
         for key, mask in self.selector.select(max(timeout, 0.0)):
             if key.data is not None:  # the control socket and its clients
@@ -402,7 +431,14 @@ class Master:
         name = signal.Signals(sig).name
         self.log.info("received %s", name)
         if sig == signal.SIGTERM:
-            self.begin_stop("graceful")
+            delay = self.cfg.drain_delay
+            if delay and not self.draining_until and not self.stop_mode:
+                self.draining_until = time.monotonic() + delay
+                self.log.info("draining: /readyz answers 503 for %g s while still serving, "
+                              "then the graceful stop begins", delay)
+                self.notify.status(f"draining for {delay:g} s")
+            else:
+                self.begin_stop("graceful")
         elif sig in (signal.SIGINT, signal.SIGQUIT):
             self.begin_stop("fast")
         elif self.stop_mode:
@@ -439,6 +475,9 @@ class Master:
         used = {w.number for w in self.workers.values() if w.generation is gen}
         number = next(n for n in range(1, len(used) + 2) if n not in used)
         self.scoreboard.claim(slot, gen.number, number)
+        if gen.hooks is not None:
+            gen.hooks.call("pre_fork", self, {"slot": slot, "number": number,
+                                              "generation": gen.number})
         sys.stdout.flush()
         sys.stderr.flush()
         # Block signals across fork so the child never runs the master's handlers:
@@ -494,6 +533,8 @@ class Master:
                                 log=self.log, tls=gen.tls)
         if self.worker_identity:  # after the worker opened its log files
             drop_privileges(*self.worker_identity)
+        if gen.hooks is not None:
+            gen.hooks.call("post_fork", self, worker)
         return worker.run()
 
     def free_slot(self) -> int | None:
@@ -531,6 +572,8 @@ class Master:
             self.worker_exited(worker, status)
 
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
+        if worker.generation.hooks is not None:
+            worker.generation.hooks.call("worker_exit", self, worker)
         code = os.waitstatus_to_exitcode(status)
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         label = f"worker #{worker.number} (pid {worker.pid}, generation {worker.generation.number})"
@@ -743,6 +786,8 @@ class Master:
     def begin_reload(self) -> None:
         assert self.current is not None
         self.notify.reloading("reloading")
+        if self.current.hooks is not None:
+            self.current.hooks.call("on_reload", self)
         try:
             new_cfg = self.reload_config()
         except Exception as exc:  # ConfigError, or anything reading the file
@@ -775,11 +820,19 @@ class Master:
                 self.close_listeners(opened)
                 self.reload_aborted(str(exc))
                 return
+        try:
+            hooks = load_hooks(new_cfg.hooks, self.log)
+        except HookError as exc:
+            for lst in opened:
+                self.listeners.pop(lst.address.text, None)
+            self.close_listeners(opened)
+            self.reload_aborted(str(exc))
+            return
         self.apply_log_settings(new_cfg)
         old_target = self.target
         if new_cfg.workers != self.current.cfg.workers:
             self.target = new_cfg.workers
-        gen = Generation(self.current.number + 1, new_cfg, listeners, cls, app, tls)
+        gen = Generation(self.current.number + 1, new_cfg, listeners, cls, app, tls, hooks)
         self.pending = PendingReload(gen, time.monotonic(), old_target, opened)
         self.boot_failures = 0
         self.next_spawn_at = 0.0
@@ -1022,6 +1075,7 @@ class Master:
                 "listeners": [lst.name for lst in self.listeners.values()],
                 "generation": self.current.number, "target_workers": self.target,
                 "reloading": self.pending is not None, "stopping": self.stop_mode,
+                "draining": bool(self.draining_until) and not self.stop_mode,
                 "crash_loop_failures": self.boot_failures,
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - now), 3),
                 "ready": self.serving_ready(),
@@ -1041,7 +1095,7 @@ class Master:
 
     def serving_ready(self) -> bool:
         """/readyz: some worker of the current generation is ready and we're not stopping."""
-        if self.stop_mode or self.current is None:
+        if self.stop_mode or self.draining_until or self.current is None:
             return False
         return any(w.ready for w in self.live_workers(self.current))
 
@@ -1075,6 +1129,8 @@ class Master:
                 self.notify.mainpid(ready=True, status=self.status_line())
             else:
                 self.notify.ready(self.status_line())
+            if self.current.hooks is not None:
+                self.current.hooks.call("when_ready", self)
 
     def ping_watchdog(self) -> None:
         interval = self.notify.watchdog_interval()
@@ -1151,6 +1207,10 @@ class Master:
         self.reload_waiters = []
         if self.control is not None:
             self.control.close()
+        if self.admin is not None:
+            self.admin.close()
+        if self.current is not None and self.current.hooks is not None:
+            self.current.hooks.call("on_exit", self)
         if self.cfg.pidfile:
             remove_pidfile(self.cfg.pidfile, self.pid)
             remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
