@@ -7,17 +7,12 @@ tune.  It is modelled on the peer baseline (shared bench/README.md, peers.sh).
 Pairs -- every arbiter worker type is measured next to the gunicorn worker
 nearest to it, at equal worker (and thread) counts:
 
-==========  =====================================  ==============================
-arbiter     peer                                   why this peer
-==========  =====================================  ==============================
-preforked   gunicorn sync, ``-w W``                one connection at a time
-pooled      gunicorn gthread, ``-w W --threads T``  same pattern (thread pool)
-threaded    gunicorn gthread, ``-w W --threads T``  nearest peer (threads)
-forked      gunicorn gthread, ``-w W --threads T``  nearest peer (no fork-per-conn)
-evented     gunicorn gthread, ``-w W --threads T``  nearest peer (gunicorn's own
-                                                   event-loop workers need
-                                                   gevent/eventlet)
-==========  =====================================  ==============================
+* preforked -- gunicorn sync ``-w W``: one connection at a time per worker;
+* pooled -- gunicorn gthread ``-w W --threads T``: the same pattern, a thread
+  pool;
+* threaded, forked, evented -- gunicorn gthread ``-w W --threads T``: the
+  nearest peer gunicorn has without extra packages (its event-loop workers
+  need gevent/eventlet; it has no thread- or fork-per-connection worker).
 
 arbiter runs as ``python -m arbiter -b 127.0.0.1:PORT -w W -k TYPE -t T
 --http-parser P --log-level warning --max-connections 1000 hello:app``.
