@@ -216,7 +216,8 @@ def run_server(argv: Sequence[str]) -> int:
         print(f"arbiter: {exc}", file=sys.stderr)
         return 1
     try:
-        log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name)
+        log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name,
+                                   json=cfg.log.json)
     except OSError as exc:
         print(f"arbiter: cannot open the error log {cfg.log.error_log}: {exc}", file=sys.stderr)
         return 1

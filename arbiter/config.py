@@ -592,7 +592,8 @@ SETTINGS: tuple[Setting, ...] = (
             "access log line; h=client t=time r=request line s=status b=bytes f=referer"
             " a=user agent D=microseconds"),
     Setting("log.json", False, boolean,
-            "one JSON object per line instead of text", later=True),
+            "one JSON object per line instead of text, for both logs"
+            " (access_format is then ignored)"),
     Setting("hooks.on_starting", None, _opt_hook, "in the master, before anything starts"),
     Setting("hooks.when_ready", None, _opt_hook, "in the master, once workers serve"),
     Setting("hooks.pre_fork", None, _opt_hook, "in the master, before forking a worker"),

@@ -15,15 +15,38 @@ This module owns:
 * ``reopen_log_files()`` -- USR1 / logrotate support: reopen every file this
   module opened in the current process (a file moved away is recreated at its
   configured path).
+* ``log.json: true`` -- both logs write one JSON object per line instead
+  (``setup_error_log(..., json=True)``, ``AccessLog(..., json=True)``):
 
-It does not own the ``log.json`` output (a later issue), signal handling (the
-master and workers call ``reopen_log_files()`` from their main loops), or the
-config parsing of the ``log:`` section.
+  - error log: ``timestamp`` (ISO 8601, local time with its offset, ms),
+    ``level`` (lower case), ``pid``, ``logger``, ``message``, ``exc_info``
+    (the traceback text, only when there is one), ``worker`` (the worker
+    number, only inside a worker);
+  - access log: ``timestamp`` (when the line is written), ``level`` ("info"),
+    ``logger`` ("arbiter.access"), ``pid``, ``worker`` (when known), ``method``,
+    ``path`` (SCRIPT_NAME + PATH_INFO, percent-decoded), ``query``, ``status``
+    (int), ``bytes`` (int), ``duration_us`` (int), ``remote_addr``,
+    ``user_agent``, ``referer``, ``request_id`` (the ``X-Request-ID`` the HTTP
+    layer put into the environ), ``protocol``.  Absent values are ``null``.
+    ``log.access_format`` is ignored in JSON mode.
+
+  Output is pure ASCII (non-ASCII characters are ``\\uXXXX`` escapes), so a
+  line can never be broken by the file or terminal encoding.  Through syslog,
+  the JSON object follows the usual ``ident[pid]: `` tag.
+
+The worker number comes from ``set_worker()`` (``AccessLog(worker=N)`` calls
+it: the worker builds its AccessLog right after the fork).  The pid is cached
+and refreshed after every ``os.fork()``.
+
+It does not own signal handling (the master and workers call
+``reopen_log_files()`` from their main loops) or the config parsing of the
+``log:`` section.
 """
 
 from __future__ import annotations
 
 import errno
+import json as _json
 import logging
 import logging.handlers
 import os
@@ -33,12 +56,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _enc
 
 __all__ = [
     "DEFAULT_ACCESS_FORMAT",
     "ERROR_LOGGER_NAME",
     "AccessLog",
     "reopen_log_files",
+    "set_worker",
     "setup_error_log",
 ]
 
@@ -54,6 +79,45 @@ _LEVELS: dict[str, int] = {
 }
 
 _FILE_MODE = 0o644  # the process umask still applies
+
+# This process's pid (os.getpid() is a syscall; refreshed in every forked child)
+# and worker number (None in the master; set by the worker at boot).
+_pid = os.getpid()
+_worker: int | None = None
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def set_worker(number: int | None) -> None:
+    """Record this process's worker number for the JSON logs (None: not a worker)."""
+    global _worker
+    _worker = number
+
+
+# (second, "2026-11-26T12:00:00", "+00:00") swapped as one tuple (thread-safe)
+_iso_cache: tuple[int, str, str] = (-1, "", "")
+
+
+def _iso_time(t: float) -> str:
+    """ISO 8601 local time with milliseconds and offset: ``2026-11-26T12:00:00.123+00:00``."""
+    global _iso_cache
+    sec = int(t)
+    cached = _iso_cache
+    if sec != cached[0]:
+        tm = time.localtime(sec)
+        off = time.strftime("%z", tm)
+        cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", tm), f"{off[:3]}:{off[3:]}")
+        _iso_cache = cached
+    return cached[1] + _MILLIS[int((t - sec) * 1000)] + cached[2]
+
+
+_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
 
 
 def _check_parent_dir(path: str, what: str) -> None:
@@ -97,6 +161,39 @@ class _ErrorFormatter(logging.Formatter):
         return f"{self._prefix}{head}[{os.getpid()}] [{record.levelname}] {record.message}"
 
 
+class _JsonErrorFormatter(logging.Formatter):
+    """One JSON object per record (see the module docstring)."""
+
+    def __init__(self, prefix: bool = False, ident: str = "") -> None:
+        super().__init__()
+        self._ident = ident if prefix else None
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "timestamp": _iso_time(record.created),
+            "level": record.levelname.lower(),
+            "pid": _pid,
+        }
+        if _worker is not None:
+            doc["worker"] = _worker
+        doc["logger"] = record.name
+        try:
+            doc["message"] = record.getMessage()
+        except Exception as exc:  # noqa: BLE001 -- a bad %-format must still log something
+            doc["message"] = f"{record.msg!r} % {record.args!r} (cannot format: {exc})"
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc_info"] = record.exc_text
+        if record.stack_info:
+            doc["stack_info"] = self.formatStack(record.stack_info)
+        line = _json.dumps(doc, default=str)
+        if self._ident is not None:
+            return f"{self._ident}[{_pid}]: {line}"
+        return line
+
+
 class _ReopenableFileHandler(logging.FileHandler):
     """A FileHandler (append mode, flushed per record) whose file can be reopened."""
 
@@ -121,7 +218,7 @@ class _ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
-def _syslog_handler(proc_name: str) -> logging.Handler:
+def _syslog_handler(proc_name: str, json: bool = False) -> logging.Handler:
     address: str | tuple[str, int]
     address = "/dev/log" if os.path.exists("/dev/log") else ("127.0.0.1", 514)
     handler = logging.handlers.SysLogHandler(
@@ -129,7 +226,8 @@ def _syslog_handler(proc_name: str) -> logging.Handler:
     )
     # syslog stamps the time itself; the conventional tag is "ident[pid]: ".
     handler.ident = ""
-    handler.setFormatter(_SyslogFormatter(proc_name))
+    handler.setFormatter(
+        _JsonErrorFormatter(prefix=True, ident=proc_name) if json else _SyslogFormatter(proc_name))
     return handler
 
 
@@ -143,7 +241,7 @@ class _SyslogFormatter(logging.Formatter):
 
 
 def setup_error_log(
-    level: str = "info", target: str = "-", proc_name: str = "arbiter"
+    level: str = "info", target: str = "-", proc_name: str = "arbiter", json: bool = False
 ) -> logging.Logger:
     """Configure and return the ``arbiter.error`` logger.
 
@@ -152,7 +250,8 @@ def setup_error_log(
     else is a file path opened in append mode (its directory must exist, else
     ``OSError`` naming the path).  *level* is one of debug, info, warning,
     error, critical (any case).  Calling again reconfigures: the previous
-    handlers are closed and replaced.
+    handlers are closed and replaced.  *json*: one JSON object per line
+    (see the module docstring) instead of the text format.
     """
     key = str(level).strip().lower()
     if key not in _LEVELS:
@@ -160,14 +259,15 @@ def setup_error_log(
             f"log level: expected one of {', '.join(_LEVELS)}, got {level!r}"
         )
     handler: logging.Handler
+    formatter = _JsonErrorFormatter() if json else _ErrorFormatter()
     if target == "-":
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_ErrorFormatter())
+        handler.setFormatter(formatter)
     elif target == "syslog":
-        handler = _syslog_handler(proc_name)
+        handler = _syslog_handler(proc_name, json)
     else:
         handler = _ReopenableFileHandler(target)
-        handler.setFormatter(_ErrorFormatter())
+        handler.setFormatter(formatter)
 
     logger = logging.getLogger(ERROR_LOGGER_NAME)
     for old in list(logger.handlers):
@@ -313,6 +413,19 @@ def _compile(fmt: str) -> tuple[str, tuple[_Getter, ...]]:
 
 _access_logs: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
+_codes: dict[str, str] = {}  # "200 OK" -> "200" (bounded: apps may invent reason phrases)
+
+
+def _status_code(status: str | None) -> str:
+    """The status line's code as JSON text (``200``, or ``null``)."""
+    code = _codes.get(status)  # type: ignore[arg-type]
+    if code is None:
+        head = str(status or "")[:3]
+        code = str(int(head)) if head.isdigit() else "null"
+        if len(_codes) < 512:
+            _codes[status] = code  # type: ignore[index]
+    return code
+
 
 class AccessLog:
     """One line per request, in the ``%(atom)s`` format (see the module docstring).
@@ -323,9 +436,18 @@ class AccessLog:
 
     enabled: bool
 
-    def __init__(self, target: str | None, fmt: str = DEFAULT_ACCESS_FORMAT) -> None:
+    def __init__(self, target: str | None, fmt: str = DEFAULT_ACCESS_FORMAT, *,
+                 json: bool = False, worker: int | None = None) -> None:
+        """*json*: one JSON object per line (*fmt* is then ignored).  *worker*:
+        this process's worker number; also recorded with ``set_worker()`` so
+        the JSON error log carries it (the worker builds its AccessLog at boot)."""
         self.target = target
         self.fmt = fmt
+        self.json = json
+        if worker is not None:
+            set_worker(worker)
+        self._json_pid = -1
+        self._json_head = ""
         self.enabled = target is not None
         self._fd = -1
         self._stream = None  # fallback when stdout has no usable fd (e.g. captured)
@@ -355,6 +477,12 @@ class AccessLog:
         duration_us: int,
     ) -> str:
         """The line for one request, without the trailing newline."""
+        if self.json:
+            try:
+                return self._format_json(environ, status, body_bytes, duration_us)
+            except (TypeError, ValueError):  # something odd in the environ: the slow path
+                return _json.dumps(self.json_fields(environ, status, body_bytes, duration_us),
+                                   default=str)
         if self._fast:
             get = environ.get
             uri = get("RAW_URI")
@@ -372,6 +500,65 @@ class AccessLog:
             )
         args = environ, status, response_headers, body_bytes, duration_us
         return self._template % tuple([g(*args) for g in self._getters])
+
+    def _fixed_json(self) -> str:
+        """The fields that are the same on every line of this process."""
+        self._json_pid = _pid
+        worker = f'"worker": {_worker}, ' if _worker is not None else ""
+        self._json_head = f'"level": "info", "logger": "arbiter.access", "pid": {_pid}, {worker}'
+        return self._json_head
+
+    def _format_json(self, environ: dict, status: str, body_bytes: int, duration_us: int) -> str:
+        """The fast path: precomputed constant fields, C-escaped strings, one f-string."""
+        get = environ.get
+        head = self._json_head if self._json_pid == _pid else self._fixed_json()
+        method = get("REQUEST_METHOD")
+        path = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
+        query = get("QUERY_STRING")
+        addr = get("REMOTE_ADDR")
+        agent = get("HTTP_USER_AGENT")
+        referer = get("HTTP_REFERER")
+        rid = get("HTTP_X_REQUEST_ID")
+        proto = get("SERVER_PROTOCOL")
+        return (
+            f'{{"timestamp": "{_iso_time(time.time())}", {head}'
+            f'"method": {_enc(method) if method else "null"}, '
+            f'"path": {_enc(path) if path else "null"}, '
+            f'"query": {_enc(query) if query else "null"}, '
+            f'"status": {_status_code(status)}, '
+            f'"bytes": {body_bytes}, "duration_us": {duration_us}, '
+            f'"remote_addr": {_enc(addr) if addr else "null"}, '
+            f'"user_agent": {_enc(agent) if agent else "null"}, '
+            f'"referer": {_enc(referer) if referer else "null"}, '
+            f'"request_id": {_enc(rid) if rid else "null"}, '
+            f'"protocol": {_enc(proto) if proto else "null"}}}'
+        )
+
+    def json_fields(self, environ: dict, status: str | None, body_bytes: int,
+                    duration_us: int) -> dict[str, object]:
+        """The JSON line as a dict (the slow path, and the reference for the fast one)."""
+        get = environ.get
+        doc: dict[str, object] = {
+            "timestamp": _iso_time(time.time()), "level": "info", "logger": "arbiter.access",
+            "pid": _pid,
+        }
+        if _worker is not None:
+            doc["worker"] = _worker
+        code = str(status or "")[:3]
+        path = f"{get('SCRIPT_NAME') or ''}{get('PATH_INFO') or ''}"
+        doc.update({
+            "method": get("REQUEST_METHOD") or None,
+            "path": path or None,
+            "query": get("QUERY_STRING") or None,
+            "status": int(code) if code.isdigit() else None,
+            "bytes": body_bytes, "duration_us": duration_us,
+            "remote_addr": get("REMOTE_ADDR") or None,
+            "user_agent": get("HTTP_USER_AGENT") or None,
+            "referer": get("HTTP_REFERER") or None,
+            "request_id": get("HTTP_X_REQUEST_ID") or None,
+            "protocol": get("SERVER_PROTOCOL") or None,
+        })
+        return doc
 
     # -- output -------------------------------------------------------------
 

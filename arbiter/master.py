@@ -892,7 +892,8 @@ class Master:
 
     def apply_log_settings(self, cfg: Any) -> None:
         try:
-            self.log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name)
+            self.log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name,
+                                             json=cfg.log.json)
         except OSError as exc:
             self.log.error("cannot open the error log %s: %s", cfg.log.error_log, exc)
 

@@ -133,7 +133,8 @@ class Worker:
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.handler: WSGIHandler | None = None
         # Opened here, in the fork, before a `user` switch could forbid it.
-        self.access_log = logs.AccessLog(cfg.log.access_log, cfg.log.access_format)
+        self.access_log = logs.AccessLog(cfg.log.access_log, cfg.log.access_format,
+                                         json=cfg.log.json, worker=number)
         # Multithreaded workers: the requests running now, by thread (start, method, path).
         self.requests_lock = threading.Lock()
         self.running: dict[int, tuple[float, str, str]] = {}
