@@ -1,0 +1,255 @@
+"""The admin listener (`admin_bind`) as an operator and Kubernetes use it.
+
+/metrics parsed with prometheus_client's own parser, counters compared with
+the requests actually sent (also across a worker recycled by max_requests);
+/livez; /readyz flipping during startup, drain (TERM with drain_delay) and a
+crash loop; /status as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import textwrap
+import time
+
+import pytest
+from harness import free_port, http_request, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.timeout(60)
+
+APP = """
+import os
+def app(environ, start_response):
+    status = "404 Not Found" if environ["PATH_INFO"] == "/missing" else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+SLOW_IMPORT_APP = """
+import time
+time.sleep(2)
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+# Loads only while the file "broken" does not exist (read at import, in each new worker).
+FRAGILE_APP = """
+import os
+if os.path.exists("broken"):
+    raise RuntimeError("the marker file 'broken' exists")
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def configure(server, app: str = APP, worker_type: str = "preforked", workers: int = 2,
+              extra: str = "") -> int:
+    """Write the app and a config with admin_bind; return the admin port."""
+    admin_port = free_port()
+    server.write_app(app)
+    server.write_config(textwrap.dedent(f"""
+        app: app:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: {workers}
+        worker_type: {worker_type}
+        admin_bind: 127.0.0.1:{admin_port}
+        graceful_timeout: 5
+    """) + extra)
+    return admin_port
+
+
+def scrape(admin_port: int) -> dict[tuple[str, frozenset], float]:
+    """GET /metrics and parse it: {(sample name, labels): value}."""
+    resp = http_request(admin_port, "/metrics")
+    assert resp.status == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def readyz(admin_port: int) -> tuple[int, str] | None:
+    """(status, body) of /readyz; None while nothing listens."""
+    try:
+        resp = http_request(admin_port, "/readyz", timeout=2)
+    except OSError:
+        return None
+    return resp.status, resp.text
+
+
+def test_metrics_counters_are_exact_across_recycled_workers(server, worker_type):
+    admin_port = configure(server, worker_type=worker_type, extra="max_requests: 4\n")
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    before = scrape(admin_port)
+    base_total = value(before, "arbiter_requests_total")
+    base_2xx = value(before, "arbiter_responses_total", status_class="2xx")
+    base_get = value(before, "arbiter_requests_by_method_total", method="GET")
+    base_count = value(before, "arbiter_request_duration_seconds_count")
+
+    for _ in range(12):
+        assert server.get("/").status == 200
+    for _ in range(3):
+        assert server.get("/", method="POST", body=b"x").status == 200
+    for _ in range(2):
+        assert server.get("/missing").status == 404
+    sent = 17  # > 2 workers x max_requests 4: at least one worker was recycled
+
+    def counted() -> dict | None:
+        samples = scrape(admin_port)
+        done = value(samples, "arbiter_requests_total") >= base_total + sent
+        return samples if done and value(samples, "arbiter_requests_in_flight") == 0 else None
+    after = wait_for(counted, message=f"{sent} more requests counted")
+    assert value(after, "arbiter_requests_total") == base_total + sent
+    assert value(after, "arbiter_responses_total", status_class="2xx") == base_2xx + 15
+    assert value(after, "arbiter_responses_total", status_class="4xx") == 2
+    assert value(after, "arbiter_responses_total", status_class="5xx") == 0
+    assert value(after, "arbiter_requests_by_method_total", method="GET") == base_get + 14
+    assert value(after, "arbiter_requests_by_method_total", method="POST") == 3
+    assert value(after, "arbiter_request_duration_seconds_count") == base_count + sent
+    assert value(after, "arbiter_request_duration_seconds_bucket", le="+Inf") == base_count + sent
+    assert value(after, "arbiter_request_duration_seconds_sum") > 0
+    assert value(after, "arbiter_worker_restarts_total", reason="max_requests") >= 1
+    assert value(after, "arbiter_worker_restarts_total", reason="crash") == 0
+    assert value(after, "arbiter_reloads_total", outcome="succeeded") == 0
+    assert value(after, "arbiter_ready") == 1
+    assert value(after, "arbiter_generation") == 1
+    [info] = [dict(labels) for name, labels in after if name == "arbiter_info"]
+    assert info["worker_type"] == worker_type
+    workers = sum(value(after, "arbiter_workers", state=s)
+                  for s in ("booting", "idle", "busy", "draining"))
+    assert workers >= 2
+    assert value(after, "arbiter_worker_memory_bytes", kind="rss") > 0
+    listener = f"127.0.0.1:{server.port}"
+    assert value(after, "arbiter_listen_queue_depth", listener=listener) == 0
+    assert value(after, "arbiter_listen_queue_max", listener=listener) > 0
+
+    assert http_request(admin_port, "/livez").text == "ok\n"
+    status = http_request(admin_port, "/status")
+    assert status.headers["content-type"] == "application/json"
+    data = json.loads(status.body)
+    assert data["master"]["pid"] == server.pid
+    assert data["master"]["worker_type"] == worker_type
+    assert data["requests"]["total"] == base_total + sent
+
+
+def test_listen_queue_depth_counts_unaccepted_connections(server):
+    """WINCH stops every worker; the master keeps the socket: connections queue up."""
+    admin_port = configure(server, workers=1)
+    server.start("-c", "server.yaml")
+    server.wait_workers(1)
+    server.signal(signal.SIGWINCH)
+    wait_for(lambda: not server.workers(), message="workers stopped by WINCH")
+    listener = f"127.0.0.1:{server.port}"
+    waiting = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        wait_for(lambda: value(scrape(admin_port), "arbiter_listen_queue_depth",
+                               listener=listener) == 3, message="3 connections in the queue")
+        assert readyz(admin_port) == (503, "not ready: no workers (stopped by WINCH; HUP "
+                                           "starts them)\n")
+    finally:
+        for sock in waiting:
+            sock.close()
+
+
+def test_admin_answers_probes_methods_and_bad_requests(server):
+    admin_port = configure(server, workers=1)
+    server.start("-c", "server.yaml")
+    # A slow client holding a half-sent request does not block the master.
+    slow = socket.create_connection(("127.0.0.1", admin_port))
+    slow.sendall(b"GET /livez HTTP/1.1\r\n")
+    try:
+        assert http_request(admin_port, "/livez").status == 200
+        head = http_request(admin_port, "/livez", method="HEAD")
+        assert head.status == 200 and head.body == b"" and head.headers["connection"] == "close"
+        assert http_request(admin_port, "/nope").status == 404
+        post = http_request(admin_port, "/metrics", method="POST", body=b"x" * 10000)
+        assert post.status == 405 and post.headers["allow"] == "GET, HEAD"
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as raw:
+            raw.sendall(b"NOT HTTP\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 400 ")
+    finally:
+        slow.close()
+
+
+def test_admin_bind_in_use_exits_2(server):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        server.write_app(APP)
+        server.write_config(f"""
+            app: app:app
+            bind: ["127.0.0.1:{server.port}"]
+            admin_bind: 127.0.0.1:{taken.getsockname()[1]}
+        """)
+        server.start("-c", "server.yaml", wait=False)
+        assert server.wait_exit() == 2
+        assert "admin_bind" in server.stderr
+    finally:
+        taken.close()
+
+
+def test_readyz_is_503_until_a_worker_has_loaded_the_app(server):
+    admin_port = configure(server, app=SLOW_IMPORT_APP, workers=1)
+    server.start("-c", "server.yaml", wait=False)
+    seen = []
+
+    def ready() -> bool:
+        answer = readyz(admin_port)
+        if answer is not None:
+            seen.append(answer)
+        return answer is not None and answer[0] == 200
+    wait_for(ready, timeout=15, message="/readyz 200")
+    assert seen[0] == (503, "not ready: starting (no worker has loaded the app yet)\n")
+    assert seen[-1] == (200, "ready\n")
+    assert server.get("/").status == 200
+    assert http_request(admin_port, "/livez").status == 200
+
+
+def test_readyz_is_503_while_draining_and_the_app_still_serves(server):
+    admin_port = configure(server, workers=1, extra="drain_delay: 3\n")
+    server.start("-c", "server.yaml")
+    assert readyz(admin_port) == (200, "ready\n")
+    server.signal(signal.SIGTERM)
+    wait_for(lambda: (readyz(admin_port) or (0,))[0] == 503, message="/readyz 503")
+    status, body = readyz(admin_port)
+    assert status == 503 and body.startswith("not ready: draining")
+    assert server.get("/").status == 200  # still accepting during drain_delay
+    assert value(scrape(admin_port), "arbiter_draining") == 1
+    assert server.wait_exit(timeout=15) == 0
+    assert readyz(admin_port) is None  # the admin listener is closed
+
+
+def test_readyz_is_503_in_a_crash_loop_and_recovers(server):
+    admin_port = configure(server, app=FRAGILE_APP, workers=1)
+    server.start("-c", "server.yaml")
+    [worker] = server.wait_workers(1)
+    assert readyz(admin_port) == (200, "ready\n")
+    marker = server.workdir / "broken"
+    marker.write_text("")
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: "crash-loop backoff" in (readyz(admin_port) or (0, ""))[1],
+             message="/readyz reporting the crash loop")
+    assert readyz(admin_port)[0] == 503
+    assert value(scrape(admin_port), "arbiter_crash_loop_failures") >= 1
+    marker.unlink()
+    start = time.monotonic()
+    wait_for(lambda: readyz(admin_port) == (200, "ready\n"), timeout=20,
+             message="/readyz 200 after the fix")
+    assert time.monotonic() - start < 20
+    after = scrape(admin_port)
+    assert value(after, "arbiter_worker_restarts_total", reason="crash") >= 2
+    assert value(after, "arbiter_crash_loop_failures") == 0
