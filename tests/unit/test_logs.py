@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -373,3 +375,237 @@ def test_time_atom_is_request_start() -> None:
     fmt = "%d/%b/%Y:%H:%M:%S %z"
     delta = time.mktime(time.strptime(now, fmt)) - time.mktime(time.strptime(earlier, fmt))
     assert 3599 <= delta <= 3601
+
+
+# --------------------------------------------------------------------------- log.json
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
+ACCESS_FIELDS = {
+    "timestamp", "level", "logger", "pid", "method", "path", "query", "status", "bytes",
+    "duration_us", "remote_addr", "user_agent", "referer", "request_id", "protocol",
+}
+
+
+@pytest.fixture
+def no_worker() -> Iterator[None]:
+    logs.set_worker(None)
+    yield
+    logs.set_worker(None)
+
+
+def json_line(environ: dict, status: str = "201 Created", body: int = 1234,
+              dur: int = 2_345_678, **kw: object) -> dict:
+    line = AccessLog(None, json=True, **kw).format(environ, status, [], body, dur)  # type: ignore[arg-type]
+    assert "\n" not in line
+    return json.loads(line)
+
+
+def test_json_access_every_field(no_worker: None) -> None:
+    before = time.time()
+    doc = json_line({**ENVIRON, "SCRIPT_NAME": "/app"})
+    assert set(doc) == ACCESS_FIELDS  # no worker number outside a worker
+    assert ISO.fullmatch(doc["timestamp"]), doc["timestamp"]
+    stamp = datetime.fromisoformat(doc["timestamp"]).timestamp()
+    assert before - 0.01 <= stamp <= time.time() + 0.01
+    assert doc == {
+        "timestamp": doc["timestamp"], "level": "info", "logger": "arbiter.access",
+        "pid": os.getpid(), "method": "POST", "path": "/app/p/a th", "query": "x=1&y=2",
+        "status": 201, "bytes": 1234, "duration_us": 2_345_678, "remote_addr": "10.1.2.3",
+        "user_agent": "curl/8.0", "referer": "http://ref.example/", "request_id": "abc-123",
+        "protocol": "HTTP/1.1",
+    }
+
+
+def test_json_access_worker_number_and_error_log(no_worker: None,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    doc = json_line(ENVIRON, worker=7)
+    assert doc["worker"] == 7
+    setup_error_log("info", json=True).info("in a worker")
+    assert json.loads(capfd.readouterr().err)["worker"] == 7
+
+
+def test_json_access_missing_values_are_null(no_worker: None) -> None:
+    doc = json_line({}, status="404 Not Found", body=0, dur=0)
+    assert doc["status"] == 404 and doc["bytes"] == 0 and doc["duration_us"] == 0
+    for key in ("method", "path", "query", "remote_addr", "user_agent", "referer",
+                "request_id", "protocol"):
+        assert doc[key] is None, key
+
+
+def test_json_access_escapes_and_unicode(no_worker: None) -> None:
+    nasty = 'a"b\\c\n\td\x00\x7f é ☃ 😀 \udcff'
+    env = {**ENVIRON, "PATH_INFO": nasty, "HTTP_USER_AGENT": nasty, "HTTP_REFERER": "ü"}
+    line = AccessLog(None, json=True).format(env, "200 OK", [], 1, 1)
+    assert line.isascii()  # non-ASCII is escaped: no encoding can break a line
+    doc = json.loads(line)
+    assert doc["path"] == nasty and doc["user_agent"] == nasty and doc["referer"] == "ü"
+
+
+def test_json_access_ignores_format_and_odd_values_take_the_slow_path(no_worker: None) -> None:
+    doc = json_line({**ENVIRON, "REMOTE_ADDR": b"1.2.3.4"}, status="599 Whatever",
+                    fmt="%(h)s")  # type: ignore[arg-type]
+    assert doc["remote_addr"] == "b'1.2.3.4'"
+    assert doc["status"] == 599 and doc["path"] == "/p/a th"
+
+
+def test_json_access_fast_path_matches_dict(no_worker: None) -> None:
+    log = AccessLog(None, json=True, worker=2)
+    fast = json.loads(log.format(ENVIRON, "200 OK", [], 10, 20))
+    slow = log.json_fields(ENVIRON, "200 OK", 10, 20)
+    assert list(fast) == list(slow)
+    fast.pop("timestamp"), slow.pop("timestamp")
+    assert fast == slow
+
+
+def test_json_access_file_reopen(tmp_path: Path, no_worker: None) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), json=True)
+    log.log({**ENVIRON, "PATH_INFO": "/before"}, "200 OK", [], 0, 0)
+    path.rename(tmp_path / "access.log.1")
+    reopen_log_files()
+    log.log({**ENVIRON, "PATH_INFO": "/after"}, "200 OK", [], 0, 0)
+    log.close()
+    assert [json.loads(x)["path"] for x in path.read_text().splitlines()] == ["/after"]
+    old = (tmp_path / "access.log.1").read_text().splitlines()
+    assert [json.loads(x)["path"] for x in old] == ["/before"]
+
+
+def test_json_access_pid_follows_fork(tmp_path: Path, no_worker: None) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), json=True)
+    log.log(ENVIRON, "200 OK", [], 0, 0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            log.log(ENVIRON, "200 OK", [], 0, 0)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    log.close()
+    assert [json.loads(x)["pid"] for x in path.read_text().splitlines()] == [os.getpid(), pid]
+
+
+def test_json_error_log_fields(capfd: pytest.CaptureFixture[str], no_worker: None) -> None:
+    logger = setup_error_log("info", json=True)
+    logger.info("hello %s ☃\nsecond line", "wörld")
+    logger.debug("filtered")
+    (line,) = capfd.readouterr().err.splitlines()
+    assert line.isascii()
+    doc = json.loads(line)
+    assert ISO.fullmatch(doc["timestamp"])
+    assert doc == {"timestamp": doc["timestamp"], "level": "info", "pid": os.getpid(),
+                   "logger": "arbiter.error", "message": "hello wörld ☃\nsecond line"}
+
+
+def test_json_error_log_exception(capfd: pytest.CaptureFixture[str], no_worker: None) -> None:
+    logger = setup_error_log("info", json=True)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.exception("app failed")
+    (line,) = capfd.readouterr().err.splitlines()
+    doc = json.loads(line)
+    assert doc["level"] == "error" and doc["message"] == "app failed"
+    assert doc["exc_info"].startswith("Traceback (most recent call last):")
+    assert doc["exc_info"].endswith("RuntimeError: boom")
+
+
+def test_json_error_log_bad_format_args(capfd: pytest.CaptureFixture[str],
+                                        no_worker: None) -> None:
+    setup_error_log("info", json=True).warning("%d items", "many")
+    doc = json.loads(capfd.readouterr().err)
+    assert doc["level"] == "warning" and "%d items" in doc["message"]
+
+
+def test_json_error_log_file_reopen(tmp_path: Path, no_worker: None) -> None:
+    path = tmp_path / "error.log"
+    logger = setup_error_log("info", str(path), json=True)
+    logger.info("one")
+    path.rename(tmp_path / "error.log.1")
+    reopen_log_files()
+    logger.warning("two")
+    assert [json.loads(x)["message"] for x in path.read_text().splitlines()] == ["two"]
+    old = (tmp_path / "error.log.1").read_text().splitlines()
+    assert [json.loads(x)["message"] for x in old] == ["one"]
+
+
+def test_json_error_log_syslog(no_worker: None) -> None:
+    logger = setup_error_log("info", "syslog", proc_name="myapp", json=True)
+    (handler,) = logger.handlers
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "hi", (), None)
+    prefix, _, body = handler.format(record).partition(": ")
+    assert prefix == f"myapp[{os.getpid()}]"
+    assert json.loads(body)["message"] == "hi"
+
+
+def test_json_off_by_default_keeps_text(capfd: pytest.CaptureFixture[str]) -> None:
+    setup_error_log("info").info("plain")
+    assert ERROR_LINE.fullmatch(capfd.readouterr().err.strip())
+
+
+def test_iso_time_cache_and_offset() -> None:
+    t = 1_800_000_000.25
+    text = logs._iso_time(t)
+    assert abs(datetime.fromisoformat(text).timestamp() - t) < 0.001
+    assert logs._iso_time(t + 0.5).endswith(text[-6:])
+    assert logs._iso_time(t + 0.5)[:19] == text[:19] and logs._iso_time(t + 0.5)[19:23] == ".750"
+
+
+# --------------------------------------------------------------------------- X-Request-ID
+
+
+def request_environ(raw: bytes) -> dict:
+    from arbiter.http import EMPTY_INPUT, HTTPConnection, HTTPSettings, WSGIHandler
+
+    conn = HTTPConnection(HTTPSettings())
+    conn.receive_data(raw)
+    request = conn.next_event()
+    handler = WSGIHandler(lambda e, s: [], HTTPSettings(), logging.getLogger("t"))
+    info = handler.connection_info(("127.0.0.1", 1), ("127.0.0.1", 80))
+    return handler.build_environ(request, info, EMPTY_INPUT)
+
+
+def with_rid(value: bytes | None) -> str:
+    header = b"X-Request-ID: " + value + b"\r\n" if value is not None else b""
+    return request_environ(b"GET / HTTP/1.1\r\nHost: a\r\n" + header + b"\r\n")["HTTP_X_REQUEST_ID"]
+
+
+GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+def test_request_id_passed_through() -> None:
+    assert with_rid(b"abc-123") == "abc-123"
+    assert with_rid(b"x" * 200) == "x" * 200
+    assert with_rid(b"a b/c=d:e") == "a b/c=d:e"
+
+
+@pytest.mark.parametrize("bad", [b"x" * 201, "caf\u00e9".encode("latin-1"), b""])
+def test_request_id_unfit_is_replaced(bad: bytes) -> None:
+    assert GENERATED.fullmatch(with_rid(bad))
+
+
+def test_request_id_generated_unique_and_per_process() -> None:
+    ids = [with_rid(None) for _ in range(1000)]
+    assert all(GENERATED.fullmatch(x) for x in ids)
+    assert len(set(ids)) == 1000
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, with_rid(None).encode())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    child = os.read(r, 100).decode()
+    os.close(r)
+    assert GENERATED.fullmatch(child)
+    assert child[:16] != ids[0][:16]  # a fresh random prefix in the forked child
+    assert child not in ids
+
+
+def test_request_id_in_text_and_json_access_log(no_worker: None) -> None:
+    env = request_environ(b"GET /p?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-ID: rid-9\r\n\r\n")
+    assert AccessLog(None, "%({x-request-id}i)s").format(env, "200 OK", [], 0, 0) == "rid-9"
+    assert json.loads(AccessLog(None, json=True).format(env, "200 OK", [], 0, 0))[
+        "request_id"] == "rid-9"
