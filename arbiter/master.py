@@ -374,6 +374,8 @@ class Master:
             while True:
                 self.wait_for_events()
                 self.ping_watchdog()
+                if self.admin is not None:
+                    self.admin.tick()  # close admin clients past their deadline
                 for sig in self.read_signals():
                     self.handle_signal(sig)
                 self.reap_workers()
@@ -1088,7 +1090,9 @@ class Master:
                 "total": requests,
                 "by_status": dict(zip(STATUS_CLASSES, counters.by_status, strict=True)),
                 "by_method": dict(zip(METHODS, counters.by_method, strict=True)),
-                "duration_buckets": [[bound, count] for bound, count
+                # JSON has no infinity: the last bound is "+Inf", as Prometheus writes it
+                "duration_buckets": [[bound if bound != float("inf") else "+Inf", count]
+                                     for bound, count
                                      in zip(DURATION_BUCKETS, cumulative, strict=True)],
                 "duration_sum": counters.duration_sum,
             },
