@@ -229,7 +229,9 @@ def test_fifty_keepalive_clients_on_two_workers_are_all_served(running):
         t.join(20)
     assert not failures, failures[:5]
     assert all(n > 0 for n in served), f"unserved clients: {served.count(0)}"
-    assert max(latencies) < 2.0
+    # Starvation shows as waits of a whole keep-alive period (5 s) or the whole run;
+    # a loaded 2-core box forking a child per connection stays well below that.
+    assert max(latencies) < 4.0
 
 
 def _read_response(s: socket.socket) -> bytes:

@@ -398,7 +398,7 @@ def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
     new_master = int(pidfile.read_text())
     assert new_master != server.pid
     wait_for(lambda: len([p for p in children_of(new_master) if pid_alive(p)]) == 2,
-             message="the new master's workers")
+             timeout=30, message="the new master's workers")
     server.signal(signal.SIGWINCH)
     wait_for(lambda: not any(pid_alive(p) for p in old_workers),
              message="the old workers to stop after WINCH")
