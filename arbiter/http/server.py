@@ -55,6 +55,7 @@ _RECV_SIZE = 65536
 _LINGER_SECONDS = 0.5
 _LINGER_BYTES = 256 * 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_TLS_WRITE_CHUNK = 256 * 1024  # bytes per SSL write (each with the stall limit)
 _POLLIN = select.POLLIN | select.POLLPRI
 _POLLOUT = select.POLLOUT
 
@@ -199,7 +200,7 @@ class _TLSChannel(_Channel):
             self.observer.heartbeat()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ClientDisconnected("TLS renegotiation timed out")
+                raise ClientDisconnected("timed out waiting for the TLS peer")
             if poller.poll(min(remaining, 1.0) * 1000.0):
                 return
 
@@ -237,35 +238,35 @@ class _TLSChannel(_Channel):
                     raise ClientDisconnected(f"recv failed: {exc}") from None
 
     def send(self, data: bytes) -> None:
-        # Without SSL_MODE_ENABLE_PARTIAL_WRITE, send() takes all of ``data`` or raises
-        # SSLWantWriteError; the retry must pass the same bytes (it continues inside).
+        # Without SSL_MODE_ENABLE_PARTIAL_WRITE, an SSL write takes all it is given or
+        # raises SSLWantWriteError and must be retried with the same bytes; large data
+        # goes in chunks so the stall limit applies to each, as for plain sockets.
         sock = self.sock
-        view = data
-        deadline = time.monotonic() + self.stall
-        while view:
-            try:
-                sent = sock.send(view)
-            except ssl.SSLWantWriteError:
-                if self._wpoll is None:
-                    self._wpoll = select.poll()
-                    self._wpoll.register(sock, _POLLOUT)
-                while True:
-                    self.observer.heartbeat()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise ClientDisconnected("write timed out") from None
-                    if self._wpoll.poll(min(remaining, 1.0) * 1000.0):
-                        break
-                continue
-            except ssl.SSLWantReadError:
-                self._wait(_POLLIN, deadline)
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise ClientDisconnected(f"send failed: {exc}") from None
-            view = memoryview(view)[sent:]
+        view = memoryview(data) if len(data) > _TLS_WRITE_CHUNK else data
+        for offset in range(0, len(data), _TLS_WRITE_CHUNK):
+            chunk = view[offset:offset + _TLS_WRITE_CHUNK] if view is not data else data
             deadline = time.monotonic() + self.stall
+            while True:
+                try:
+                    sock.send(chunk)
+                    break
+                except ssl.SSLWantWriteError:
+                    if self._wpoll is None:
+                        self._wpoll = select.poll()
+                        self._wpoll.register(sock, _POLLOUT)
+                    while True:
+                        self.observer.heartbeat()
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise ClientDisconnected("write timed out") from None
+                        if self._wpoll.poll(min(remaining, 1.0) * 1000.0):
+                            break
+                except ssl.SSLWantReadError:
+                    self._wait(_POLLIN, deadline)
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    raise ClientDisconnected(f"send failed: {exc}") from None
 
     def linger_close(self) -> None:
         close_notify(self.sock)  # then half-close: the SSLSocket reads raw bytes from here on

@@ -49,6 +49,7 @@ import io
 import resource
 import selectors
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -66,6 +67,7 @@ from arbiter.http import (
     Request,
 )
 from arbiter.http.parsers import make_head_parser
+from arbiter.tls import HANDSHAKE_ERRORS, close_notify, wrap
 from arbiter.workers.base import Worker
 
 __all__ = ["EventedWorker", "DeadlineBuckets", "UNLIMITED_BODY_CAP"]
@@ -77,6 +79,8 @@ LINGER_SECONDS = 0.5  # after an error response: read and discard before closing
 FD_SLACK = 64  # descriptors beyond max_connections: listeners, logs, pipes, the selector
 IOV_BATCH = 64  # buffers per sendmsg() call (well under IOV_MAX)
 ACCEPT_BACKOFF = 0.5  # seconds the listeners rest after EMFILE / ENFILE / ENOBUFS
+TLS_JOIN = 16 * 1024  # TLS: small pending buffers are joined up to this into one write
+TLS_WRITE_CHUNK = 256 * 1024  # TLS: bytes per SSL write (progress is seen between them)
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -89,6 +93,7 @@ BODY = 3  # a request body is arriving (read_timeout since the last bytes)
 WRITE = 4  # output pending (read_timeout since the last progress)
 LINGER = 5  # final response sent, write side shut: discard input briefly, then close
 APP = 6  # a complete request is being answered (no deadline needed: the reactor is busy)
+HANDSHAKE = 7  # TLS: accepted, handshake in progress (header_timeout from accept)
 
 
 class Connection:
@@ -226,6 +231,14 @@ class EventedWorker(Worker):
                           for listener in self.listeners}
         for listener in self.listeners:
             listener.sock.setblocking(False)
+        if self.tls is not None:
+            # Every connection is TLS: the reactor calls these instead (the plain path
+            # is not touched by a per-event check).
+            self.on_readable = self.on_readable_tls  # type: ignore[method-assign]
+            self.on_writable = self.on_writable_tls  # type: ignore[method-assign]
+            self.flush = self.flush_tls  # type: ignore[method-assign]
+            self.finish = self.finish_tls  # type: ignore[method-assign]
+            self.close = self.close_tls  # type: ignore[method-assign]
         self.selector.register(self.wakeup_r, _READ, None)
         self.watch_listeners(True)
         try:
@@ -333,6 +346,7 @@ class EventedWorker(Worker):
         first_deadline = now + self.header_timeout
         tcp = sock.family != socket.AF_UNIX
         sockname = self.socknames[listener.fileno]
+        tls = self.tls
         while len(connections) < max_open:
             try:
                 client, peer = sock.accept()
@@ -353,9 +367,18 @@ class EventedWorker(Worker):
                     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
+            if tls is not None:
+                try:
+                    client = wrap(tls, client)  # the handshake is driven by the reactor
+                except HANDSHAKE_ERRORS as exc:
+                    self.log.debug("TLS with %r failed: %s", peer, exc)
+                    client.close()
+                    continue
             conn = Connection(client, peer, sockname,
                               HTTPConnection(self.handler.settings,
                                              make_head_parser(self.parser_name)))
+            if tls is not None:
+                conn.phase = HANDSHAKE
             try:
                 self.selector.register(client, _READ, conn)
             except (OSError, ValueError):
@@ -427,6 +450,9 @@ class EventedWorker(Worker):
         if phase in (BODY, WRITE):
             self.log.debug("connection from %r timed out (%s)", conn.peer,
                            "request body stalled" if phase == BODY else "client not reading")
+        elif phase == HANDSHAKE:
+            self.log.debug("TLS handshake with %r not complete within header_timeout",
+                           conn.peer)
         self.close(conn)
 
     # -- the HTTP state machine ------------------------------------------------------
@@ -640,3 +666,114 @@ class EventedWorker(Worker):
         if events != conn.events:
             conn.events = events
             self.selector.modify(conn.sock, events, conn)
+
+    # -- TLS (chosen in serve() when the listeners serve TLS) ---------------------------
+    def continue_handshake(self, conn: Connection) -> None:
+        """One step of the server handshake; wait for what OpenSSL asks for next."""
+        sock: ssl.SSLSocket = conn.sock  # type: ignore[assignment]
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            events = _READ
+        except ssl.SSLWantWriteError:
+            events = _WRITE
+        except HANDSHAKE_ERRORS as exc:
+            self.log.debug("TLS handshake with %r failed: %s", conn.peer, exc)
+            self.close(conn)
+            return
+        else:
+            conn.phase = FIRST_HEAD  # the accept-time deadline stands for the first head
+            events = _READ
+        if events != conn.events:
+            conn.events = events
+            self.selector.modify(sock, events, conn)
+        if conn.phase == FIRST_HEAD and sock.pending():
+            self.on_readable_tls(conn)
+
+    def on_readable_tls(self, conn: Connection) -> None:
+        phase = conn.phase
+        if phase == HANDSHAKE:
+            self.continue_handshake(conn)
+            return
+        if phase == LINGER:  # the write side is shut: raw bytes, discarded
+            EventedWorker.on_readable(self, conn)
+            return
+        sock: ssl.SSLSocket = conn.sock  # type: ignore[assignment]
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # until OpenSSL has nothing decrypted left: epoll can't see those bytes
+            try:
+                chunk = sock.recv(RECV_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self.log.debug("connection from %r ended: %s", conn.peer, exc)
+                self.close(conn)
+                return
+            if not chunk:
+                if chunks:
+                    break  # the EOF is seen again at the next event
+                chunks.append(chunk)
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= RECV_SIZE and not sock.pending():
+                break
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if phase == BODY and data:
+            self.timers.schedule(conn, time.monotonic() + self.read_timeout)
+        conn.http.receive_data(data)
+        self.drive(conn)
+
+    def on_writable_tls(self, conn: Connection) -> None:
+        if conn.phase == HANDSHAKE:
+            self.continue_handshake(conn)
+            return
+        EventedWorker.on_writable(self, conn)
+
+    def flush_tls(self, conn: Connection) -> bool:
+        """``flush`` for an SSLSocket (no sendmsg): small buffers joined, large ones cut.
+
+        An SSL write either takes all it is given or raises SSLWantWriteError and
+        must be retried with the same bytes: ``out[0]`` (and so the chunk) stays
+        the same until it is written.
+        """
+        out = conn.out
+        if len(out) > 1 and len(out[0]) < TLS_JOIN:
+            count = total = 0
+            while count < len(out) and total < TLS_JOIN:
+                total += len(out[count])
+                count += 1
+            if count > 1:
+                out[:count] = [b"".join(out[:count])]
+        first = out[0]
+        chunk = first if len(first) <= TLS_WRITE_CHUNK else memoryview(first)[:TLS_WRITE_CHUNK]
+        try:
+            sent = conn.sock.send(chunk)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, InterruptedError):
+            return True
+        except OSError as exc:
+            self.log.debug("connection from %r ended while writing: %s", conn.peer, exc)
+            self.close(conn)
+            return False
+        if sent >= len(first):
+            del out[0]
+            if not out:
+                conn.out = None
+        else:
+            out[0] = memoryview(first)[sent:]
+        return True
+
+    def finish_tls(self, conn: Connection) -> None:
+        if conn.linger:
+            close_notify(conn.sock)  # type: ignore[arg-type]
+        EventedWorker.finish(self, conn)
+
+    def close_tls(self, conn: Connection) -> None:
+        if not conn.closed and conn.phase not in (HANDSHAKE, LINGER):
+            close_notify(conn.sock)  # type: ignore[arg-type]
+        EventedWorker.close(self, conn)

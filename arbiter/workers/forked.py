@@ -331,7 +331,8 @@ class ForkedWorker(Worker):
                              observer=ChildObserver(self.board, row,
                                                     self.child_counters.writer(row)),
                              stopping=self.stopping,
-                             may_keep_alive=self.board.nobody_waiting)
+                             may_keep_alive=self.board.nobody_waiting,
+                             tls=self.tls)  # TLS: the handshake is done in this child
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0
         except BaseException:

@@ -50,6 +50,7 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -72,12 +73,14 @@ from arbiter.http import (
 )
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.server import DRAIN_LIMIT
+from arbiter.tls import HANDSHAKE_ERRORS, close_notify, wrap
 from arbiter.workers.base import Worker
 
 BODY_BUFFER_LIMIT = 1024 * 1024  # larger request bodies are streamed by the pool thread
 RECV_SIZE = 65536
 LINGER_SECONDS = 0.5  # after an error response: read and discard briefly so it is not lost to RST
 LINGER_BYTES = 256 * 1024
+TLS_WRITE_CHUNK = 256 * 1024  # TLS: bytes per SSL write in a pool thread (stall limit each)
 MAX_SCAN_INTERVAL = 0.5  # the deadline scan runs at least this often while deadlines are pending
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
@@ -90,6 +93,7 @@ IN_POOL = 4  # a pool thread owns it
 WRITING = 5  # the selector writes an error response, then lingers
 LINGERING = 6  # half-closed: discarding what the client still sends, then close
 CLOSED = 7
+HANDSHAKE = 8  # TLS: accepted, handshake in progress; closed silently after header_timeout
 
 # What a pool thread asks the selector to do with a connection it gives back.
 KEEP = 0
@@ -161,6 +165,19 @@ class PooledWorker(Worker):
         self.handback_lock = threading.Lock()
         for listener in self.listeners:
             listener.sock.setblocking(False)
+        # The pool threads' waiting writes and reads.
+        self.send_all: Callable[[Any, bytes, float], None] = send_all
+        self.recv_waiting: Callable[[Any, float], bytes | None] = recv_waiting
+        if self.tls is not None:
+            # Every connection is TLS: the loop and the pool threads call these instead
+            # (the plain path is not touched by a per-event check).
+            self.on_readable = self.on_readable_tls  # type: ignore[method-assign]
+            self.on_writable = self.on_writable_tls  # type: ignore[method-assign]
+            self.flush_outbox = self.flush_outbox_tls  # type: ignore[method-assign]
+            self.start_linger = self.start_linger_tls  # type: ignore[method-assign]
+            self.close = self.close_tls  # type: ignore[method-assign]
+            self.send_all = send_all_tls
+            self.recv_waiting = recv_waiting_tls
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, _SELECTOR_ROLE_SIGNAL)
         self.selector.register(self.returns_r, selectors.EVENT_READ, _SELECTOR_ROLE_RETURNS)
         self.watch_listeners(True)
@@ -240,6 +257,7 @@ class PooledWorker(Worker):
         """Accept what is queued, up to the connection bound."""
         sockname = self.socknames[listener.fileno]
         header_timeout = self.header_timeout
+        tls = self.tls
         while len(self.connections) < self.max_connections:
             try:
                 sock, peer = listener.sock.accept()
@@ -252,9 +270,18 @@ class PooledWorker(Worker):
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                try:
+                    sock = wrap(tls, sock)  # the handshake is driven by this selector
+                except HANDSHAKE_ERRORS as exc:
+                    self.log.debug("TLS with %r failed: %s", peer, exc)
+                    sock.close()
+                    continue
             http = HTTPConnection(self.handler.settings, make_head_parser(self.parser_name))
             conn = PooledConnection(sock, peer, self.handler.connection_info(peer, sockname),
                                     http, time.monotonic() + header_timeout)
+            if tls is not None:
+                conn.state = HANDSHAKE
             self.connections[conn.fd] = conn
             self.set_deadline(conn, conn.deadline)
             self.watch(conn, selectors.EVENT_READ)
@@ -454,7 +481,10 @@ class PooledWorker(Worker):
                 self.answer_error(conn, 408)
                 if conn.state != CLOSED and conn.deadline < nearest:
                     nearest = conn.deadline
-            else:  # silent new connection, idle keep-alive, stalled body or write, linger done
+            else:  # silent new connection, idle keep-alive, stalled body or write, linger done,
+                if state == HANDSHAKE:  # or a TLS handshake not done within header_timeout
+                    self.log.debug("TLS handshake with %r not complete within %g s",
+                                   conn.peer, self.header_timeout)
                 self.close(conn)
         self.next_scan = nearest if self.connections else float("inf")
 
@@ -497,7 +527,7 @@ class PooledWorker(Worker):
                 pass
         with self.handback_lock:  # a connection being handed back is closed here, or sees alive
             for conn in list(self.connections.values()):
-                if conn.state in (WAIT_FIRST, WAIT_IDLE):
+                if conn.state in (WAIT_FIRST, WAIT_IDLE, HANDSHAKE):
                     self.close(conn)
         self.log.debug("worker #%d (pid %d) draining: %d connection(s) in progress",
                        self.number, os.getpid(), len(self.connections))
@@ -517,6 +547,83 @@ class PooledWorker(Worker):
                 listener.sock.close()
             except OSError:
                 pass
+
+    # -- TLS (chosen in serve() when the listeners serve TLS) ------------------------------
+    def continue_handshake(self, conn: PooledConnection) -> None:
+        """One step of the server handshake; wait for what OpenSSL asks for next."""
+        sock: ssl.SSLSocket = conn.sock  # type: ignore[assignment]
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.watch(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self.watch(conn, selectors.EVENT_WRITE)
+            return
+        except HANDSHAKE_ERRORS as exc:
+            self.log.debug("TLS handshake with %r failed: %s", conn.peer, exc)
+            self.close(conn)
+            return
+        conn.state = WAIT_FIRST  # the accept-time deadline stands for the first head
+        self.watch(conn, selectors.EVENT_READ)
+        if sock.pending():
+            self.on_readable_tls(conn)
+
+    def on_readable_tls(self, conn: PooledConnection) -> None:
+        state = conn.state
+        if state == HANDSHAKE:
+            self.continue_handshake(conn)
+            return
+        if state == LINGERING:  # the write side is shut: raw bytes, discarded
+            PooledWorker.on_readable(self, conn)
+            return
+        data = tls_read(conn.sock)  # type: ignore[arg-type]
+        if data is None:
+            return
+        if data is False:
+            self.close(conn)
+            return
+        # From here as PooledWorker.on_readable (kept separate: the plain path stays as is).
+        if not data and state in (WAIT_FIRST, WAIT_IDLE):
+            self.close(conn)
+            return
+        if state == WAIT_FIRST:
+            conn.state = WAIT_HEAD
+        elif state == WAIT_IDLE:
+            conn.state = WAIT_HEAD
+            conn.head_started = time.monotonic()
+            self.set_deadline(conn, conn.head_started + self.header_timeout)
+        elif state == WAIT_BODY:
+            self.set_deadline(conn, time.monotonic() + self.stall_timeout)
+        conn.http.receive_data(data)
+        self.advance(conn)
+
+    def on_writable_tls(self, conn: PooledConnection) -> None:
+        if conn.state == HANDSHAKE:
+            self.continue_handshake(conn)
+            return
+        PooledWorker.on_writable(self, conn)
+
+    def flush_outbox_tls(self, conn: PooledConnection) -> None:
+        # An SSL write takes all of the outbox or nothing (retried with the same bytes).
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, InterruptedError):
+            sent = 0
+        except OSError:
+            conn.outbox = b""
+            self.close(conn)
+            return
+        conn.outbox = conn.outbox[sent:]
+
+    def start_linger_tls(self, conn: PooledConnection) -> None:
+        close_notify(conn.sock)  # type: ignore[arg-type]
+        PooledWorker.start_linger(self, conn)
+
+    def close_tls(self, conn: PooledConnection) -> None:
+        if conn.state not in (CLOSED, HANDSHAKE, LINGERING):
+            close_notify(conn.sock)  # type: ignore[arg-type]
+        PooledWorker.close(self, conn)
 
     # -- the pool threads ----------------------------------------------------------------
     def pool_thread(self) -> None:
@@ -567,8 +674,10 @@ class PooledWorker(Worker):
         sock = conn.sock
         stall = self.stall_timeout
 
+        write_all = self.send_all
+
         def send(data: bytes) -> None:
-            send_all(sock, data, stall)
+            write_all(sock, data, stall)
 
         if conn.outbox:  # a 100 Continue the selector could not finish writing
             pending, conn.outbox = conn.outbox, b""
@@ -629,7 +738,7 @@ class PooledWorker(Worker):
                 if etype is EndOfMessage:
                     return b""
                 if event is NEED_DATA:
-                    data = recv_waiting(conn.sock, stall)
+                    data = self.recv_waiting(conn.sock, stall)
                     if data is None:
                         raise ClientDisconnected("timed out reading the request body")
                     http.receive_data(data)
@@ -656,7 +765,7 @@ class PooledWorker(Worker):
                 return True
             if event is NEED_DATA:
                 try:
-                    data = recv_waiting(conn.sock, self.stall_timeout)
+                    data = self.recv_waiting(conn.sock, self.stall_timeout)
                 except ClientDisconnected:
                     return False
                 if not data:
@@ -721,6 +830,85 @@ def recv_waiting(sock: socket.socket, stall: float) -> bytes | None:
             pass
         except OSError as exc:
             raise ClientDisconnected(f"recv failed: {exc}") from None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        poller.poll(min(remaining, 1.0) * 1000.0)
+
+
+# -- TLS: the same over a non-blocking ssl.SSLSocket (no MSG_DONTWAIT: it refuses flags) ---
+def tls_read(sock: ssl.SSLSocket) -> bytes | bool | None:
+    """Read what is there, including what OpenSSL already decrypted (``pending()``, which
+    no poll sees): bytes, b"" at EOF, None when nothing is ready yet, False on an error."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = sock.recv(RECV_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            break
+        except InterruptedError:
+            continue
+        except OSError:
+            return False if not chunks else b"".join(chunks)
+        if not chunk:
+            if not chunks:
+                return b""
+            break  # the EOF is seen again at the next event
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= RECV_SIZE and not sock.pending():
+            break
+    if not chunks:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def send_all_tls(sock: ssl.SSLSocket, data: bytes, stall: float) -> None:
+    """``send_all`` for an SSLSocket: a write takes all it is given or raises
+    SSLWantWriteError and is retried with the same bytes, so large data goes in
+    chunks of ``TLS_WRITE_CHUNK``, each with its own stall limit."""
+    poller: Any = None
+    view = memoryview(data) if len(data) > TLS_WRITE_CHUNK else data
+    for offset in range(0, len(data), TLS_WRITE_CHUNK):
+        chunk = view[offset:offset + TLS_WRITE_CHUNK] if view is not data else data
+        deadline = time.monotonic() + stall
+        while True:
+            try:
+                sock.send(chunk)
+                break
+            except ssl.SSLWantWriteError:
+                events = select.POLLOUT
+            except ssl.SSLWantReadError:
+                events = select.POLLIN
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise ClientDisconnected(f"send failed: {exc}") from None
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, events)
+            else:
+                poller.modify(sock, events)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ClientDisconnected("write timed out")
+                if poller.poll(min(remaining, 1.0) * 1000.0):
+                    break
+
+
+def recv_waiting_tls(sock: ssl.SSLSocket, stall: float) -> bytes | None:
+    """``recv_waiting`` for an SSLSocket; leaves nothing decrypted behind in OpenSSL."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    deadline = time.monotonic() + stall
+    while True:
+        data = tls_read(sock)
+        if data is False:
+            raise ClientDisconnected("recv failed")
+        if data is not None:
+            return data  # type: ignore[return-value]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None

@@ -77,7 +77,8 @@ class ConnectionThread:
             conn, peer, sockname = job
             try:
                 serve_connection(handler, conn, peer, sockname, observer=observer,
-                                 stopping=stopping, may_keep_alive=worker.nobody_waiting)
+                                 stopping=stopping, may_keep_alive=worker.nobody_waiting,
+                                 tls=worker.tls)  # TLS: the handshake is done in this thread
             except BaseException:  # serve_connection logs; never let a thread die noisily
                 worker.log.exception("connection thread failed serving %r", peer)
             finally:
