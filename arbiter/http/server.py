@@ -53,6 +53,7 @@ __all__ = ["serve_connection", "DRAIN_LIMIT"]
 DRAIN_LIMIT = 1024 * 1024  # unread request body we read and discard to keep a connection
 _RECV_SIZE = 65536
 _LINGER_SECONDS = 0.5
+_GIVE_WAY_GRACE_MS = 20  # an idle connection's last chance before it gives way
 _LINGER_BYTES = 256 * 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TLS_WRITE_CHUNK = 256 * 1024  # bytes per SSL write (each with the stall limit)
@@ -108,8 +109,12 @@ class _Channel:
                 return None
             ready = poller.poll(min(remaining, 1.0) * 1000.0)
             if ready:
-                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready):
-                    return None  # someone else is waiting: give this idle connection up
+                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready) \
+                        and not self._rpoll.poll(_GIVE_WAY_GRACE_MS):
+                    # Someone else is waiting: give this idle connection up — unless its
+                    # client sends its next request within a short grace (closing then
+                    # would race with that request and fail it).
+                    return None
                 try:
                     return sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
@@ -223,8 +228,12 @@ class _TLSChannel(_Channel):
                 return None
             ready = poller.poll(min(remaining, 1.0) * 1000.0)
             if ready:
-                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready):
-                    return None  # someone else is waiting: give this idle connection up
+                if poller is not self._rpoll and not any(fd == fileno for fd, _ in ready) \
+                        and not self._rpoll.poll(_GIVE_WAY_GRACE_MS):
+                    # Someone else is waiting: give this idle connection up — unless its
+                    # client sends its next request within a short grace (closing then
+                    # would race with that request and fail it).
+                    return None
                 try:
                     return sock.recv(_RECV_SIZE)
                 except ssl.SSLWantReadError:  # a partial record, or a TLS 1.3 ticket/key update
