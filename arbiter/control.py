@@ -50,11 +50,15 @@ class _Client:
 class ControlServer:
     """The master's end: a listening unix socket served from the master's selector."""
 
-    def __init__(self, path: str, handler: Handler, log: Any) -> None:
+    def __init__(self, path: str, handler: Handler, log: Any, take_over: bool = False) -> None:
+        """Bind ``path``. ``take_over``: a new master after USR2 replaces the old
+        master's socket file (the old one keeps its open socket, unreachable by path)."""
         self.path = path
         self.handler = handler
         self.log = log
         self.selector: selectors.BaseSelector | None = None
+        if take_over and os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
         if os.path.exists(path):
             if not stat.S_ISSOCK(os.stat(path).st_mode):
                 raise OSError(f"control_socket {path}: exists and is not a socket")
@@ -74,6 +78,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
+        self.inode = os.stat(path).st_ino
         self.sock.listen(16)
         self.sock.setblocking(False)
 
@@ -171,7 +176,8 @@ class ControlServer:
                 pass
         self.sock.close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self.inode:  # not a newer master's socket
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -304,7 +304,8 @@ class Master:
         control_path = cfg.control_socket or default_socket_path(cfg.pidfile)
         if control_path:
             try:
-                self.control = ControlServer(control_path, self.handle_control, self.log)
+                self.control = ControlServer(control_path, self.handle_control, self.log,
+                                             take_over=bool(self.upgraded_from))
             except OSError as exc:
                 self.close_listeners(list(self.listeners.values()))
                 raise StartupError(EXIT_CONFIG, f"control socket: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -411,6 +412,11 @@ def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
     assert not oldbin.exists()
     assert int(pidfile.read_text()) == new_master
     assert server.get("/").status == 200  # the new master serves on alone
+    # the control socket (next to the pidfile) now belongs to the new master
+    ctl = subprocess.run([*ARBITER, "ctl", "-s", "arbiter.ctl", "status", "--json"],
+                         cwd=server.workdir, capture_output=True, text=True, timeout=30)
+    assert ctl.returncode == 0, ctl.stderr
+    assert json.loads(ctl.stdout)["master"]["pid"] == new_master
     os.kill(new_master, signal.SIGTERM)
     wait_for(lambda: not pid_alive(new_master), message="the new master to stop")
     assert not pidfile.exists()
