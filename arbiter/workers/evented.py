@@ -329,7 +329,10 @@ class EventedWorker(Worker):
         for listener in self.listeners:
             listener.sock.close()
         for conn in list(self.connections):
-            if self.is_idle(conn):
+            # A connection that never sent a request is not idle: its client is about
+            # to send one (closing it would fail that request). It is answered, with
+            # Connection: close, or cut at header_timeout like any other.
+            if self.is_idle(conn) and conn.phase != FIRST_HEAD:
                 self.close(conn)
 
     @staticmethod

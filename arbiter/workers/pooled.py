@@ -527,7 +527,11 @@ class PooledWorker(Worker):
                 pass
         with self.handback_lock:  # a connection being handed back is closed here, or sees alive
             for conn in list(self.connections.values()):
-                if conn.state in (WAIT_FIRST, WAIT_IDLE, HANDSHAKE):
+                # Only kept-alive connections between requests: a fresh one (no request
+                # yet, or mid-handshake) is about to send its first request — closing it
+                # would fail that request; it is answered with Connection: close, or cut
+                # at header_timeout.
+                if conn.state == WAIT_IDLE:
                     self.close(conn)
         self.log.debug("worker #%d (pid %d) draining: %d connection(s) in progress",
                        self.number, os.getpid(), len(self.connections))
