@@ -51,7 +51,7 @@ class Load:
 
     port: int
     keepalive: int = 3
-    close: int = 3
+    close: int = 4
     ok: int = 0
     retried: int = 0
     failures: list[str] = field(default_factory=list)
