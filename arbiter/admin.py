@@ -97,12 +97,18 @@ class _Conn:
 class AdminServer:
     """The master's HTTP admin endpoints, driven by the master's selector."""
 
-    def __init__(self, bind: str, master: Any, log: Any) -> None:
+    def __init__(self, bind: str, master: Any, log: Any,
+                 inherited_fd: int | None = None) -> None:
+        """Bind ``bind``, or adopt ``inherited_fd`` (the old master's admin socket, USR2)."""
         self.bind = bind
         self.master = master
         self.log = log
         self.selector: selectors.BaseSelector | None = None
-        self.sock = bind_admin_socket(bind)
+        if inherited_fd is not None:
+            self.sock = socket.socket(fileno=inherited_fd)
+            self.sock.setblocking(False)
+        else:
+            self.sock = bind_admin_socket(bind)
         self.conns: dict[int, _Conn] = {}  # by fd, oldest first
         self.registry = make_registry(master)
 

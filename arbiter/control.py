@@ -86,6 +86,29 @@ class ControlServer:
         self.selector = selector
         selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
 
+    def reclaim_path(self) -> None:
+        """Bind the path again if it vanished (a USR2 master that took it over exited)."""
+        if os.path.exists(self.path):
+            return
+        selector = self.selector
+        if selector is not None:
+            try:
+                selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+        self.sock.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        self.inode = os.stat(self.path).st_ino
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        if selector is not None:
+            selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+
     def _on_accept(self, mask: int) -> None:
         while True:
             try:

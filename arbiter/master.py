@@ -74,6 +74,7 @@ EXIT_APP = 3
 UPGRADE_FDS_ENV = "ARBITER_UPGRADE_FDS"
 UPGRADE_FROM_ENV = "ARBITER_UPGRADE_FROM"
 UPGRADE_ACTIVATED_ENV = "ARBITER_UPGRADE_ACTIVATED"
+UPGRADE_ADMIN_ENV = "ARBITER_UPGRADE_ADMIN"  # "fd=bind" of the admin listener
 
 # Why workers were replaced, as `ctl status` and the metrics count them.
 RESTART_REASONS = {"timed out": "timeout", "max_worker_memory": "memory",
@@ -312,11 +313,19 @@ class Master:
             assert self.selector is not None
             self.control.register(self.selector)
             self.log.info("control socket on %s", control_path)
+        inherited_admin = decode_inherited(os.environ.pop(UPGRADE_ADMIN_ENV, ""))
+        if not cfg.admin_bind:
+            for fd in inherited_admin.values():
+                os.close(fd)
         if cfg.admin_bind:
             from arbiter.admin import AdminServer
 
+            for text, fd in inherited_admin.items():
+                if text != cfg.admin_bind:  # the new config moved it: let it go
+                    os.close(fd)
             try:
-                self.admin = AdminServer(cfg.admin_bind, self, self.log)
+                self.admin = AdminServer(cfg.admin_bind, self, self.log,
+                                         inherited_fd=inherited_admin.get(cfg.admin_bind))
             except OSError as exc:
                 self.close_listeners(list(self.listeners.values()))
                 if self.control is not None:
@@ -925,6 +934,9 @@ class Master:
         env[UPGRADE_FROM_ENV] = str(self.pid)
         if self.activated_binds:
             env[UPGRADE_ACTIVATED_ENV] = "1"
+        if self.admin is not None:
+            self.admin.sock.set_inheritable(True)
+            env[UPGRADE_ADMIN_ENV] = f"{self.admin.sock.fileno()}={self.admin.bind}"
         argv = [sys.executable, *sys.orig_argv[1:]]
         sys.stdout.flush()
         sys.stderr.flush()
@@ -969,6 +981,11 @@ class Master:
                 self.log.error("cannot restore the pidfile: %s", exc)
             remove_pidfile(pidfile + ".oldbin", self.pid)
         self.notify.reclaim("the new master exited; this one serves again")
+        if self.control is not None:
+            try:
+                self.control.reclaim_path()
+            except OSError as exc:
+                self.log.error("cannot rebind the control socket: %s", exc)
         hint = " (workers were stopped by WINCH: send HUP to start them)" if self.winched else ""
         self.log.warning("upgrade: the new master (pid %s) exited with %s; this master (pid %d) "
                          "stays in charge%s", pid, code, self.pid, hint)

@@ -388,7 +388,10 @@ def test_environment_and_command_line_layering(server):
 
 
 def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
-    basic_config(server, extra="pidfile: arbiter.pid")
+    from harness import free_port
+
+    admin = free_port()
+    basic_config(server, extra=f"pidfile: arbiter.pid\nadmin_bind: 127.0.0.1:{admin}")
     server.start("-c", "server.yaml")
     old_workers = set(server.wait_workers(2))
     pidfile = server.workdir / "arbiter.pid"
@@ -417,6 +420,9 @@ def test_usr2_upgrade_then_winch_and_term_the_old_master(server):
                          cwd=server.workdir, capture_output=True, text=True, timeout=30)
     assert ctl.returncode == 0, ctl.stderr
     assert json.loads(ctl.stdout)["master"]["pid"] == new_master
+    # and so does the admin port, handed over with the listeners
+    status = json.loads(http_request(admin, "/status").body)
+    assert status["master"]["pid"] == new_master
     os.kill(new_master, signal.SIGTERM)
     wait_for(lambda: not pid_alive(new_master), message="the new master to stop")
     assert not pidfile.exists()
@@ -536,3 +542,30 @@ def test_hup_with_preload_app_loads_the_new_code(server):
     server.signal(signal.SIGHUP)
     server.wait_log("reload complete")
     wait_for(lambda: server.get("/").text == "release 2, a longer one", message="the new release to serve")
+
+
+def test_usr2_rollback_when_the_new_master_is_stopped(server):
+    from harness import free_port
+
+    admin = free_port()
+    basic_config(server, extra=f"pidfile: arbiter.pid\nadmin_bind: 127.0.0.1:{admin}")
+    server.start("-c", "server.yaml")
+    old_workers = set(server.wait_workers(2))
+    pidfile = server.workdir / "arbiter.pid"
+    server.signal(signal.SIGUSR2)
+    oldbin = server.workdir / "arbiter.pid.oldbin"
+    wait_for(lambda: oldbin.exists() and pidfile.exists(), message="pidfile and .oldbin")
+    new_master = int(pidfile.read_text())
+    wait_for(lambda: len([p for p in children_of(new_master) if pid_alive(p)]) == 2,
+             timeout=30, message="the new master's workers")
+    os.kill(new_master, signal.SIGTERM)  # roll back: the new release is no good
+    server.wait_log("stays in charge")
+    wait_for(lambda: int(pidfile.read_text()) == server.pid and not oldbin.exists(),
+             message="the pidfile back to the old master")
+    assert set(server.workers()) == old_workers
+    assert server.get("/").status == 200
+    ctl = subprocess.run([*ARBITER, "ctl", "-s", "arbiter.ctl", "status", "--json"],
+                         cwd=server.workdir, capture_output=True, text=True, timeout=30)
+    assert ctl.returncode == 0, ctl.stderr
+    assert json.loads(ctl.stdout)["master"]["pid"] == server.pid
+    assert http_request(admin, "/livez").status == 200
