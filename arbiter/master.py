@@ -670,18 +670,20 @@ class Master:
             timeout = worker.generation.cfg.timeout
             if not timeout or not worker.ready or worker.kill_at is not None:
                 continue
-            row = self.scoreboard.read(worker.slot)
             policy = getattr(worker.generation.worker_cls, "hung_policy", "kill")
-            silent = now - row.heartbeat
-            oldest = now - row.request_started if row.in_flight else 0.0
-            if silent > timeout:
-                what = f"silent for {silent:.1f} s"
-                recycle = False
-            elif policy == "recycle" and oldest > timeout:
-                what = f"a request has run for {oldest:.1f} s"
-                recycle = True
-            else:
+            # struct.pack_into zero-fills a field before writing it, so a row read
+            # while its worker writes can show a heartbeat of 0: only a verdict that
+            # holds on a second read counts.
+            verdict = None
+            for _ in range(2):
+                row = self.scoreboard.read(worker.slot)
+                verdict = hung_verdict(row, now, timeout, policy)
+                if verdict is None:
+                    break
+            if verdict is None:
                 continue
+            what, recycle = verdict
+            oldest = now - row.request_started if row.in_flight else 0.0
             running = ""
             if row.in_flight:
                 running = (f" while running {row.method} {row.path} for "
@@ -1291,6 +1293,18 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
+def hung_verdict(row: Any, now: float, timeout: float, policy: str
+                 ) -> tuple[str, bool] | None:
+    """Why a worker counts as hung, and whether to recycle (not kill) it; None if it isn't."""
+    silent = now - row.heartbeat
+    oldest = now - row.request_started if row.in_flight else 0.0
+    if silent > timeout:
+        return f"silent for {silent:.1f} s", False
+    if policy == "recycle" and oldest > timeout:
+        return f"a request has run for {oldest:.1f} s", True
+    return None
+
+
 def process_memory(pid: int) -> tuple[int | None, int | None]:
     """(RSS, USS) in bytes of a process, from /proc; None where unknown."""
     rss = None
@@ -1318,14 +1332,18 @@ def private_memory(pid: int) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Is ``pid`` a live process (not a zombie)?"""
+    """Is ``pid`` a live process? A zombie (exited, not yet reaped) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no procfs: trust kill()
 
 
 def _queue_only(signum: int, frame: Any) -> None:

@@ -51,7 +51,6 @@ _OFF_METHODS = _OFF_STATUS + 8 * len(STATUS_CLASSES)
 _OFF_BUCKETS = _OFF_METHODS + 8 * len(METHODS)
 _OFF_DURATION_SUM = _OFF_BUCKETS + 8 * len(DURATION_BUCKETS)
 _COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}Qd")
-_QWORD = struct.Struct("<Q")
 ROW_SIZE = 512
 assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 
@@ -64,12 +63,6 @@ _OFF_REQ_START = 48
 _OFF_METHOD = 56
 _OFF_PATH = _OFF_METHOD + METHOD_SIZE
 
-_STATE = struct.Struct("<B")
-_DOUBLE = struct.Struct("<d")
-# state (+pad) .. heartbeat are not contiguous with the request fields, so the
-# request start/finish writes are grouped in two structs each.
-_REQUEST_OPEN = struct.Struct(f"<I4xd{METHOD_SIZE}s{PATH_SIZE}s")  # in_flight, started, method, path
-_REQUEST_DONE = struct.Struct("<QI")  # requests, in_flight
 
 DEFAULT_SLOTS = 1024
 
@@ -162,9 +155,19 @@ class Scoreboard:
 
 
 class SlotWriter:
-    """What a worker uses to write its own row. Cheap enough for the request path."""
+    """What a worker uses to write its own row. Cheap enough for the request path.
 
-    __slots__ = ("memory", "base", "requests", "counts", "duration_sum", "started", "method")
+    Every field is written with one aligned store through a typed memoryview
+    (``struct.pack_into`` zero-fills a field before writing it, and the master,
+    reading concurrently from another process, would now and then see a
+    heartbeat of 0 — a worker "silent" since boot). Request fields are written
+    start time first, in-flight count last, so a reader never pairs a new
+    in-flight count with a stale start.
+    """
+
+    __slots__ = ("memory", "base", "requests", "counts", "duration_sum", "started", "method",
+                 "_bytes", "_i32", "_f64", "_u64", "_heartbeat", "_state", "_in_flight",
+                 "_req_start", "_requests", "_duration_sum", "_qbase")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
@@ -174,62 +177,82 @@ class SlotWriter:
         self.duration_sum = 0.0
         self.started = 0.0
         self.method = "GET"
+        view = memoryview(memory)
+        self._bytes = view
+        self._i32 = view.cast("i")
+        self._f64 = view.cast("d")
+        self._u64 = view.cast("Q")
+        self._heartbeat = (base + _OFF_HEARTBEAT) // 8
+        self._state = base + _OFF_STATE
+        self._in_flight = (base + _OFF_IN_FLIGHT) // 4
+        self._req_start = (base + _OFF_REQ_START) // 8
+        self._requests = (base + _OFF_REQUESTS) // 8
+        self._duration_sum = (base + _OFF_DURATION_SUM) // 8
+        self._qbase = base // 8
+
+    def _write_request(self, method: str, path: str) -> None:
+        base = self.base + _OFF_METHOD
+        self._bytes[base:base + METHOD_SIZE] = \
+            method.encode("latin-1", "replace")[:METHOD_SIZE].ljust(METHOD_SIZE, b"\0")
+        base = self.base + _OFF_PATH
+        self._bytes[base:base + PATH_SIZE] = \
+            path.encode("latin-1", "replace")[:PATH_SIZE].ljust(PATH_SIZE, b"\0")
 
     def record(self, status: int, method: str, duration: float) -> None:
         """Count one finished request: its status class, method and duration bucket."""
-        base = self.base
         counts = self.counts
-        offsets = (
+        u64 = self._u64
+        qbase = self._qbase
+        for offset in (
             _OFF_STATUS + 8 * (min(max(status // 100, 1), 5) - 1),
             _OFF_METHODS + 8 * _METHOD_INDEX.get(method, 7),
             _OFF_BUCKETS + 8 * bisect_left(DURATION_BUCKETS, duration),
-        )
-        for offset in offsets:
+        ):
             index = offset >> 3
             counts[index] += 1
-            _QWORD.pack_into(self.memory, base + offset, counts[index])
+            u64[qbase + index] = counts[index]
         self.duration_sum += duration
-        _DOUBLE.pack_into(self.memory, base + _OFF_DURATION_SUM, self.duration_sum)
+        self._f64[self._duration_sum] = self.duration_sum
 
     def set_pid(self, pid: int) -> None:
-        struct.pack_into("<i", self.memory, self.base, pid)
+        self._i32[self.base // 4] = pid
 
     def set_state(self, state: int) -> None:
-        _STATE.pack_into(self.memory, self.base + _OFF_STATE, state)
+        self._bytes[self._state] = state
 
     def heartbeat(self) -> None:
-        _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, time.monotonic())
+        self._f64[self._heartbeat] = time.monotonic()
 
     def request_started(self, method: str, path: str) -> None:
         now = time.monotonic()
         self.started = now
         self.method = method
-        _STATE.pack_into(self.memory, self.base + _OFF_STATE, BUSY)
-        _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, now)
-        _REQUEST_OPEN.pack_into(self.memory, self.base + _OFF_IN_FLIGHT, 1, now,
-                                method.encode("latin-1", "replace")[:METHOD_SIZE],
-                                path.encode("latin-1", "replace")[:PATH_SIZE])
+        self._f64[self._req_start] = now
+        self._write_request(method, path)
+        self._f64[self._heartbeat] = now
+        self._i32[self._in_flight] = 1
+        self._bytes[self._state] = BUSY
 
     def show_in_flight(self, in_flight: int, started: float, method: str, path: str) -> None:
         """For workers running several requests at once: the count and the oldest one."""
-        _STATE.pack_into(self.memory, self.base + _OFF_STATE, BUSY if in_flight else IDLE)
-        _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, time.monotonic())
-        _REQUEST_OPEN.pack_into(self.memory, self.base + _OFF_IN_FLIGHT, in_flight, started,
-                                method.encode("latin-1", "replace")[:METHOD_SIZE],
-                                path.encode("latin-1", "replace")[:PATH_SIZE])
+        self._f64[self._req_start] = started
+        self._write_request(method, path)
+        self._f64[self._heartbeat] = time.monotonic()
+        self._i32[self._in_flight] = in_flight
+        self._bytes[self._state] = BUSY if in_flight else IDLE
 
     def count_request(self, status: int = 0, method: str = "", duration: float = 0.0) -> None:
         """One more request served (the in-flight fields are written separately);
         with a status, it is counted in the request counters too."""
         self.requests += 1
-        _QWORD.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests)
+        self._u64[self._requests] = self.requests
         if status:
             self.record(status, method, duration)
 
     def add_counters(self, counters: Counters, requests: int) -> None:
         """Fold in what someone else counted (a forked worker's child)."""
         self.requests += requests
-        _QWORD.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests)
+        self._u64[self._requests] = self.requests
         for first, values in ((_OFF_STATUS, counters.by_status),
                               (_OFF_METHODS, counters.by_method),
                               (_OFF_BUCKETS, counters.buckets)):
@@ -237,13 +260,15 @@ class SlotWriter:
                 if value:
                     index = (first >> 3) + i
                     self.counts[index] += value
-                    _QWORD.pack_into(self.memory, self.base + first + 8 * i, self.counts[index])
+                    self._u64[self._qbase + index] = self.counts[index]
         self.duration_sum += counters.duration_sum
-        _DOUBLE.pack_into(self.memory, self.base + _OFF_DURATION_SUM, self.duration_sum)
+        self._f64[self._duration_sum] = self.duration_sum
 
     def request_finished(self, status: int) -> None:
-        self.record(status, self.method, time.monotonic() - self.started)
+        now = time.monotonic()
+        self.record(status, self.method, now - self.started)
+        self._i32[self._in_flight] = 0
         self.requests += 1
-        _REQUEST_DONE.pack_into(self.memory, self.base + _OFF_REQUESTS, self.requests, 0)
-        _DOUBLE.pack_into(self.memory, self.base + _OFF_HEARTBEAT, time.monotonic())
-        _STATE.pack_into(self.memory, self.base + _OFF_STATE, IDLE)
+        self._u64[self._requests] = self.requests
+        self._f64[self._heartbeat] = now
+        self._bytes[self._state] = IDLE

@@ -96,3 +96,37 @@ def test_scoreboard_rows_are_shared_with_a_forked_writer():
     assert (row.state, row.in_flight, row.requests) == (IDLE, 0, 1)
     board.release(2)
     assert board.read(2).pid == 0
+
+
+def test_a_reader_never_sees_a_torn_heartbeat_or_start_while_a_worker_writes():
+    """The master reads rows while workers write them from other processes."""
+    import signal
+    import time
+
+    board = Scoreboard(slots=2)
+    board.claim(1, generation=1, number=1)
+    writer = board.writer(1)
+    writer.heartbeat()
+    pid = os.fork()
+    if pid == 0:  # the worker: write as fast as it can
+        try:
+            while True:
+                writer.request_started("GET", "/x")
+                writer.heartbeat()
+                writer.request_finished(200)
+                writer.show_in_flight(2, time.monotonic(), "POST", "/y")
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 1.0
+        reads = 0
+        while time.monotonic() < deadline:
+            row = board.read(1)
+            reads += 1
+            assert row.heartbeat > 0.0
+            if row.in_flight:
+                assert row.request_started > 0.0
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert reads > 1000
