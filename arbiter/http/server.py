@@ -48,7 +48,7 @@ from arbiter.http.wsgi import (
 )
 from arbiter.tls import HANDSHAKE_ERRORS, close_notify, handshake
 
-__all__ = ["serve_connection", "DRAIN_LIMIT"]
+__all__ = ["serve_connection", "send_all", "DRAIN_LIMIT"]
 
 DRAIN_LIMIT = 1024 * 1024  # unread request body we read and discard to keep a connection
 _RECV_SIZE = 65536
@@ -124,35 +124,7 @@ class _Channel:
 
     def send(self, data: bytes) -> None:
         """Write all of ``data``; ClientDisconnected if the peer is gone or stalls."""
-        sock = self.sock
-        try:
-            sent = sock.send(data, _MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            raise ClientDisconnected(f"send failed: {exc}") from None
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
-        if self._wpoll is None:
-            self._wpoll = select.poll()
-            self._wpoll.register(sock, _POLLOUT)
-        deadline = time.monotonic() + self.stall
-        while view:
-            self.observer.heartbeat()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ClientDisconnected("write timed out")
-            if not self._wpoll.poll(min(remaining, 1.0) * 1000.0):
-                continue
-            try:
-                sent = sock.send(view, _MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
-                raise ClientDisconnected(f"send failed: {exc}") from None
-            view = view[sent:]
-            deadline = time.monotonic() + self.stall
+        send_all(self.sock, data, self.stall, self.observer.heartbeat)
 
     def sendfile(self, file: Any, offset: int, count: int) -> int:
         """``socket.sendfile`` (zero-copy) with the stall limit as its timeout."""
@@ -280,6 +252,43 @@ class _TLSChannel(_Channel):
     def linger_close(self) -> None:
         close_notify(self.sock)  # then half-close: the SSLSocket reads raw bytes from here on
         super().linger_close()
+
+
+def send_all(sock: socket.socket, data: bytes, stall: float,
+             on_wait: Callable[[], None] | None = None) -> None:
+    """Write all of ``data`` to a plain socket: one non-blocking ``send`` on the hot
+    path, then poll-and-send, waiting at most ``stall`` seconds for any progress
+    (``on_wait`` is called before each wait: the worker's heartbeat).
+    ClientDisconnected if the peer is gone or stalls. Shared by the blocking
+    driver and the pooled worker's threads."""
+    try:
+        sent = sock.send(data, _MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError as exc:
+        raise ClientDisconnected(f"send failed: {exc}") from None
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
+    poller = select.poll()
+    poller.register(sock, _POLLOUT)
+    deadline = time.monotonic() + stall
+    while view:
+        if on_wait is not None:
+            on_wait()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientDisconnected("write timed out")
+        if not poller.poll(min(remaining, 1.0) * 1000.0):
+            continue
+        try:
+            sent = sock.send(view, _MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:
+            raise ClientDisconnected(f"send failed: {exc}") from None
+        view = view[sent:]
+        deadline = time.monotonic() + stall
 
 
 def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockname: Any, *,

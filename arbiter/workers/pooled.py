@@ -72,7 +72,7 @@ from arbiter.http import (
     StreamInput,
 )
 from arbiter.http.parsers import make_head_parser
-from arbiter.http.server import DRAIN_LIMIT
+from arbiter.http.server import DRAIN_LIMIT, send_all
 from arbiter.tls import HANDSHAKE_ERRORS, close_notify, wrap
 from arbiter.workers.base import Worker
 
@@ -777,36 +777,6 @@ class PooledWorker(Worker):
                 http.receive_data(data)
                 continue
             return http.message_complete
-
-
-def send_all(sock: socket.socket, data: bytes, stall: float) -> None:
-    """Write all of ``data`` to a non-blocking socket, waiting at most ``stall`` per progress."""
-    try:
-        sent = sock.send(data, _MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError as exc:
-        raise ClientDisconnected(f"send failed: {exc}") from None
-    if sent == len(data):
-        return
-    view = memoryview(data)[sent:]
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    deadline = time.monotonic() + stall
-    while view:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClientDisconnected("write timed out")
-        if not poller.poll(min(remaining, 1.0) * 1000.0):
-            continue
-        try:
-            sent = sock.send(view, _MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            continue
-        except OSError as exc:
-            raise ClientDisconnected(f"send failed: {exc}") from None
-        view = view[sent:]
-        deadline = time.monotonic() + stall
 
 
 def sendfile_for(sock: socket.socket, stall: float) -> Callable[[Any, int, int], int]:
