@@ -48,7 +48,7 @@ from arbiter.http.wsgi import (
 )
 from arbiter.tls import HANDSHAKE_ERRORS, close_notify, handshake
 
-__all__ = ["serve_connection", "send_all", "DRAIN_LIMIT"]
+__all__ = ["serve_connection", "send_all", "next_body_chunk", "DRAIN_LIMIT"]
 
 DRAIN_LIMIT = 1024 * 1024  # unread request body we read and discard to keep a connection
 _RECV_SIZE = 65536
@@ -254,6 +254,29 @@ class _TLSChannel(_Channel):
         super().linger_close()
 
 
+def next_body_chunk(conn: HTTPConnection, recv: Callable[[], bytes | None]) -> bytes:
+    """The next piece of the current request's body (b"" at its end), reading more
+    with ``recv()`` (bytes, b"" at EOF, None on timeout) as needed. A body the
+    core refuses raises RequestBodyError; a client gone or stalled raises
+    ClientDisconnected. The ``wsgi.input`` pull of every blocking reader."""
+    while True:
+        event = conn.next_event()
+        etype = type(event)
+        if etype is Data:
+            return event.data
+        if etype is EndOfMessage:
+            return b""
+        if event is NEED_DATA:
+            data = recv()
+            if data is None:
+                raise ClientDisconnected("timed out reading the request body")
+            conn.receive_data(data)
+            continue
+        if etype is ProtocolError:
+            raise RequestBodyError(event)
+        raise ClientDisconnected("connection closed inside the request body")
+
+
 def send_all(sock: socket.socket, data: bytes, stall: float,
              on_wait: Callable[[], None] | None = None) -> None:
     """Write all of ``data`` to a plain socket: one non-blocking ``send`` on the hot
@@ -446,22 +469,7 @@ def _serve_with_body(handler: WSGIHandler, conn: HTTPConnection, channel: _Chann
             continue_pending = False
             if not conn.message_complete:
                 channel.send(CONTINUE_RESPONSE)
-        while True:
-            event = conn.next_event()
-            etype = type(event)
-            if etype is Data:
-                return event.data
-            if etype is EndOfMessage:
-                return b""
-            if event is NEED_DATA:
-                data = channel.recv(read_timeout, False)
-                if data is None:
-                    raise ClientDisconnected("timed out reading the request body")
-                conn.receive_data(data)
-                continue
-            if etype is ProtocolError:
-                raise RequestBodyError(event)
-            raise ClientDisconnected("connection closed inside the request body")
+        return next_body_chunk(conn, lambda: channel.recv(read_timeout, False))
 
     def keep_alive_for_this() -> bool:
         if not allow_keep_alive():

@@ -68,11 +68,10 @@ from arbiter.http import (
     HTTPConnection,
     ProtocolError,
     Request,
-    RequestBodyError,
     StreamInput,
 )
 from arbiter.http.parsers import make_head_parser
-from arbiter.http.server import DRAIN_LIMIT, send_all
+from arbiter.http.server import DRAIN_LIMIT, next_body_chunk, send_all
 from arbiter.tls import HANDSHAKE_ERRORS, close_notify, wrap
 from arbiter.workers.base import Worker
 
@@ -734,22 +733,7 @@ class PooledWorker(Worker):
         def pull() -> bytes:
             if buffered:
                 return buffered.popleft()
-            while True:
-                event = http.next_event()
-                etype = type(event)
-                if etype is Data:
-                    return event.data
-                if etype is EndOfMessage:
-                    return b""
-                if event is NEED_DATA:
-                    data = self.recv_waiting(conn.sock, stall)
-                    if data is None:
-                        raise ClientDisconnected("timed out reading the request body")
-                    http.receive_data(data)
-                    continue
-                if etype is ProtocolError:
-                    raise RequestBodyError(event)
-                raise ClientDisconnected("connection closed inside the request body")
+            return next_body_chunk(http, lambda: self.recv_waiting(conn.sock, stall))
 
         return pull
 
