@@ -547,7 +547,10 @@ SETTINGS: tuple[Setting, ...] = (
             "bytes; larger -> 413 (null = unlimited)"),
     Setting("forwarded_allow_ips", ("127.0.0.1", "::1"),
             list_of(trusted_ip, 'IP addresses, CIDR networks or "*"', split_commas_in_file=True),
-            'IPs/CIDRs trusted to set X-Forwarded-*, or "*"'),
+            'IPs/CIDRs trusted to set X-Forwarded-* / Forwarded, or "*"'),
+    Setting("forwarded_headers", "x-forwarded", choice("x-forwarded", "forwarded"),
+            "x-forwarded | forwarded: the one header family trusted from forwarded_allow_ips"
+            " (the other is ignored); the client is the rightmost untrusted hop"),
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
             ("--pidfile",), "FILE"),
