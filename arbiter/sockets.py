@@ -1,8 +1,8 @@
 """Listening sockets: parse bind addresses, bind or inherit them, close them.
 
 Owns the four address forms of the contract: ``host:port``, ``[v6]:port``,
-``unix:/path[:mode]`` and ``fd://N``. The master opens every listener once,
-before forking; workers inherit them. A unix socket file we created is removed
+``unix:/path[:mode]`` (mode 0666 unless the bind names one) and ``fd://N``.
+The master opens every listener once, before forking; workers inherit them. A unix socket file we created is removed
 when the listener is closed for good; an inherited one (``fd://``) is never
 unlinked.
 """
@@ -14,6 +14,11 @@ import os
 import socket
 import stat
 from dataclasses import dataclass, field
+
+
+# A unix socket a local proxy (nginx's workers run as another user) can connect to;
+# "unix:/path:0660" (or 0600) hardens it.
+UNIX_SOCKET_MODE = 0o666
 
 
 class BindError(Exception):
@@ -142,8 +147,7 @@ def open_listener(address: Address, backlog: int, reuse_port: bool = False) -> L
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(address.path)
-            if address.mode is not None:
-                os.chmod(address.path, address.mode)
+            os.chmod(address.path, UNIX_SOCKET_MODE if address.mode is None else address.mode)
             sock.listen(backlog)
         except OSError as exc:
             sock.close()

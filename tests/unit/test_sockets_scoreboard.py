@@ -63,6 +63,19 @@ def test_unix_listener_replaces_a_stale_socket_and_unlinks_on_close(tmp_path):
     assert not os.path.exists(path)
 
 
+def test_unix_listener_defaults_to_a_mode_a_local_proxy_can_use(tmp_path):
+    """nginx's workers run as another user: the socket is 0666 unless the bind says less."""
+    old_umask = os.umask(0o022)
+    try:
+        listener = open_listener(parse_address(f"unix:{tmp_path / 'd.sock'}"), 16)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert os.stat(tmp_path / "d.sock").st_mode & 0o777 == 0o666
+    finally:
+        listener.close()
+
+
 def test_failed_open_listeners_closes_what_it_opened():
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
