@@ -6,7 +6,9 @@ connection carries one small HTTP/1.x request (GET or HEAD), gets one answer
 with ``Connection: close``, and is closed. Everything is non-blocking; a
 client can cost the master at most ``MAX_HEAD`` bytes of buffer and
 ``DEADLINE`` seconds, and at most ``MAX_CONNECTIONS`` are open at once (the
-oldest is dropped to make room), so slow or idle clients cannot pile up.
+oldest is dropped to make room), so slow or idle clients cannot pile up. An
+error while serving one client answers it 400 and closes it; the master's
+loop goes on.
 
 Routes:
 
@@ -83,10 +85,11 @@ def _strict_json(value: Any) -> Any:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbox", "outbox", "deadline", "answered", "closing")
+    __slots__ = ("sock", "fd", "inbox", "outbox", "deadline", "answered", "closing")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.inbox = b""
         self.outbox = b""
         self.deadline = deadline
@@ -160,6 +163,19 @@ class AdminServer:
                 self._drop(conn)
 
     def _on_client(self, conn: _Conn, mask: int) -> None:
+        try:
+            self._serve_client(conn, mask)
+        except Exception:  # noqa: BLE001 -- whatever it is, only this client pays
+            self.log.exception("admin client failed")
+            if not conn.answered:
+                try:
+                    conn.sock.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                   b"Connection: close\r\n\r\n")
+                except OSError:
+                    pass
+            self._drop(conn)
+
+    def _serve_client(self, conn: _Conn, mask: int) -> None:
         self.tick()
         if conn.sock.fileno() < 0:
             return
@@ -305,10 +321,10 @@ class AdminServer:
                              lambda m, c=conn: self._on_client(c, m))
 
     def _drop(self, conn: _Conn) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0:
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        if conn.sock.fileno() < 0:
             return
-        self.conns.pop(fd, None)
         if self.selector is not None:
             try:
                 self.selector.unregister(conn.sock)

@@ -17,7 +17,18 @@ from typing import Any
 
 
 class AppLoadError(Exception):
-    """The app could not be loaded; str() is the reason with the traceback."""
+    """The app could not be loaded; str() is the reason with the traceback, ``summary``
+    one line for a deploy script (the exception's last line, ``ImportError: ...``)."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        lines = message.strip().splitlines()
+        self.summary = summary or (lines[-1] if lines else "")
+
+
+def _exception_line() -> str:
+    """The current exception as its traceback's last line: ``ImportError: no module x``."""
+    return "".join(traceback.format_exception_only(*sys.exc_info()[:2])).strip().splitlines()[-1]
 
 
 def prepare_import_path(chdir: str | None, pythonpath: Iterable[str]) -> None:
@@ -62,7 +73,7 @@ def load_app(spec: str) -> Callable[..., Any]:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise AppLoadError(f"cannot import module {module_name!r} for app {spec!r}:\n"
-                           f"{traceback.format_exc()}") from None
+                           f"{traceback.format_exc()}", _exception_line()) from None
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]
@@ -88,7 +99,8 @@ def load_app(spec: str) -> Callable[..., Any]:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            raise AppLoadError(f"app factory {spec!r} raised:\n{traceback.format_exc()}") from None
+            raise AppLoadError(f"app factory {spec!r} raised:\n{traceback.format_exc()}",
+                               _exception_line()) from None
     if not callable(target):
         raise AppLoadError(f"app {spec!r} is not callable (got {type(target).__name__})")
     return target

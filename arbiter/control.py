@@ -7,6 +7,14 @@ non-blocking and is driven by the master's own selector loop — no thread in
 the master. An answer may be deferred (``ctl reload`` is answered when the
 reload transaction commits or rolls back): the handler receives a ``reply``
 callable and may call it later.
+
+Nothing a client sends can take the master down: a request that is not one
+JSON object (garbage, a line nested 60,000 deep) gets ``{"ok": false,
+"error": ...}`` and the connection is closed; a client must send its whole
+command within ``REQUEST_DEADLINE`` seconds and read its answer within
+``ANSWER_DEADLINE``; at most ``MAX_CLIENTS`` are open at once (the oldest
+is dropped to make room). A client waiting on a reload is exempt from the
+answer deadline until the master answers.
 """
 
 from __future__ import annotations
@@ -16,10 +24,14 @@ import os
 import selectors
 import socket
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
 MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 32  # open control connections; the oldest is dropped beyond this
+REQUEST_DEADLINE = 5.0  # seconds a client has to send its whole command line
+ANSWER_DEADLINE = 5.0  # seconds a client has to read the answer once it is written
 
 Reply = Callable[[dict[str, Any]], None]
 Handler = Callable[[dict[str, Any], Reply], None]
@@ -38,13 +50,14 @@ def default_socket_path(pidfile: str | None) -> str | None:
 
 
 class _Client:
-    __slots__ = ("sock", "inbox", "outbox", "answered")
+    __slots__ = ("sock", "inbox", "outbox", "answered", "deadline")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.inbox = b""
         self.outbox = b""
-        self.answered = False
+        self.answered = False  # a command was taken (its answer may come later)
+        self.deadline = deadline  # drop the client past this (inf while a reload runs)
 
 
 class ControlServer:
@@ -57,6 +70,7 @@ class ControlServer:
         self.handler = handler
         self.log = log
         self.selector: selectors.BaseSelector | None = None
+        self.clients: dict[int, _Client] = {}  # by fd, oldest first
         if take_over and os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
         if os.path.exists(path):
@@ -119,12 +133,36 @@ class ControlServer:
                 self.log.warning("control socket accept failed: %s", exc)
                 return
             conn.setblocking(False)
-            client = _Client(conn)
+            while len(self.clients) >= MAX_CLIENTS:  # drop a stalled sender before a waiter
+                waiting = [c for c in self.clients.values() if not c.answered]
+                self._drop(waiting[0] if waiting else next(iter(self.clients.values())))
+            client = _Client(conn, time.monotonic() + REQUEST_DEADLINE)
+            self.clients[conn.fileno()] = client
             assert self.selector is not None
             self.selector.register(conn, selectors.EVENT_READ,
                                    lambda m, c=client: self._on_client(c, m))
 
+    def tick(self) -> None:
+        """Drop clients past their deadline (cheap: at most MAX_CLIENTS); every loop turn."""
+        now = time.monotonic()
+        for client in [c for c in self.clients.values() if now >= c.deadline]:
+            self._drop(client)
+
     def _on_client(self, client: _Client, mask: int) -> None:
+        try:
+            self._serve_client(client, mask)
+        except Exception as exc:  # noqa: BLE001 -- whatever it is, only this client pays
+            self.log.exception("control client failed")
+            if not client.outbox and client.sock.fileno() >= 0:
+                try:
+                    client.sock.send(json.dumps(
+                        {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+                    ).encode() + b"\n")
+                except OSError:
+                    pass
+            self._drop(client)
+
+    def _serve_client(self, client: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ and not client.answered:
             try:
                 data = client.sock.recv(65536)
@@ -145,11 +183,15 @@ class ControlServer:
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict):
-                        raise ValueError("not an object")
-                except ValueError as exc:
+                        raise ValueError("not a JSON object")
+                except RecursionError:
+                    self._answer(client, {"ok": False, "error": "bad request: nested too deeply"})
+                    return
+                except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError too
                     self._answer(client, {"ok": False, "error": f"bad request: {exc}"})
                     return
                 client.answered = True
+                client.deadline = float("inf")  # a reload answers when it is done
                 try:
                     self.handler(request, lambda answer: self._answer(client, answer))
                 except Exception as exc:  # a bug in a command must not take the master down
@@ -162,8 +204,12 @@ class ControlServer:
         if client.sock.fileno() < 0:
             return  # the client went away while we worked on it
         client.answered = True
+        client.deadline = time.monotonic() + ANSWER_DEADLINE
         client.outbox += json.dumps(answer).encode() + b"\n"
-        self._flush(client)
+        try:
+            self._flush(client)
+        except Exception:  # noqa: BLE001 -- a deferred answer must not raise into the master
+            self._drop(client)
 
     def _flush(self, client: _Client) -> None:
         try:
@@ -182,6 +228,9 @@ class ControlServer:
             self._drop(client)
 
     def _drop(self, client: _Client) -> None:
+        for fd, known in list(self.clients.items()):
+            if known is client:
+                del self.clients[fd]
         if client.sock.fileno() < 0:
             return
         if self.selector is not None:
@@ -192,6 +241,8 @@ class ControlServer:
         client.sock.close()
 
     def close(self) -> None:
+        for client in list(self.clients.values()):
+            self._drop(client)
         if self.selector is not None:
             try:
                 self.selector.unregister(self.sock)

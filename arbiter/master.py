@@ -5,12 +5,19 @@ the workers (spawn, reap, respawn with crash-loop backoff, scale, kill the
 hung), generations and the reload transaction, the pidfile, and the exit code.
 
 The loop sleeps in one ``selectors`` wait on the signal wakeup fd
-(``signal.set_wakeup_fd`` writes each signal's number as a byte). Signal
-handlers do nothing; the loop reads which signals came and acts on them in a
-fixed order, with a tick of at most a second:
+(``signal.set_wakeup_fd`` writes each signal's number as a byte), the worker
+notice pipe (:mod:`arbiter.notices`: a worker is ready, wants a replacement,
+or failed to boot), the control socket and the admin listener. Signal
+handlers do nothing; each turn of the loop does its work first and then
+waits (at most a second, less when a deadline is due), in a fixed order:
 
     signals -> reap -> (stopping?) -> reload progress -> boot checks
-    -> hung workers -> kill deadlines -> spawn / retire to the target count
+    -> hung workers -> recycles -> kill deadlines -> spawn / retire to the
+    target count -> wait
+
+so the first workers are forked before the master first waits, and a
+worker's "ready" ends the wait at once: start, reload and scale-up never
+wait for a tick.
 
 A reload (HUP) is a transaction: the new config is validated, a new
 generation of workers is started with it, and only when every one of them has
@@ -37,6 +44,7 @@ from arbiter import logs, systemd
 from arbiter.appload import AppLoadError, forget_project_modules, load_app, prepare_import_path
 from arbiter.control import ControlServer, default_socket_path
 from arbiter.hooks import HookError, Hooks, load_hooks
+from arbiter.notices import FAILED, NoticePipe
 from arbiter.scoreboard import (
     BOOTING,
     DURATION_BUCKETS,
@@ -56,7 +64,7 @@ from arbiter.sockets import (
 )
 from arbiter.tls import server_context
 from arbiter.workers import worker_class
-from arbiter.workers.base import EXIT_APP_LOAD_FAILED, TRACEBACK_SIGNAL
+from arbiter.workers.base import EXIT_APP_LOAD_FAILED, EXIT_APP_NOT_WSGI, TRACEBACK_SIGNAL
 
 try:
     from setproctitle import setproctitle
@@ -78,6 +86,7 @@ UPGRADE_ADMIN_ENV = "ARBITER_UPGRADE_ADMIN"  # "fd=bind" of the admin listener
 
 # Why workers were replaced, as `ctl status` and the metrics count them.
 RESTART_REASONS = {"timed out": "timeout", "max_worker_memory": "memory",
+                   "max_requests": "max_requests",
                    "replaced by reload": "reload", "scaled down": "scale_down",
                    "WINCH": "winch", "reload rolled back": "reload"}
 
@@ -128,6 +137,7 @@ class WorkerProcess:
     killed: bool = False
     reason: str = ""  # why it is being stopped, for the log
     awaiting_replacement: bool = False  # recycle (TERM) once a replacement is ready
+    failure: str = ""  # why it could not boot, as the worker said (the exception's last line)
 
 
 @dataclass
@@ -229,6 +239,7 @@ class Master:
         self.control: ControlServer | None = None
         self.admin: Any = None  # arbiter.admin.AdminServer when admin_bind is set
         self.draining_until = 0.0  # TERM with drain_delay: /readyz 503 until then
+        self.notices: NoticePipe | None = None  # workers -> master: ready, recycle, failed
 
     # -- start ---------------------------------------------------------------
     def start(self) -> None:
@@ -302,6 +313,9 @@ class Master:
         self.scoreboard = Scoreboard()
         setproctitle(f"arbiter: master [{cfg.proc_name}]")
         self.install_signals()
+        self.notices = NoticePipe()
+        assert self.selector is not None
+        self.selector.register(self.notices.fileno(), selectors.EVENT_READ, self.read_notices)
         control_path = cfg.control_socket or default_socket_path(cfg.pidfile)
         if control_path:
             try:
@@ -381,35 +395,40 @@ class Master:
     # -- the loop --------------------------------------------------------------
     def run(self) -> int:
         try:
-            while True:
+            while not self.turn():
                 self.wait_for_events()
-                self.ping_watchdog()
-                if self.admin is not None:
-                    self.admin.tick()  # close admin clients past their deadline
-                for sig in self.read_signals():
-                    self.handle_signal(sig)
-                self.reap_workers()
-                if self.draining_until and not self.stop_mode \
-                        and time.monotonic() >= self.draining_until:
-                    self.begin_stop("graceful")
-                if self.stop_mode:
-                    if self.stop_progress():
-                        break
-                    continue
-                if self.reload_requested and self.pending is None:
-                    self.reload_requested = False
-                    self.begin_reload()
-                self.check_boots()
-                self.announce_first_ready()
-                self.check_reload()
-                self.kill_hung_workers()
-                self.recycle_large_workers()
-                self.retire_replaced_workers()
-                self.enforce_kill_deadlines()
-                self.manage_workers()
         finally:
             self.shutdown()
         return self.exit_code
+
+    def turn(self) -> bool:
+        """One turn of the loop: act on what happened; True once the master is done."""
+        self.ping_watchdog()
+        if self.admin is not None:
+            self.admin.tick()  # close admin clients past their deadline
+        if self.control is not None:
+            self.control.tick()  # and control clients
+        for sig in self.read_signals():
+            self.handle_signal(sig)
+        self.reap_workers()
+        if self.draining_until and not self.stop_mode \
+                and time.monotonic() >= self.draining_until:
+            self.begin_stop("graceful")
+        if self.stop_mode:
+            return self.stop_progress()
+        if self.reload_requested and self.pending is None:
+            self.reload_requested = False
+            self.begin_reload()
+        self.check_boots()
+        self.announce_first_ready()
+        self.check_reload()
+        self.kill_hung_workers()
+        self.recycle_requested_workers()
+        self.recycle_large_workers()
+        self.retire_replaced_workers()
+        self.enforce_kill_deadlines()
+        self.manage_workers()
+        return False
 
     def wait_for_events(self) -> None:
         timeout = 1.0
@@ -427,8 +446,37 @@ class Master:
             timeout = min(timeout, max(0.0, self.draining_until - now))
         assert self.selector is not None
         for key, mask in self.selector.select(max(timeout, 0.0)):
-            if key.data is not None:  # the control socket and its clients
+            if key.data is None:  # the signal wakeup fd: read at the start of the turn
+                continue
+            try:  # the notice pipe, the control socket, the admin listener, their clients
                 key.data(mask)
+            except Exception:  # noqa: BLE001 -- nothing a client sends may stop the master
+                self.log.exception("error while serving %r; the master goes on", key.fileobj)
+                self.drop_client(key)
+
+    def drop_client(self, key: selectors.SelectorKey) -> None:
+        """After an error serving a ctl or admin client: close that client, keep the rest."""
+        servers = [self.control.sock if self.control else None,
+                   self.admin.sock if self.admin else None,
+                   self.notices.fileno() if self.notices else None]
+        if key.fileobj in servers:
+            return  # a listener (or the notice pipe): keep it
+        assert self.selector is not None
+        try:
+            self.selector.unregister(key.fileobj)
+        except (KeyError, ValueError):
+            pass
+        close = getattr(key.fileobj, "close", None)
+        if close is not None:
+            close()
+
+    def read_notices(self, mask: int) -> None:
+        """Workers' notices: keep a boot failure's reason; the turn does the rest."""
+        assert self.notices is not None
+        for notice in self.notices.read():
+            worker = self.workers.get(notice.pid)
+            if worker is not None and notice.kind == FAILED:
+                worker.failure = notice.text
 
     def read_signals(self) -> list[int]:
         try:
@@ -497,9 +545,12 @@ class Master:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
-        except OSError:
+        except OSError as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            raise
+            self.scoreboard.release(slot)
+            self.log.error("cannot fork a worker: %s; trying again in 1 s", exc)
+            self.next_spawn_at = time.monotonic() + 1.0
+            return
         if pid:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.workers[pid] = WorkerProcess(pid, slot, number, gen, time.monotonic())
@@ -528,9 +579,13 @@ class Master:
         signal.set_wakeup_fd(-1)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # Close the master's fds here; never unregister them: the epoll instance is
+        # shared with the master across fork, and an unregister would be the master's.
+        assert self.notices is not None
+        self.notices.become_writer()
         for key in list(self.selector.get_map().values()):
-            if key.data is not None:  # the control socket and its clients: the master's
-                key.fileobj.close()  # type: ignore[union-attr]
+            if key.data is not None and hasattr(key.fileobj, "close"):
+                key.fileobj.close()  # the control socket, admin listener, their clients
         self.selector.close()
         os.close(self.signal_r)
         os.close(self.signal_w)
@@ -542,7 +597,7 @@ class Master:
         worker = gen.worker_cls(cfg=gen.cfg, listeners=gen.listeners,
                                 slot=self.scoreboard.writer(slot), number=number,
                                 generation=gen.number, master_pid=self.pid, app=gen.app,
-                                log=self.log, tls=gen.tls)
+                                log=self.log, tls=gen.tls, notices=self.notices)
         if self.worker_identity:  # after the worker opened its log files
             drop_privileges(*self.worker_identity)
         if gen.hooks is not None:
@@ -558,6 +613,8 @@ class Master:
         return None
 
     def reap_workers(self) -> None:
+        if self.notices is not None:
+            self.read_notices(0)  # a dying worker's reason, written before it exited
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -596,7 +653,7 @@ class Master:
                 self.count_restart(RESTART_REASONS.get(worker.reason, "crash"))
             return
         if worker.ready and code == 0:
-            self.log.info("%s recycled itself (max_requests); replacing it", label)
+            self.log.info("%s exited by itself; replacing it", label)
             self.count_restart("max_requests")
             return
         if worker.ready:
@@ -605,17 +662,26 @@ class Master:
             return
         self.count_restart("crash")
         # Died before it was ready: a boot failure.
+        why = f"a new worker failed to boot ({how})"
+        if worker.failure:
+            why += f": {worker.failure} (traceback in the error log, "
+            why += f"{describe_log_target(worker.generation.cfg.log.error_log)})"
         if self.pending and worker.generation is self.pending.generation:
-            self.abort_reload(f"a new worker failed to boot ({how})")
+            self.abort_reload(why)
             return
         self.mark_ready_workers()  # a sibling may have booted since the last turn
-        if code == EXIT_APP_LOAD_FAILED and not self.ever_ready:
-            self.log.error("the app cannot be loaded at first start (see the traceback above); "
-                           "exiting")
-            self.exit_code = EXIT_APP
+        if code in (EXIT_APP_LOAD_FAILED, EXIT_APP_NOT_WSGI) and not self.ever_ready:
+            if code == EXIT_APP_NOT_WSGI:
+                self.log.error("%s; exiting", worker.failure or "the app is not a WSGI app")
+                self.exit_code = EXIT_CONFIG
+            else:
+                self.log.error("the app cannot be loaded at first start (see the traceback "
+                               "above); exiting")
+                self.exit_code = EXIT_APP
             self.begin_stop("fast")
             return
-        self.note_boot_failure(f"{label} failed to boot ({how})")
+        self.note_boot_failure(f"{label} failed to boot ({how}"
+                               + (f": {worker.failure})" if worker.failure else ")"))
 
     def note_boot_failure(self, why: str) -> None:
         self.boot_failures += 1
@@ -668,7 +734,8 @@ class Master:
         now = time.monotonic()
         for worker in list(self.workers.values()):
             timeout = worker.generation.cfg.timeout
-            if not timeout or not worker.ready or worker.kill_at is not None:
+            if not timeout or not worker.ready or worker.kill_at is not None \
+                    or worker.reason == "timed out":  # reported already
                 continue
             policy = getattr(worker.generation.worker_cls, "hung_policy", "kill")
             # struct.pack_into zero-fills a field before writing it, so a row read
@@ -698,11 +765,26 @@ class Master:
             except ProcessLookupError:
                 continue
             worker.reason = "timed out"
-            if recycle:
-                self.stop_worker(worker, signal.SIGTERM, "timed out")
+            if recycle:  # its other threads still serve: stop it once a replacement is ready
+                worker.retiring = True
+                worker.awaiting_replacement = True
             else:
                 worker.retiring = True
                 worker.kill_at = now + TIMEOUT_KILL_GRACE
+
+    def recycle_requested_workers(self) -> None:
+        """max_requests: a worker that asked to be replaced keeps serving while its
+        replacement boots, and is told to stop once that one is ready."""
+        assert self.scoreboard is not None
+        for worker in self.workers.values():
+            if worker.retiring or not worker.ready or not self.scoreboard.wants_recycle(
+                    worker.slot):
+                continue
+            self.log.info("worker #%d (pid %d) reached max_requests: starting its replacement",
+                          worker.number, worker.pid)
+            worker.retiring = True
+            worker.reason = "max_requests"
+            worker.awaiting_replacement = True
 
     def recycle_large_workers(self) -> None:
         """max_worker_memory: recycle a worker whose private memory (USS) grew too large.
@@ -832,7 +914,9 @@ class Master:
                 for lst in opened:
                     self.listeners.pop(lst.address.text, None)
                 self.close_listeners(opened)
-                self.reload_aborted(str(exc))
+                self.log.error("reload: the app cannot be loaded: %s", exc)
+                self.reload_aborted(f"the app cannot be loaded: {exc.summary} (traceback in the "
+                                    f"error log, {describe_log_target(self.cfg.log.error_log)})")
                 return
         try:
             hooks = load_hooks(new_cfg.hooks, self.log)
@@ -1119,10 +1203,15 @@ class Master:
         }
 
     def serving_ready(self) -> bool:
-        """/readyz: some worker of the current generation is ready and we're not stopping."""
+        """/readyz: some worker of the current generation serves and we're not stopping.
+
+        A worker being recycled (max_requests, max_worker_memory, a hung request
+        in a thread worker) still serves until its replacement is ready, so a
+        routine recycle never takes readiness away."""
         if self.stop_mode or self.draining_until or self.current is None:
             return False
-        return any(w.ready for w in self.live_workers(self.current))
+        return any(w.ready and (not w.retiring or w.awaiting_replacement)
+                   for w in self.workers.values() if w.generation is self.current)
 
     def count_restart(self, reason: str) -> None:
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
@@ -1241,6 +1330,15 @@ class Master:
             remove_pidfile(self.cfg.pidfile + ".oldbin", self.pid)
         signal.set_wakeup_fd(-1)
         self.log.info("arbiter master (pid %d) exiting with code %d", self.pid, self.exit_code)
+
+
+def describe_log_target(error_log: str) -> str:
+    """Where the error log goes, in words: for "see the traceback in ..." messages."""
+    if error_log == "-":
+        return "stderr"
+    if error_log == "syslog":
+        return "syslog"
+    return os.path.abspath(error_log)
 
 
 def resolve_identity(user: str | int | None, group: str | int | None) -> tuple[int, int] | None:

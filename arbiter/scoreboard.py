@@ -56,6 +56,7 @@ assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 
 # Offsets of the fields a worker updates on its hot path.
 _OFF_STATE = 12
+_OFF_RECYCLE = 13  # one byte in the row's padding: 1 = "replace me" (max_requests)
 _OFF_HEARTBEAT = 24
 _OFF_REQUESTS = 32
 _OFF_IN_FLIGHT = 40
@@ -134,6 +135,10 @@ class Scoreboard:
         n_status, n_methods = len(STATUS_CLASSES), len(METHODS)
         return Counters(list(values[:n_status]), list(values[n_status:n_status + n_methods]),
                         list(values[n_status + n_methods:-1]), values[-1])
+
+    def wants_recycle(self, slot: int) -> bool:
+        """Did the worker in ``slot`` ask to be replaced (it reached ``max_requests``)?"""
+        return self.memory[slot * ROW_SIZE + _OFF_RECYCLE] != 0
 
     def release(self, slot: int) -> None:
         self.memory[slot * ROW_SIZE:(slot + 1) * ROW_SIZE] = bytes(ROW_SIZE)
@@ -223,6 +228,10 @@ class SlotWriter:
     def heartbeat(self) -> None:
         self._f64[self._heartbeat] = time.monotonic()
 
+    def ask_for_recycle(self) -> None:
+        """Ask the master for a replacement; this worker serves on until it is stopped."""
+        self._bytes[self.base + _OFF_RECYCLE] = 1
+
     def request_started(self, method: str, path: str) -> None:
         now = time.monotonic()
         self.started = now
@@ -249,20 +258,26 @@ class SlotWriter:
         if status:
             self.record(status, method, duration)
 
-    def add_counters(self, counters: Counters, requests: int) -> None:
-        """Fold in what someone else counted (a forked worker's child)."""
-        self.requests += requests
-        self._u64[self._requests] = self.requests
+    def set_counters(self, counters: Counters, requests: int) -> None:
+        """Publish totals someone else counted (a forked worker: its children's requests).
+
+        Each field only ever grows, and is written with one store, so a reader
+        never sees a count go back.
+        """
+        if requests != self.requests:
+            self.requests = requests
+            self._u64[self._requests] = requests
         for first, values in ((_OFF_STATUS, counters.by_status),
                               (_OFF_METHODS, counters.by_method),
                               (_OFF_BUCKETS, counters.buckets)):
             for i, value in enumerate(values):
-                if value:
-                    index = (first >> 3) + i
-                    self.counts[index] += value
-                    self._u64[self._qbase + index] = self.counts[index]
-        self.duration_sum += counters.duration_sum
-        self._f64[self._duration_sum] = self.duration_sum
+                index = (first >> 3) + i
+                if value != self.counts[index]:
+                    self.counts[index] = value
+                    self._u64[self._qbase + index] = value
+        if counters.duration_sum != self.duration_sum:
+            self.duration_sum = counters.duration_sum
+            self._f64[self._duration_sum] = self.duration_sum
 
     def request_finished(self, status: int) -> None:
         now = time.monotonic()

@@ -28,6 +28,7 @@ from typing import Any
 from arbiter import logs, workers
 from arbiter.appload import AppLoadError, load_app
 from arbiter.http import HTTPSettings, WSGIHandler
+from arbiter.notices import FAILED, READY, RECYCLE, NoticePipe
 from arbiter.scoreboard import DRAINING, IDLE, SlotWriter
 
 try:  # imported here, in the master: a worker may have dropped privileges by the time it runs
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - a hard dependency, but never fatal
 # Exit codes a worker reports to the master.
 EXIT_OK = 0
 EXIT_APP_LOAD_FAILED = 3  # the app could not be imported/created at boot
+EXIT_APP_NOT_WSGI = 4  # the app loaded but is not a WSGI callable (an ASGI app)
 
 # The signal the master sends before killing a hung worker: dump tracebacks.
 TRACEBACK_SIGNAL = signal.SIGUSR2
@@ -109,7 +111,8 @@ class Worker:
 
     def __init__(self, *, cfg: Any, listeners: list, slot: SlotWriter, number: int,
                  generation: int, master_pid: int, app: Any = None,
-                 log: logging.Logger, tls: ssl.SSLContext | None = None) -> None:
+                 log: logging.Logger, tls: ssl.SSLContext | None = None,
+                 notices: NoticePipe | None = None) -> None:
         self.cfg = cfg
         self.listeners = listeners
         self.slot = slot
@@ -124,6 +127,8 @@ class Worker:
         self.alive = True
         self.reopen_requested = False
         self.requests_served = 0
+        self.recycle_asked = False
+        self.notices = notices  # wakes the master: ready, recycle me, failed to boot
         self.max_requests = 0
         if cfg.max_requests:
             self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
@@ -152,6 +157,7 @@ class Worker:
             except AppLoadError as exc:
                 self.log.error("worker #%d (pid %d) could not load the app: %s",
                                self.number, os.getpid(), exc)
+                self.notify(FAILED, exc.summary)
                 return EXIT_APP_LOAD_FAILED
         workers.current_worker_type = self.worker_type
         self.handler = WSGIHandler(
@@ -160,6 +166,7 @@ class Worker:
             self.log, self.access_log if self.access_log.enabled else None)
         self.slot.heartbeat()
         self.slot.set_state(IDLE)  # the master counts this worker as ready from here
+        self.notify(READY)
         self.log.debug("worker #%d (pid %d) booted", self.number, os.getpid())
         try:
             self.serve()
@@ -171,6 +178,22 @@ class Worker:
 
     def serve(self) -> None:
         raise NotImplementedError
+
+    def notify(self, kind: str, text: str = "") -> None:
+        """Wake the master with a notice (see :mod:`arbiter.notices`)."""
+        if self.notices is not None:
+            self.notices.send(kind, text)
+
+    def ask_for_recycle(self) -> None:
+        """``max_requests`` reached: ask the master to start a replacement, and serve on
+        until it tells us to stop (TERM), so readiness never dips during a recycle."""
+        if self.recycle_asked or not self.alive:
+            return
+        self.recycle_asked = True
+        self.log.info("worker #%d (pid %d) served %d requests (max_requests): recycling once "
+                      "its replacement is ready", self.number, os.getpid(), self.requests_served)
+        self.slot.ask_for_recycle()
+        self.notify(RECYCLE)
 
     # -- signals ---------------------------------------------------------------
     def install_signals(self) -> None:
@@ -271,8 +294,6 @@ class Worker:
                 self.slot.count_request(status, method, now - started if started else 0.0)
                 self._show_running()
         self.requests_served += 1
-        if self.max_requests and self.requests_served >= self.max_requests and self.alive:
-            self.log.info("worker #%d (pid %d) served %d requests (max_requests): recycling",
-                          self.number, os.getpid(), self.requests_served)
-            self.alive = False
+        if self.max_requests and self.requests_served >= self.max_requests:
+            self.ask_for_recycle()
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arbiter.http import serve_connection
-from arbiter.scoreboard import Scoreboard, SlotWriter
+from arbiter.scoreboard import Counters, Scoreboard, SlotWriter
 from arbiter.workers.base import TRACEBACK_SIGNAL, Worker, setproctitle
 
 # Between SIGUSR2 (traceback) and SIGKILL for a hung child.
@@ -101,15 +101,17 @@ class ChildBoard:
 
 
 class ChildObserver:
-    """The HTTP core's observer inside a child: writes the child's row, nothing else."""
+    """The HTTP core's observer inside a child: writes the child's rows, nothing else,
+    and pokes the worker after each request so its counts show at once."""
 
-    __slots__ = ("memory", "offset", "requests", "counters")
+    __slots__ = ("memory", "offset", "requests", "counters", "poke_fd")
 
-    def __init__(self, board: ChildBoard, row: int, counters: SlotWriter) -> None:
+    def __init__(self, board: ChildBoard, row: int, counters: SlotWriter, poke_fd: int) -> None:
         self.memory = board.memory
         self.offset = row * _CHILD_ROW_SIZE
         self.requests = 0
-        self.counters = counters  # the child's request counters, folded in by the worker
+        self.counters = counters  # the child's request counters, published by the worker
+        self.poke_fd = poke_fd
 
     def heartbeat(self) -> None:
         return None  # the worker's own loop beats for it
@@ -122,10 +124,14 @@ class ChildObserver:
                              path.encode("latin-1", "replace")[:96])
 
     def request_finished(self, status: int) -> None:
-        self.counters.record(status, self.counters.method,
-                             time.monotonic() - self.counters.started)
+        self.counters.count_request(status, self.counters.method,
+                                    time.monotonic() - self.counters.started)
         self.requests += 1
         _DONE.pack_into(self.memory, self.offset, 0.0, self.requests)
+        try:
+            os.write(self.poke_fd, b".")
+        except OSError:
+            pass  # the pipe is full: the worker is awake already
 
 
 @dataclass
@@ -170,6 +176,13 @@ class ForkedWorker(Worker):
         self.timeout = float(self.cfg.timeout)
         self.board = ChildBoard(self.limit)
         self.child_counters = Scoreboard(self.limit)  # each child's request counters
+        # What the reaped children counted; live children are added on every wakeup.
+        self.folded = Counters.zero()
+        self.folded_requests = 0
+        # A child writes a byte here after each request: the worker wakes and publishes.
+        self.poke_r, self.poke_w = os.pipe()
+        os.set_blocking(self.poke_r, False)
+        os.set_blocking(self.poke_w, False)
         self.free_rows = list(range(self.limit - 1, -1, -1))
         self.children: dict[int, Child] = {}
         self.forks = 0
@@ -190,6 +203,7 @@ class ForkedWorker(Worker):
             listener.sock.setblocking(False)
         self.watch_listeners()
         selector.register(self.wakeup_r, selectors.EVENT_READ, None)
+        selector.register(self.poke_r, selectors.EVENT_READ, "poke")
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
         try:
             try:
@@ -198,6 +212,8 @@ class ForkedWorker(Worker):
                         listener = key.data
                         if listener is None:
                             self.drain_wakeup()
+                        elif listener == "poke":
+                            self.drain_pokes()
                         else:
                             self.accept_from(listener, socknames[listener.fileno])
                     self.after_wakeup()
@@ -212,6 +228,13 @@ class ForkedWorker(Worker):
                 selector.close()
                 for listener in self.listeners:
                     listener.sock.close()
+
+    def drain_pokes(self) -> None:
+        try:
+            while os.read(self.poke_r, 4096):
+                pass
+        except OSError:
+            pass
 
     def handle_chld(self, signum: int, frame: Any) -> None:
         # The byte on the wakeup fd wakes the loop; the flag lets a busy accept loop reap.
@@ -322,6 +345,7 @@ class ForkedWorker(Worker):
                 listener.sock.close()
             os.close(self.wakeup_r)
             os.close(self.wakeup_w)
+            os.close(self.poke_r)
             if self.die_with_parent is not None:
                 self.die_with_parent()
                 if os.getppid() != worker_pid:  # the worker died before prctl
@@ -329,7 +353,8 @@ class ForkedWorker(Worker):
             setproctitle(f"arbiter: child [{self.cfg.proc_name}] #{self.number}")
             serve_connection(self.handler, conn, peer, sockname,
                              observer=ChildObserver(self.board, row,
-                                                    self.child_counters.writer(row)),
+                                                    self.child_counters.writer(row),
+                                                    self.poke_w),
                              stopping=self.stopping,
                              may_keep_alive=self.board.nobody_waiting,
                              tls=self.tls)  # TLS: the handshake is done in this child
@@ -366,23 +391,22 @@ class ForkedWorker(Worker):
             child = self.children.pop(pid, None)
             if child is None:
                 continue
-            _, served, _, _ = self.board.read(child.row)
+            served = self.child_counters.read(child.row).requests
+            self.folded.add(self.child_counters.counters(child.row))
+            self.folded_requests += served
             self.free_rows.append(child.row)
             if status and child.kill_at is None:
                 code = os.waitstatus_to_exitcode(status)
                 how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
                 self.log.warning("child pid %d (peer %s) of worker #%d ended with %s",
                                  pid, _peer_text(child.peer), self.number, how)
-            self.slot.add_counters(self.child_counters.counters(child.row), served)
             self.count_served(served)
 
     def count_served(self, served: int) -> None:
         """Apply ``max_requests`` to the requests the worker's children served."""
         self.requests_served += served
-        if self.max_requests and self.requests_served >= self.max_requests and self.alive:
-            self.log.info("worker #%d (pid %d) served %d requests (max_requests): recycling",
-                          self.number, os.getpid(), self.requests_served)
-            self.alive = False
+        if self.max_requests and self.requests_served >= self.max_requests:
+            self.ask_for_recycle()
 
     def kill_hung_children(self) -> None:
         """A request older than ``timeout``: traceback (SIGUSR2), then SIGKILL."""
@@ -417,15 +441,22 @@ class ForkedWorker(Worker):
             self.kill_child(pid, sig)
 
     def show_children(self) -> None:
-        """The worker's scoreboard row: requests running in children, and the oldest."""
+        """The worker's scoreboard row: requests running in children, the oldest, and
+        the exact counts (reaped children's plus what the live ones counted so far)."""
         running = 0
         oldest = (0.0, "", "")
+        total = Counters.zero()
+        total.add(self.folded)
+        requests = self.folded_requests
         for child in self.children.values():
             started, _, method, path = self.board.read(child.row)
+            total.add(self.child_counters.counters(child.row))
+            requests += self.child_counters.read(child.row).requests
             if started:
                 running += 1
                 if not oldest[0] or started < oldest[0]:
                     oldest = (started, method, path)
+        self.slot.set_counters(total, requests)
         self.slot.show_in_flight(running, *oldest)
 
     def stop_children(self) -> None:
@@ -446,9 +477,12 @@ class ForkedWorker(Worker):
             self.log.warning("worker #%d (pid %d): killing %d child(ren) still running after "
                              "graceful_timeout", self.number, os.getpid(), len(self.children))
             self.signal_children(signal.SIGKILL)
-            for pid in list(self.children):
+            for pid, child in list(self.children.items()):
                 try:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
                     pass
+                self.folded.add(self.child_counters.counters(child.row))
+                self.folded_requests += self.child_counters.read(child.row).requests
             self.children.clear()
+            self.show_children()  # the final counts, for the master to fold in

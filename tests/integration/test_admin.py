@@ -89,37 +89,95 @@ def readyz(admin_port: int) -> tuple[int, str] | None:
     return resp.status, resp.text
 
 
+def wait_ready(server, admin_port: int) -> None:
+    """Wait for /readyz 200 without sending the app a request (so counts start at 0)."""
+    def ready() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"arbiter exited:\n{server.stderr}")
+        return readyz(admin_port) == (200, "ready\n")
+    wait_for(ready, 15, message="/readyz 200")
+
+
+def drive(port: int, clients: int, seconds: float, requests: list,
+          keep_alive: bool = False) -> list[str]:
+    """``clients`` threads send GET /, POST / and GET /missing for ``seconds``, appending
+    (method, status) to ``requests``; they never retry; returns the failures.
+
+    ``keep_alive``: half the clients keep their connection open between requests
+    (otherwise every request is a new connection with ``Connection: close``)."""
+    import http.client
+    import threading
+
+    failures: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    def client(number: int) -> None:
+        conn = None
+        i = 0
+        while time.monotonic() < stop_at:
+            i += 1
+            method, path, body = [("GET", "/", None), ("POST", "/", b"x" * 10),
+                                  ("GET", "/missing", None)][i % 3]
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                close = not keep_alive or number % 2 == 0
+                conn.request(method, path, body=body,
+                             headers={"Connection": "close"} if close else {})
+                resp = conn.getresponse()
+                resp.read()
+                requests.append((method, resp.status))
+                if close or resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(f"{method} {path}: {exc!r}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return failures
+
+
 def test_metrics_counters_are_exact_across_recycled_workers(server, worker_type):
-    admin_port = configure(server, worker_type=worker_type, extra="max_requests: 4\n")
-    server.start("-c", "server.yaml")
-    server.wait_workers(2)
-    before = scrape(admin_port)
-    base_total = value(before, "arbiter_requests_total")
-    base_2xx = value(before, "arbiter_responses_total", status_class="2xx")
-    base_get = value(before, "arbiter_requests_by_method_total", method="GET")
-    base_count = value(before, "arbiter_request_duration_seconds_count")
+    """Workers recycled under concurrent load: every request counted once, none lost."""
+    admin_port = configure(server, worker_type=worker_type, extra="max_requests: 7\n")
+    server.start("-c", "server.yaml", wait=False)
+    wait_ready(server, admin_port)
+    requests: list = []
+    failures = drive(server.port, 3, 2.0, requests)
+    assert not failures, failures[:5]
+    sent = len(requests)
+    gets = sum(1 for method, _ in requests if method == "GET")
+    posts = sent - gets
+    not_found = sum(1 for _, status in requests if status == 404)
+    assert sent > 2 * 7 and not_found > 0
 
-    for _ in range(12):
-        assert server.get("/").status == 200
-    for _ in range(3):
-        assert server.get("/", method="POST", body=b"x").status == 200
-    for _ in range(2):
-        assert server.get("/missing").status == 404
-    sent = 17  # > 2 workers x max_requests 4: at least one worker was recycled
-
-    def counted() -> dict | None:
+    def settled() -> dict | None:
         samples = scrape(admin_port)
-        done = value(samples, "arbiter_requests_total") >= base_total + sent
-        return samples if done and value(samples, "arbiter_requests_in_flight") == 0 else None
-    after = wait_for(counted, message=f"{sent} more requests counted")
-    assert value(after, "arbiter_requests_total") == base_total + sent
-    assert value(after, "arbiter_responses_total", status_class="2xx") == base_2xx + 15
-    assert value(after, "arbiter_responses_total", status_class="4xx") == 2
+        if value(samples, "arbiter_requests_in_flight") or value(samples,
+                                                                  "arbiter_workers",
+                                                                  state="draining"):
+            return None  # a recycled worker is still on its way out
+        if value(samples, "arbiter_requests_total") < sent:
+            return None
+        return samples
+    after = wait_for(settled, message=f"{sent} requests counted, recycles done")
+    assert value(after, "arbiter_requests_total") == sent
+    assert value(after, "arbiter_responses_total", status_class="2xx") == sent - not_found
+    assert value(after, "arbiter_responses_total", status_class="4xx") == not_found
     assert value(after, "arbiter_responses_total", status_class="5xx") == 0
-    assert value(after, "arbiter_requests_by_method_total", method="GET") == base_get + 14
-    assert value(after, "arbiter_requests_by_method_total", method="POST") == 3
-    assert value(after, "arbiter_request_duration_seconds_count") == base_count + sent
-    assert value(after, "arbiter_request_duration_seconds_bucket", le="+Inf") == base_count + sent
+    assert value(after, "arbiter_requests_by_method_total", method="GET") == gets
+    assert value(after, "arbiter_requests_by_method_total", method="POST") == posts
+    assert value(after, "arbiter_request_duration_seconds_count") == sent
+    assert value(after, "arbiter_request_duration_seconds_bucket", le="+Inf") == sent
     assert value(after, "arbiter_request_duration_seconds_sum") > 0
     assert value(after, "arbiter_worker_restarts_total", reason="max_requests") >= 1
     assert value(after, "arbiter_worker_restarts_total", reason="crash") == 0
@@ -142,7 +200,63 @@ def test_metrics_counters_are_exact_across_recycled_workers(server, worker_type)
     data = json.loads(status.body)
     assert data["master"]["pid"] == server.pid
     assert data["master"]["worker_type"] == worker_type
-    assert data["requests"]["total"] == base_total + sent
+    assert data["requests"]["total"] == sent
+
+
+def test_forked_counts_requests_while_the_connection_stays_open(server):
+    """A forked child's requests show in /metrics as they finish, not when the child
+    exits (a long keep-alive connection used to be invisible, then counted late)."""
+    import http.client
+
+    admin_port = configure(server, worker_type="forked", workers=1)
+    server.start("-c", "server.yaml", wait=False)
+    wait_ready(server, admin_port)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        wait_for(lambda: value(scrape(admin_port), "arbiter_requests_total") == 3, 5,
+                 message="3 requests counted while the connection is open")
+        samples = scrape(admin_port)
+        assert value(samples, "arbiter_responses_total", status_class="2xx") == 3
+        assert value(samples, "arbiter_request_duration_seconds_count") == 3
+    finally:
+        conn.close()
+    wait_for(lambda: not value(scrape(admin_port), "arbiter_requests_in_flight"))
+    assert value(scrape(admin_port), "arbiter_requests_total") == 3  # not counted again
+
+
+def test_readyz_stays_200_through_a_recycle_storm(server, worker_type):
+    """max_requests recycling is routine: a probe with failureThreshold 1 never sees 503."""
+    import threading
+
+    admin_port = configure(server, worker_type=worker_type, extra="max_requests: 20\n")
+    server.start("-c", "server.yaml", wait=False)
+    wait_ready(server, admin_port)
+    probes: list = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            probes.append(readyz(admin_port))
+            done.wait(0.005)
+    prober = threading.Thread(target=probe)
+    prober.start()
+    requests: list = []
+    try:
+        failures = drive(server.port, 3, 3.0, requests)
+    finally:
+        done.set()
+        prober.join(10)
+    assert not failures, failures[:5]
+    recycled = wait_for(lambda: value(scrape(admin_port), "arbiter_worker_restarts_total",
+                                      reason="max_requests"), message="a recycle")
+    assert len(requests) > 3 * 20 and recycled >= 2
+    bad = [p for p in probes if p != (200, "ready\n")]
+    assert len(probes) > 50 and not bad, f"{len(bad)} of {len(probes)} probes: {bad[:3]}"
 
 
 def test_listen_queue_depth_counts_unaccepted_connections(server):

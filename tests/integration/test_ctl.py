@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 
 import pytest
 from harness import ARBITER, pid_alive, wait_for
@@ -114,7 +116,10 @@ def test_reload_returns_0_for_a_good_release_and_1_with_the_reason_for_a_broken_
     """)
     bad = ctl(server, "reload")
     assert bad.returncode == 1
-    assert "rolled back" in bad.stderr
+    # A deploy script gets the reason and where the traceback went, in one line.
+    assert "rolled back: a new worker failed to boot (exit code 3): ImportError: the new " \
+           "release is broken (traceback in the error log, stderr)" in bad.stderr
+    assert "Traceback (most recent call last)" in server.stderr
     assert set(server.wait_workers(2)) == new  # the old generation keeps serving
     assert server.get("/").status == 200
     data = status(server)
@@ -144,3 +149,61 @@ def test_stop_now(server):
     for pid in workers:
         wait_for(lambda pid=pid: not pid_alive(pid))
     assert os.path.exists(server.workdir / "server.yaml")
+
+
+def control_exchange(server, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes on the control socket; return everything the master answers."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(server.workdir / "control.sock"))
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_garbage_on_the_control_socket_never_stops_the_master(server):
+    start(server)
+    nested = control_exchange(server, b"[" * 60_000 + b"\n")  # once a RecursionError
+    assert json.loads(nested) == {"ok": False, "error": "bad request: nested too deeply"}
+    deep_in_object = b'{"command": "status", "x": ' + b"[" * 60_000 + b"}\n"
+    assert json.loads(control_exchange(server, deep_in_object))["ok"] is False
+    for garbage in (b"\xff\xfe\x00garbage\n", b"null\n", b"[1, 2]\n", b"{\n",
+                    b'{"command": ["status"]}\n', b'{"command": "scale", "workers": {}}\n',
+                    b"x" * 70_000):
+        answer = json.loads(control_exchange(server, garbage))
+        assert answer["ok"] is False and answer["error"], garbage[:20]
+    assert pid_alive(server.pid)
+    assert server.get("/").status == 200
+    assert status(server)["master"]["pid"] == server.pid
+
+
+def test_stalled_control_clients_are_capped_and_dropped(server):
+    """200 clients that send half a command and stall neither pile up nor block ctl."""
+    start(server)
+
+    def master_fds() -> int:
+        return len(os.listdir(f"/proc/{server.pid}/fd"))
+    before = master_fds()
+    stalled = []
+    try:
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(server.workdir / "control.sock"))
+            sock.sendall(b'{"command": "sta')
+            stalled.append(sock)
+        # the master holds at most its cap of clients, and ctl still answers at once
+        assert ctl(server, "status", timeout=10).returncode == 0
+        assert master_fds() <= before + 40
+        # past the deadline every stalled client has been closed by the master
+        started = time.monotonic()
+        wait_for(lambda: master_fds() <= before, 15, message="stalled clients dropped")
+        assert time.monotonic() - started < 12
+        for sock in stalled[-5:]:
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # closed by the master (EOF)
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert server.get("/").status == 200

@@ -304,12 +304,20 @@ def test_hung_worker_is_killed_with_its_traceback_and_replaced(server, worker_ty
 
 
 def test_max_requests_recycles_the_worker(server, worker_type):
+    """After max_requests the worker is replaced; the replacement starts first and the
+    old one serves until it is ready, so every request in between is answered."""
     basic_config(server, workers=1, extra="max_requests: 3", worker_type=worker_type)
     server.start("-c", "server.yaml")
     (first,) = server.wait_workers(1)
-    pids = {server.get("/").text.split()[-1] for _ in range(6)}
-    assert len(pids) >= 2
-    wait_for(lambda: first not in server.workers(), message="the recycled worker to exit")
+
+    def replaced() -> bool:
+        assert server.get("/").status == 200
+        return first not in server.workers()
+    wait_for(replaced, message="the recycled worker to exit while requests go on")
+    (second,) = server.wait_workers(1)
+    assert second != first
+    assert server.get("/").status == 200
+    assert "reached max_requests: starting its replacement" in server.stderr
 
 
 def test_pidfile_written_and_removed(server):
@@ -569,3 +577,55 @@ def test_usr2_rollback_when_the_new_master_is_stopped(server):
     assert ctl.returncode == 0, ctl.stderr
     assert json.loads(ctl.stdout)["master"]["pid"] == server.pid
     assert http_request(admin, "/livez").status == 200
+
+
+def test_start_reload_and_scale_up_do_not_wait_for_a_tick(server):
+    """Launch to first 200, `ctl reload` and TTIN take the time their work takes: the master
+    used to wait a whole loop tick (1 s) before its first fork and before seeing a new
+    worker ready. Each is measured against the same machine's cost of the same
+    interpreter start, so a busy box slows both sides alike."""
+    basic_config(server, workers=2, extra="control_socket: control.sock")
+
+    def timed(command: list[str]) -> float:
+        started = time.monotonic()
+        subprocess.run(command, cwd=server.workdir, check=True, capture_output=True, timeout=30)
+        return time.monotonic() - started
+
+    imports = [sys.executable, "-c", "import arbiter.cli, arbiter.master, "
+               "arbiter.workers.preforked"]
+    interpreter = statistics_median([timed(imports) for _ in range(3)])
+    launches = []
+    for _ in range(3):
+        started = time.monotonic()
+        server.start("-c", "server.yaml", wait=False)
+
+        def answered() -> bool:
+            try:
+                return http_request(server.port, "/", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(answered, 15, interval=0.005, message="the first 200")
+        launches.append(time.monotonic() - started)
+        server.signal(signal.SIGINT)
+        server.wait_exit(15)
+        server.stop()
+    assert statistics_median(launches) - interpreter < 0.5, (launches, interpreter)
+
+    server.start("-c", "server.yaml")
+    server.wait_workers(2)
+    ctl = [*ARBITER, "ctl", "-c", "server.yaml"]
+    status = statistics_median([timed([*ctl, "status"]) for _ in range(3)])
+    reloads = [timed([*ctl, "reload"]) for _ in range(3)]
+    assert statistics_median(reloads) - status < 0.5, (reloads, status)
+
+    server.wait_workers(2)
+    before = set(server.workers())
+    started = time.monotonic()
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(set(server.workers()) - before) == 1, 10, interval=0.005,
+             message="the third worker")
+    assert time.monotonic() - started < 0.5
+
+
+def statistics_median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
