@@ -208,7 +208,7 @@ def test_forked_counts_requests_while_the_connection_stays_open(server):
     exits (a long keep-alive connection used to be invisible, then counted late)."""
     import http.client
 
-    admin_port = configure(server, worker_type="forked", workers=1)
+    admin_port = configure(server, worker_type="forked", workers=1, extra="keepalive: 60\n")
     server.start("-c", "server.yaml", wait=False)
     wait_ready(server, admin_port)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -220,6 +220,7 @@ def test_forked_counts_requests_while_the_connection_stays_open(server):
             assert resp.status == 200
         wait_for(lambda: value(scrape(admin_port), "arbiter_requests_total") == 3, 5,
                  message="3 requests counted while the connection is open")
+        assert conn.sock is not None  # still the same connection: the child still runs
         samples = scrape(admin_port)
         assert value(samples, "arbiter_responses_total", status_class="2xx") == 3
         assert value(samples, "arbiter_request_duration_seconds_count") == 3

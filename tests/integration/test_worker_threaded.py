@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import http_request, pid_alive, wait_for
+from harness import Response, http_request, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,10 +75,30 @@ def test_slow_requests_run_in_parallel_in_one_process(server):
     assert max(int(r.text.split()[1]) for r in responses) >= 4
 
 
+def preconnected_gets(port: int, path: str, count: int) -> list:
+    """``count`` connections, all connected and their requests sent before any answer
+    (a busy box cannot start the clients late), read concurrently."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+        def read(sock: socket.socket) -> Response:
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                            resp.read())
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(read, socks))
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_max_connections_bounds_the_threads_and_the_rest_wait(server):
     start(server, "max_connections: 3")
     started = time.monotonic()
-    responses = concurrent_gets(server.port, "/slow?1", 6)
+    responses = preconnected_gets(server.port, "/slow?1", 6)
     elapsed = time.monotonic() - started
     assert [r.status for r in responses] == [200] * 6  # none refused, none failed
     peak = max(int(r.text.split()[1]) for r in responses)
