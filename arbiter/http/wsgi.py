@@ -22,11 +22,34 @@ Owns :class:`WSGIHandler` (built once per worker) and what it needs:
   :class:`NullObserver` (the scoreboard hooks), and the errors
   :class:`ClientDisconnected` and :class:`RequestBodyError`.
 
-Proxy headers: only when the peer is in ``forwarded_allow_ips`` (or is a
-unix-socket peer, i.e. a local process), ``Forwarded`` (preferred) or
-``X-Forwarded-For`` / ``X-Forwarded-Proto`` set ``REMOTE_ADDR`` and
-``wsgi.url_scheme``. The right-most element is used: it is the one the
-trusted proxy itself added, so a client cannot spoof it.
+Headers with an underscore in their name are dropped (``X_Forwarded_For``
+could otherwise pose as ``X-Forwarded-For``), with one exception below.
+
+Proxy headers are read only when the peer is trusted: its address is in
+``forwarded_allow_ips``, or it is a unix-socket peer (a local process, i.e.
+the proxy). Then :class:`~arbiter.http.forwarded.ProxyTrust` reads exactly
+one header family, chosen by ``forwarded_headers``: ``X-Forwarded-For`` /
+``X-Forwarded-Proto`` (``x-forwarded``, the default) or RFC 7239
+``Forwarded`` (``forwarded``). The other family is left in the environ as
+plain ``HTTP_*`` keys and sets nothing. ``REMOTE_ADDR`` becomes the rightmost
+address of the chain that is not itself a trusted proxy -- an address in an
+IP or network of ``forwarded_allow_ips`` (``"*"`` trusts every peer but no
+hop) -- or the leftmost if all are; an entry that is not an IP address is never copied: the
+walk stops there and ``REMOTE_ADDR`` stays the peer or the last trusted hop.
+``wsgi.url_scheme`` becomes the rightmost ``X-Forwarded-Proto``, or the
+``proto=`` of the ``Forwarded`` element that named the client, when it is
+``http`` or ``https``. The details are in :mod:`arbiter.http.forwarded`.
+A request from a trusted peer without those headers costs at most two dict
+lookups; one from an untrusted peer, nothing.
+
+``SCRIPT_NAME``: the process environment variable of that name is the
+default mount prefix (``PATH_INFO`` loses it when it starts with it). A
+trusted peer's ``SCRIPT_NAME`` request header (any case; nginx:
+``proxy_set_header SCRIPT_NAME /prefix;``) replaces it for that request: its
+trailing ``/`` is stripped, it must start with ``/`` (else it is ignored, as
+are two such headers), and ``PATH_INFO`` is the request path without that
+prefix when it starts with it (at a ``/`` boundary), else the whole path.
+From an untrusted peer the header is dropped like any underscore header.
 
 Request ids: every environ carries ``HTTP_X_REQUEST_ID`` (apps read it like
 the header). A client's ``X-Request-ID`` is kept when it is 1-200 printable
@@ -41,7 +64,6 @@ is not echoed as a response header (that would change every response head).
 from __future__ import annotations
 
 import io
-import ipaddress
 import itertools
 import logging
 import os
@@ -52,6 +74,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from arbiter.http.forwarded import ProxyTrust, script_name_prefix
 from arbiter.http.protocol import ProtocolError, Request
 from arbiter.http.response import (
     LAST_CHUNK,
@@ -535,6 +558,9 @@ class _Call:
 
 
 # -- the handler ---------------------------------------------------------------------
+_AMBIGUOUS: Any = object()  # two SCRIPT_NAME headers: neither is used
+
+
 class WSGIHandler:
     """Runs a WSGI app for any driver. Built once per worker."""
 
@@ -560,37 +586,14 @@ class WSGIHandler:
             "wsgi.input_terminated": True,
         }
         self._header_keys: dict[bytes, str] = {}
-        allow = settings.forwarded_allow_ips
-        self._trust_all = "*" in allow
-        self._trusted_networks = []
-        for entry in allow:
-            if entry == "*":
-                continue
-            try:
-                self._trusted_networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                error_log.warning("forwarded_allow_ips: ignoring invalid entry %r", entry)
-        self._trust_cache: dict[str, bool] = {}
+        self.proxy = ProxyTrust(settings.forwarded_allow_ips, settings.forwarded_headers,
+                                error_log)
+        self._apply_proxy = self.proxy.apply
 
     # -- per connection ----------------------------------------------------------
     def is_trusted(self, ip: str) -> bool:
-        """Is a peer IP allowed to set X-Forwarded-* / Forwarded?"""
-        if self._trust_all:
-            return True
-        cached = self._trust_cache.get(ip)
-        if cached is None:
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                cached = False
-            else:
-                if addr.version == 6 and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                cached = any(addr in net for net in self._trusted_networks)
-            if len(self._trust_cache) > 4096:
-                self._trust_cache.clear()
-            self._trust_cache[ip] = cached
-        return cached
+        """Is a peer IP allowed to set the proxy headers (``forwarded_allow_ips``)?"""
+        return self.proxy.peer_trusted(ip)
 
     def connection_info(self, peer: Any, sockname: Any) -> ConnectionInfo:
         """The per-connection environ template (addresses) and proxy trust."""
@@ -641,7 +644,7 @@ class WSGIHandler:
         path = request.path
         if b"%" in path:
             path = unquote_to_bytes(path)
-        path_info = path.decode("latin-1")
+        full_path = path_info = path.decode("latin-1")
         script_name = self.script_name
         if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
             path_info = path_info[len(script_name):]
@@ -650,11 +653,14 @@ class WSGIHandler:
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
         environ["wsgi.input"] = wsgi_input
         keys = self._header_keys
+        proxy_script_name = None
         for name, value in request.headers:
             key = keys.get(name)
             if key is None:
                 key = self._header_key(name)
-            if not key:
+            if not key:  # a dropped (underscore) name; only a trusted proxy's SCRIPT_NAME counts
+                if info.trusted and name.upper() == b"SCRIPT_NAME":
+                    proxy_script_name = value if proxy_script_name is None else _AMBIGUOUS
                 continue
             if key in environ:
                 sep = "; " if key == "HTTP_COOKIE" else ", "
@@ -667,38 +673,24 @@ class WSGIHandler:
         if not rid or len(rid) > _REQUEST_ID_MAX or not (rid.isascii() and rid.isprintable()):
             environ["HTTP_X_REQUEST_ID"] = _rid_prefix + format(next(_rid_counter), "016x")
         if info.trusted:
-            self._apply_forwarded(environ)
+            self._apply_proxy(environ)
+            if proxy_script_name is not None:
+                self._mount_prefix(environ, proxy_script_name, full_path)
         if info.unix:
             self._unix_server_name(environ)
         return environ
 
-    def _apply_forwarded(self, environ: dict) -> None:
-        forwarded = environ.get("HTTP_FORWARDED")
-        if forwarded:
-            last = forwarded.rsplit(",", 1)[-1]
-            for pair in last.split(";"):
-                key, _, value = pair.partition("=")
-                key = key.strip().lower()
-                value = value.strip().strip('"')
-                if key == "for" and value:
-                    if value.startswith("["):
-                        value = value[1:].split("]", 1)[0]
-                    elif value.count(":") == 1:
-                        value = value.split(":", 1)[0]
-                    environ["REMOTE_ADDR"] = value
-                elif key == "proto" and value.lower() in ("http", "https"):
-                    environ["wsgi.url_scheme"] = value.lower()
+    def _mount_prefix(self, environ: dict, value: Any, full_path: str) -> None:
+        """A trusted proxy's ``SCRIPT_NAME`` header: the app is mounted under that prefix."""
+        prefix = None if value is _AMBIGUOUS else script_name_prefix(value.decode("latin-1"))
+        if prefix is None:
+            self.error_log.debug("SCRIPT_NAME header ignored: %r", value)
             return
-        xff = environ.get("HTTP_X_FORWARDED_FOR")
-        if xff:
-            addr = xff.rsplit(",", 1)[-1].strip()
-            if addr:
-                environ["REMOTE_ADDR"] = addr
-        proto = environ.get("HTTP_X_FORWARDED_PROTO")
-        if proto:
-            proto = proto.rsplit(",", 1)[-1].strip().lower()
-            if proto in ("http", "https"):
-                environ["wsgi.url_scheme"] = proto
+        environ["SCRIPT_NAME"] = prefix
+        if prefix and (full_path == prefix or full_path.startswith(prefix + "/")):
+            environ["PATH_INFO"] = full_path[len(prefix):]
+        else:
+            environ["PATH_INFO"] = full_path
 
     @staticmethod
     def _unix_server_name(environ: dict) -> None:
