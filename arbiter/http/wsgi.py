@@ -51,6 +51,11 @@ are two such headers), and ``PATH_INFO`` is the request path without that
 prefix when it starts with it (at a ``/`` boundary), else the whole path.
 From an untrusted peer the header is dropped like any underscore header.
 
+``wsgi.errors``: one stream per worker; every line the app writes goes to
+the error log as written (:func:`arbiter.logs.write_app_lines`), whatever
+``log.level``; a partial line waits, per thread, for its newline, for
+``flush()``, or until it is 64 KiB long.
+
 Request ids: every environ carries ``HTTP_X_REQUEST_ID`` (apps read it like
 the header). A client's ``X-Request-ID`` is kept when it is 1-200 printable
 ASCII characters; otherwise (absent or unfit) a new id replaces it: 32 hex
@@ -69,6 +74,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -84,6 +90,7 @@ from arbiter.http.response import (
     serialize_head,
 )
 from arbiter.http.settings import HTTPSettings, resolve_parser
+from arbiter.logs import write_app_lines
 
 __all__ = [
     "EMPTY_INPUT",
@@ -271,17 +278,33 @@ EMPTY_INPUT = _EmptyInput()
 
 
 class _ErrorStream:
-    """``wsgi.errors``: text written by the app goes to the error log, line by line."""
+    """``wsgi.errors``: each line the app writes goes to the error log as written.
+
+    One object per worker, shared by its threads: a partial line waits in a
+    per-thread buffer until its newline (or ``flush()``, or 64 KiB), so lines
+    of concurrent requests never mix; complete lines are handed to
+    :func:`arbiter.logs.write_app_lines` together.
+    """
 
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
-        self._pending = ""
+        self._local = threading.local()
 
     def write(self, text: str) -> int:
-        data = self._pending + text
-        *lines, self._pending = data.split("\n")
-        for line in lines:
-            self._log.error("%s", line)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        local = self._local
+        pending = getattr(local, "pending", "")
+        if "\n" not in text:
+            pending += text
+            if len(pending) < _ERRORS_PENDING_MAX:
+                local.pending = pending
+                return len(text)
+            lines = [pending]
+            local.pending = ""
+        else:
+            *lines, local.pending = (pending + text).split("\n")
+        write_app_lines(self._log, lines)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -289,9 +312,13 @@ class _ErrorStream:
             self.write(line)
 
     def flush(self) -> None:
-        if self._pending:
-            self._log.error("%s", self._pending)
-            self._pending = ""
+        pending = getattr(self._local, "pending", "")
+        if pending:
+            self._local.pending = ""
+            write_app_lines(self._log, [pending])
+
+
+_ERRORS_PENDING_MAX = 65536
 
 
 # -- file wrapper -------------------------------------------------------------------
