@@ -32,15 +32,15 @@ one header family, chosen by ``forwarded_headers``: ``X-Forwarded-For`` /
 ``X-Forwarded-Proto`` (``x-forwarded``, the default) or RFC 7239
 ``Forwarded`` (``forwarded``). The other family is left in the environ as
 plain ``HTTP_*`` keys and sets nothing. ``REMOTE_ADDR`` becomes the rightmost
-address of the chain that is not itself a trusted proxy -- an address in an
-IP or network of ``forwarded_allow_ips`` (``"*"`` trusts every peer but no
-hop) -- or the leftmost if all are; an entry that is not an IP address is never copied: the
-walk stops there and ``REMOTE_ADDR`` stays the peer or the last trusted hop.
-``wsgi.url_scheme`` becomes the rightmost ``X-Forwarded-Proto``, or the
-``proto=`` of the ``Forwarded`` element that named the client, when it is
-``http`` or ``https``. The details are in :mod:`arbiter.http.forwarded`.
-A request from a trusted peer without those headers costs at most two dict
-lookups; one from an untrusted peer, nothing.
+address of the chain that is not itself a trusted proxy -- one in an IP or
+network of ``forwarded_allow_ips`` (``"*"`` trusts every peer but no hop) --
+or the leftmost if all are. An entry that is not an IP address is never
+copied: the walk stops there and ``REMOTE_ADDR`` stays the peer or the last
+trusted hop. ``wsgi.url_scheme`` becomes the rightmost ``X-Forwarded-Proto``,
+or the ``proto=`` of the ``Forwarded`` element that named the client, when it
+is ``http`` or ``https``. The details are in :mod:`arbiter.http.forwarded`.
+A request without proxy headers parses nothing: it costs at most two dict
+lookups from a trusted peer, none from an untrusted one.
 
 ``SCRIPT_NAME``: the process environment variable of that name is the
 default mount prefix (``PATH_INFO`` loses it when it starts with it). A

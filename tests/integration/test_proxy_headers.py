@@ -224,7 +224,11 @@ http {{
         proxy_set_header X-Forwarded-Proto $scheme;
         location /defaults/ {{ proxy_pass http://defaults; }}
         location /only-proxies/ {{ proxy_pass http://only_proxies; }}
-        location /mounted/ {{
+        location /mounted/ {{  # a proxy_set_header here replaces the inherited ones
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header SCRIPT_NAME /mounted;
             proxy_pass http://only_proxies;
         }}
@@ -345,7 +349,8 @@ def test_behind_nginx_on_a_unix_socket(make_server, nginx, nginx_dir: Path) -> N
     env = via_nginx("/only-proxies/", **{"X-Forwarded-For": "6.6.6.6"})
     assert env["REMOTE_ADDR"] == "127.0.0.1"
 
-    env = via_nginx("/mounted/x/y")
+    env = via_nginx("/mounted/x/y", **{"X-Forwarded-For": "6.6.6.6"})
     assert env["SCRIPT_NAME"] == "/mounted" and env["PATH_INFO"] == "/x/y"
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and env["wsgi.url_scheme"] == "http"
     env = via_nginx("/only-proxies/z", SCRIPT_NAME="/only-proxies")  # nginx drops a client's
     assert env["SCRIPT_NAME"] == "" and env["PATH_INFO"] == "/only-proxies/z"
