@@ -15,7 +15,6 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-
 # A unix socket a local proxy (nginx's workers run as another user) can connect to;
 # "unix:/path:0660" (or 0600) hardens it.
 UNIX_SOCKET_MODE = 0o666
