@@ -709,9 +709,12 @@ class WSGIHandler:
 
     def _mount_prefix(self, environ: dict, value: Any, full_path: str) -> None:
         """A trusted proxy's ``SCRIPT_NAME`` header: the app is mounted under that prefix."""
-        prefix = None if value is _AMBIGUOUS else script_name_prefix(value.decode("latin-1"))
+        if value is _AMBIGUOUS:
+            self.error_log.debug("SCRIPT_NAME headers ignored: more than one")
+            return
+        prefix = script_name_prefix(value.decode("latin-1"))
         if prefix is None:
-            self.error_log.debug("SCRIPT_NAME header ignored: %r", value)
+            self.error_log.debug("SCRIPT_NAME header ignored (must start with /): %r", value)
             return
         environ["SCRIPT_NAME"] = prefix
         if prefix and (full_path == prefix or full_path.startswith(prefix + "/")):
