@@ -34,6 +34,17 @@ This module owns:
   line can never be broken by the file or terminal encoding.  Through syslog,
   the JSON object follows the usual ``ident[pid]: `` tag.
 
+* ``write_app_lines()`` -- what the app writes to ``environ["wsgi.errors"]``
+  goes to the error log as the app wrote it, whatever ``log.level`` (as
+  Gunicorn does): in text mode each line exactly as written (no timestamp,
+  pid or level of ours); in JSON mode one object per line with
+  ``timestamp``, ``pid``, ``worker`` (inside a worker), ``logger``
+  (``"wsgi.errors"``) and ``message`` (the line) -- and no ``level``, since
+  the app's line carries its own; through syslog ``ident[pid]: line`` (or the
+  JSON object) at priority ``info``.  The lines of one ``write()`` go out in
+  one locked write on stderr or a file, so lines from several threads never
+  interleave mid-line.
+
 The worker number comes from ``set_worker()`` (``AccessLog(worker=N)`` calls
 it: the worker builds its AccessLog right after the fork).  The pid is cached
 and refreshed after every ``os.fork()``.
@@ -61,13 +72,16 @@ from json.encoder import encode_basestring_ascii as _enc
 __all__ = [
     "DEFAULT_ACCESS_FORMAT",
     "ERROR_LOGGER_NAME",
+    "WSGI_ERRORS_LOGGER",
     "AccessLog",
     "reopen_log_files",
     "set_worker",
     "setup_error_log",
+    "write_app_lines",
 ]
 
 ERROR_LOGGER_NAME = "arbiter.error"
+WSGI_ERRORS_LOGGER = "wsgi.errors"  # the ``logger`` of what the app writes to wsgi.errors
 DEFAULT_ACCESS_FORMAT = '%(h)s - - [%(t)s] "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus'
 
 _LEVELS: dict[str, int] = {
@@ -157,8 +171,14 @@ class _ErrorFormatter(logging.Formatter):
         return time.strftime(self.default_time_format, time.localtime(record.created))
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        if record.__dict__.get("wsgi_errors"):
+            return self.format_app_line(record.message)
         head = f"[{self.formatTime(record)}] " if self._with_time else ""
         return f"{self._prefix}{head}[{os.getpid()}] [{record.levelname}] {record.message}"
+
+    def format_app_line(self, line: str) -> str:
+        """A line the app wrote to ``wsgi.errors``: as written, nothing of ours on top."""
+        return self._prefix + line
 
 
 class _JsonErrorFormatter(logging.Formatter):
@@ -168,7 +188,18 @@ class _JsonErrorFormatter(logging.Formatter):
         super().__init__()
         self._ident = ident if prefix else None
 
+    def format_app_line(self, line: str) -> str:
+        """A line the app wrote to ``wsgi.errors``: no level of ours (see the module docstring)."""
+        worker = f'"worker": {_worker}, ' if _worker is not None else ""
+        doc = (f'{{"timestamp": "{_iso_time(time.time())}", "pid": {_pid}, {worker}'
+               f'"logger": "{WSGI_ERRORS_LOGGER}", "message": {_enc(line)}}}')
+        if self._ident is not None:
+            return f"{self._ident}[{_pid}]: {doc}"
+        return doc
+
     def format(self, record: logging.LogRecord) -> str:
+        if record.__dict__.get("wsgi_errors"):
+            return self.format_app_line(str(record.msg))
         doc: dict[str, object] = {
             "timestamp": _iso_time(record.created),
             "level": record.levelname.lower(),
@@ -237,6 +268,8 @@ class _SyslogFormatter(logging.Formatter):
         self._ident = proc_name
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        if record.__dict__.get("wsgi_errors"):  # as the app wrote it, at priority info
+            return f"{self._ident}[{os.getpid()}]: {record.message}"
         return f"{self._ident}[{os.getpid()}]: [{record.levelname}] {record.message}"
 
 
@@ -280,6 +313,44 @@ def setup_error_log(
     logger.setLevel(_LEVELS[key])
     logger.propagate = False
     return logger
+
+
+# --------------------------------------------------------------------------- wsgi.errors
+
+_DIRECT_HANDLERS = (logging.StreamHandler, _ReopenableFileHandler)
+
+
+def write_app_lines(logger: logging.Logger, lines: list[str]) -> None:
+    """Write lines the app wrote to ``wsgi.errors`` to *logger*'s handlers, as written.
+
+    Whatever the logger's level. Our text and JSON formats on stderr or a
+    file get one locked write of all *lines* (threads never interleave
+    mid-line); other handlers (syslog, foreign ones) get one INFO record per
+    line, named ``wsgi.errors``. Losing a line never raises to the app.
+    """
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            hook = getattr(handler.formatter, "format_app_line", None)
+            if hook is not None and type(handler) in _DIRECT_HANDLERS:
+                text = "".join([hook(line) + "\n" for line in lines])
+                handler.acquire()
+                try:
+                    stream = handler.stream  # type: ignore[attr-defined]
+                    if stream is not None:
+                        stream.write(text)
+                        stream.flush()
+                except Exception:  # noqa: BLE001 -- disk full, closed pipe: drop the line
+                    pass
+                finally:
+                    handler.release()
+                continue
+            for line in lines:
+                record = logging.LogRecord(WSGI_ERRORS_LOGGER, logging.INFO, "", 0, line,
+                                           None, None)
+                record.wsgi_errors = True
+                handler.handle(record)
+        node = node.parent if node.propagate else None
 
 
 # --------------------------------------------------------------------------- access log

@@ -22,6 +22,7 @@ class HTTPSettings:
     limit_header_field_size: int = 8190
     limit_body: int | None = None
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # "*" = trust all; CIDR ok
+    forwarded_headers: str = "x-forwarded"  # "x-forwarded" | "forwarded": the one family read
     keepalive: float = 5.0  # idle keep-alive wait; 0 = close after each response
     read_timeout: float = 30.0  # max wait for more bytes of a started request body
     header_timeout: float = 10.0  # a request head must be complete within this -> else 408

@@ -22,11 +22,39 @@ Owns :class:`WSGIHandler` (built once per worker) and what it needs:
   :class:`NullObserver` (the scoreboard hooks), and the errors
   :class:`ClientDisconnected` and :class:`RequestBodyError`.
 
-Proxy headers: only when the peer is in ``forwarded_allow_ips`` (or is a
-unix-socket peer, i.e. a local process), ``Forwarded`` (preferred) or
-``X-Forwarded-For`` / ``X-Forwarded-Proto`` set ``REMOTE_ADDR`` and
-``wsgi.url_scheme``. The right-most element is used: it is the one the
-trusted proxy itself added, so a client cannot spoof it.
+Headers with an underscore in their name are dropped (``X_Forwarded_For``
+could otherwise pose as ``X-Forwarded-For``), with one exception below.
+
+Proxy headers are read only when the peer is trusted: its address is in
+``forwarded_allow_ips``, or it is a unix-socket peer (a local process, i.e.
+the proxy). Then :class:`~arbiter.http.forwarded.ProxyTrust` reads exactly
+one header family, chosen by ``forwarded_headers``: ``X-Forwarded-For`` /
+``X-Forwarded-Proto`` (``x-forwarded``, the default) or RFC 7239
+``Forwarded`` (``forwarded``). The other family is left in the environ as
+plain ``HTTP_*`` keys and sets nothing. ``REMOTE_ADDR`` becomes the rightmost
+address of the chain that is not itself a trusted proxy -- one in an IP or
+network of ``forwarded_allow_ips`` (``"*"`` trusts every peer but no hop) --
+or the leftmost if all are. An entry that is not an IP address is never
+copied: the walk stops there and ``REMOTE_ADDR`` stays the peer or the last
+trusted hop. ``wsgi.url_scheme`` becomes the rightmost ``X-Forwarded-Proto``,
+or the ``proto=`` of the ``Forwarded`` element that named the client, when it
+is ``http`` or ``https``. The details are in :mod:`arbiter.http.forwarded`.
+A request without proxy headers parses nothing: it costs at most two dict
+lookups from a trusted peer, none from an untrusted one.
+
+``SCRIPT_NAME``: the process environment variable of that name is the
+default mount prefix (``PATH_INFO`` loses it when it starts with it). A
+trusted peer's ``SCRIPT_NAME`` request header (any case; nginx:
+``proxy_set_header SCRIPT_NAME /prefix;``) replaces it for that request: its
+trailing ``/`` is stripped, it must start with ``/`` (else it is ignored, as
+are two such headers), and ``PATH_INFO`` is the request path without that
+prefix when it starts with it (at a ``/`` boundary), else the whole path.
+From an untrusted peer the header is dropped like any underscore header.
+
+``wsgi.errors``: one stream per worker; every line the app writes goes to
+the error log as written (:func:`arbiter.logs.write_app_lines`), whatever
+``log.level``; a partial line waits, per thread, for its newline, for
+``flush()``, or until it is 64 KiB long.
 
 Request ids: every environ carries ``HTTP_X_REQUEST_ID`` (apps read it like
 the header). A client's ``X-Request-ID`` is kept when it is 1-200 printable
@@ -41,17 +69,18 @@ is not echoed as a response header (that would change every response head).
 from __future__ import annotations
 
 import io
-import ipaddress
 import itertools
 import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from arbiter.http.forwarded import ProxyTrust, script_name_prefix
 from arbiter.http.protocol import ProtocolError, Request
 from arbiter.http.response import (
     LAST_CHUNK,
@@ -61,6 +90,7 @@ from arbiter.http.response import (
     serialize_head,
 )
 from arbiter.http.settings import HTTPSettings, resolve_parser
+from arbiter.logs import write_app_lines
 
 __all__ = [
     "EMPTY_INPUT",
@@ -248,17 +278,33 @@ EMPTY_INPUT = _EmptyInput()
 
 
 class _ErrorStream:
-    """``wsgi.errors``: text written by the app goes to the error log, line by line."""
+    """``wsgi.errors``: each line the app writes goes to the error log as written.
+
+    One object per worker, shared by its threads: a partial line waits in a
+    per-thread buffer until its newline (or ``flush()``, or 64 KiB), so lines
+    of concurrent requests never mix; complete lines are handed to
+    :func:`arbiter.logs.write_app_lines` together.
+    """
 
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
-        self._pending = ""
+        self._local = threading.local()
 
     def write(self, text: str) -> int:
-        data = self._pending + text
-        *lines, self._pending = data.split("\n")
-        for line in lines:
-            self._log.error("%s", line)
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        local = self._local
+        pending = getattr(local, "pending", "")
+        if "\n" not in text:
+            pending += text
+            if len(pending) < _ERRORS_PENDING_MAX:
+                local.pending = pending
+                return len(text)
+            lines = [pending]
+            local.pending = ""
+        else:
+            *lines, local.pending = (pending + text).split("\n")
+        write_app_lines(self._log, lines)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -266,9 +312,13 @@ class _ErrorStream:
             self.write(line)
 
     def flush(self) -> None:
-        if self._pending:
-            self._log.error("%s", self._pending)
-            self._pending = ""
+        pending = getattr(self._local, "pending", "")
+        if pending:
+            self._local.pending = ""
+            write_app_lines(self._log, [pending])
+
+
+_ERRORS_PENDING_MAX = 65536
 
 
 # -- file wrapper -------------------------------------------------------------------
@@ -535,6 +585,9 @@ class _Call:
 
 
 # -- the handler ---------------------------------------------------------------------
+_AMBIGUOUS: Any = object()  # two SCRIPT_NAME headers: neither is used
+
+
 class WSGIHandler:
     """Runs a WSGI app for any driver. Built once per worker."""
 
@@ -560,37 +613,14 @@ class WSGIHandler:
             "wsgi.input_terminated": True,
         }
         self._header_keys: dict[bytes, str] = {}
-        allow = settings.forwarded_allow_ips
-        self._trust_all = "*" in allow
-        self._trusted_networks = []
-        for entry in allow:
-            if entry == "*":
-                continue
-            try:
-                self._trusted_networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                error_log.warning("forwarded_allow_ips: ignoring invalid entry %r", entry)
-        self._trust_cache: dict[str, bool] = {}
+        self.proxy = ProxyTrust(settings.forwarded_allow_ips, settings.forwarded_headers,
+                                error_log)
+        self._apply_proxy = self.proxy.apply
 
     # -- per connection ----------------------------------------------------------
     def is_trusted(self, ip: str) -> bool:
-        """Is a peer IP allowed to set X-Forwarded-* / Forwarded?"""
-        if self._trust_all:
-            return True
-        cached = self._trust_cache.get(ip)
-        if cached is None:
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                cached = False
-            else:
-                if addr.version == 6 and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                cached = any(addr in net for net in self._trusted_networks)
-            if len(self._trust_cache) > 4096:
-                self._trust_cache.clear()
-            self._trust_cache[ip] = cached
-        return cached
+        """Is a peer IP allowed to set the proxy headers (``forwarded_allow_ips``)?"""
+        return self.proxy.peer_trusted(ip)
 
     def connection_info(self, peer: Any, sockname: Any) -> ConnectionInfo:
         """The per-connection environ template (addresses) and proxy trust."""
@@ -641,7 +671,7 @@ class WSGIHandler:
         path = request.path
         if b"%" in path:
             path = unquote_to_bytes(path)
-        path_info = path.decode("latin-1")
+        full_path = path_info = path.decode("latin-1")
         script_name = self.script_name
         if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
             path_info = path_info[len(script_name):]
@@ -650,11 +680,14 @@ class WSGIHandler:
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
         environ["wsgi.input"] = wsgi_input
         keys = self._header_keys
+        proxy_script_name = None
         for name, value in request.headers:
             key = keys.get(name)
             if key is None:
                 key = self._header_key(name)
-            if not key:
+            if not key:  # a dropped (underscore) name; only a trusted proxy's SCRIPT_NAME counts
+                if info.trusted and name.upper() == b"SCRIPT_NAME":
+                    proxy_script_name = value if proxy_script_name is None else _AMBIGUOUS
                 continue
             if key in environ:
                 sep = "; " if key == "HTTP_COOKIE" else ", "
@@ -667,38 +700,27 @@ class WSGIHandler:
         if not rid or len(rid) > _REQUEST_ID_MAX or not (rid.isascii() and rid.isprintable()):
             environ["HTTP_X_REQUEST_ID"] = _rid_prefix + format(next(_rid_counter), "016x")
         if info.trusted:
-            self._apply_forwarded(environ)
+            self._apply_proxy(environ)
+            if proxy_script_name is not None:
+                self._mount_prefix(environ, proxy_script_name, full_path)
         if info.unix:
             self._unix_server_name(environ)
         return environ
 
-    def _apply_forwarded(self, environ: dict) -> None:
-        forwarded = environ.get("HTTP_FORWARDED")
-        if forwarded:
-            last = forwarded.rsplit(",", 1)[-1]
-            for pair in last.split(";"):
-                key, _, value = pair.partition("=")
-                key = key.strip().lower()
-                value = value.strip().strip('"')
-                if key == "for" and value:
-                    if value.startswith("["):
-                        value = value[1:].split("]", 1)[0]
-                    elif value.count(":") == 1:
-                        value = value.split(":", 1)[0]
-                    environ["REMOTE_ADDR"] = value
-                elif key == "proto" and value.lower() in ("http", "https"):
-                    environ["wsgi.url_scheme"] = value.lower()
+    def _mount_prefix(self, environ: dict, value: Any, full_path: str) -> None:
+        """A trusted proxy's ``SCRIPT_NAME`` header: the app is mounted under that prefix."""
+        if value is _AMBIGUOUS:
+            self.error_log.debug("SCRIPT_NAME headers ignored: more than one")
             return
-        xff = environ.get("HTTP_X_FORWARDED_FOR")
-        if xff:
-            addr = xff.rsplit(",", 1)[-1].strip()
-            if addr:
-                environ["REMOTE_ADDR"] = addr
-        proto = environ.get("HTTP_X_FORWARDED_PROTO")
-        if proto:
-            proto = proto.rsplit(",", 1)[-1].strip().lower()
-            if proto in ("http", "https"):
-                environ["wsgi.url_scheme"] = proto
+        prefix = script_name_prefix(value.decode("latin-1"))
+        if prefix is None:
+            self.error_log.debug("SCRIPT_NAME header ignored (must start with /): %r", value)
+            return
+        environ["SCRIPT_NAME"] = prefix
+        if prefix and (full_path == prefix or full_path.startswith(prefix + "/")):
+            environ["PATH_INFO"] = full_path[len(prefix):]
+        else:
+            environ["PATH_INFO"] = full_path
 
     @staticmethod
     def _unix_server_name(environ: dict) -> None:

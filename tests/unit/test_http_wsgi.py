@@ -122,10 +122,13 @@ def test_forwarded_trusted_and_untrusted() -> None:
 def test_forwarded_rfc7239() -> None:
     raw = (b"GET / HTTP/1.1\r\nHost: a\r\n"
            b"Forwarded: for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https\r\n\r\n")
-    env = environ_for(raw)
+    env = environ_for(raw, forwarded_headers="forwarded")
     assert env["REMOTE_ADDR"] == "2001:db8::1"
     assert env["wsgi.url_scheme"] == "https"
-    assert environ_for(raw, peer=("9.9.9.9", 1))["REMOTE_ADDR"] == "9.9.9.9"
+    untrusted = environ_for(raw, peer=("9.9.9.9", 1), forwarded_headers="forwarded")
+    assert untrusted["REMOTE_ADDR"] == "9.9.9.9"
+    default = environ_for(raw)  # x-forwarded mode: Forwarded is a plain header
+    assert default["REMOTE_ADDR"] == "127.0.0.1" and default["wsgi.url_scheme"] == "http"
 
 
 @pytest.mark.timeout(5)

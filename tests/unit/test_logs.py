@@ -609,3 +609,113 @@ def test_request_id_in_text_and_json_access_log(no_worker: None) -> None:
     assert AccessLog(None, "%({x-request-id}i)s").format(env, "200 OK", [], 0, 0) == "rid-9"
     assert json.loads(AccessLog(None, json=True).format(env, "200 OK", [], 0, 0))[
         "request_id"] == "rid-9"
+
+
+# --------------------------------------------------------------------------- wsgi.errors
+
+
+def wsgi_errors(logger: logging.Logger):
+    from arbiter.http import HTTPSettings, WSGIHandler
+
+    return WSGIHandler(lambda e, s: [], HTTPSettings(), logger).base_environ["wsgi.errors"]
+
+
+def test_wsgi_errors_text_is_the_line_as_written(capfd: pytest.CaptureFixture[str]) -> None:
+    errors = wsgi_errors(setup_error_log("critical"))  # written whatever log.level
+    errors.write("[2026-01-01 00:00:00,000] WARNING in app: hello\n")
+    errors.write("two\nlines\n")
+    errors.write("part")
+    errors.write("ial ")
+    assert capfd.readouterr().err == (
+        "[2026-01-01 00:00:00,000] WARNING in app: hello\ntwo\nlines\n")
+    errors.write("line\nrest")
+    errors.flush()
+    errors.flush()
+    errors.writelines(["a\n", "b\n"])
+    assert capfd.readouterr().err == "partial line\nrest\na\nb\n"
+    with pytest.raises(TypeError):
+        errors.write(b"bytes\n")
+
+
+def test_wsgi_errors_json(capfd: pytest.CaptureFixture[str], no_worker: None) -> None:
+    errors = wsgi_errors(setup_error_log("error", json=True))
+    errors.write('WARNING in app: h\u00e9llo "q"\n')
+    logs.set_worker(3)
+    errors.write("second\n")
+    first, second = capfd.readouterr().err.splitlines()
+    assert first.isascii()
+    doc = json.loads(first)
+    assert ISO.fullmatch(doc["timestamp"])
+    assert list(doc) == ["timestamp", "pid", "logger", "message"]  # no level of ours
+    assert doc == {"timestamp": doc["timestamp"], "pid": os.getpid(), "logger": "wsgi.errors",
+                   "message": 'WARNING in app: h\u00e9llo "q"'}
+    assert json.loads(second)["worker"] == 3 and json.loads(second)["message"] == "second"
+
+
+def test_wsgi_errors_file_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "error.log"
+    errors = wsgi_errors(setup_error_log("info", str(path)))
+    errors.write("before\n")
+    path.rename(tmp_path / "error.log.1")
+    reopen_log_files()
+    errors.write("after\n")
+    assert path.read_text() == "after\n"
+    assert (tmp_path / "error.log.1").read_text() == "before\n"
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_wsgi_errors_syslog_at_info(json_mode: bool, no_worker: None) -> None:
+    logger = setup_error_log("critical", "syslog", proc_name="myapp", json=json_mode)
+    (handler,) = logger.handlers
+    records: list[logging.LogRecord] = []
+    handler.emit = records.append  # type: ignore[method-assign]
+    wsgi_errors(logger).write("WARNING in app: hello\n")
+    (record,) = records
+    assert handler.mapPriority(record.levelname) == "info"
+    prefix, _, body = handler.format(record).partition(": ")
+    assert prefix == f"myapp[{os.getpid()}]"
+    if json_mode:
+        assert json.loads(body)["message"] == "WARNING in app: hello"
+        assert "level" not in json.loads(body)
+    else:
+        assert body == "WARNING in app: hello"
+
+
+def test_wsgi_errors_foreign_handler_gets_an_info_record(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        wsgi_errors(logging.getLogger("test.logs.foreign")).write("hi\n")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("wsgi.errors", logging.INFO, "hi")]
+
+
+def test_wsgi_errors_threads_never_interleave_mid_line(tmp_path: Path) -> None:
+    path = tmp_path / "error.log"
+    errors = wsgi_errors(setup_error_log("info", str(path)))
+    barrier = threading.Barrier(4)
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        for i in range(200):
+            errors.write(f"t{n} {i} ")  # a line in three writes, the others in between
+            errors.write("x" * 500)
+            errors.write(f" end{n}\n")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 800
+    line = re.compile(r"t(\d) \d+ x{500} end(\d)")
+    for text in lines:
+        m = line.fullmatch(text)
+        assert m and m[1] == m[2], text[:80]
+
+
+def test_wsgi_errors_unterminated_line_is_bounded(capfd: pytest.CaptureFixture[str]) -> None:
+    errors = wsgi_errors(setup_error_log("info"))
+    for _ in range(70):
+        errors.write("y" * 1024)
+    err = capfd.readouterr().err
+    assert err.endswith("\n") and len(err.splitlines()[0]) >= 65536
