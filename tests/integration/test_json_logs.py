@@ -90,7 +90,11 @@ def test_json_logs_request_id_and_reopen(server, worker_type):
     bad = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
     assert bad.startswith(b"HTTP/1.1 400")
 
-    wait_for(lambda: len(access_lines(server)) >= 5, message="5 access lines")
+    def all_logged() -> bool:  # the start-up probe's line is there too: wait for ours
+        lines = access_lines(server)
+        return {"/given", "/fresh", "/long", "/boom"} <= {d["path"] for d in lines} \
+            and any(d["status"] == 400 for d in lines)
+    wait_for(all_logged, message="an access line for each request sent")
     by_path = {doc["path"]: doc for doc in access_lines(server)}
     doc = by_path["/given"]
     assert doc["method"] == "GET" and doc["query"] == "x=1" and doc["status"] == 200
