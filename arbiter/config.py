@@ -8,10 +8,15 @@ code that turns that table into
   (``load_config``),
 * ``ARBITER_<KEY>`` environment overrides and the ``WEB_CONCURRENCY`` /
   ``PORT`` platform conventions,
-* command-line flags (``add_cli_options`` / ``cli_overrides``),
-* the frozen, validated ``Config`` object the rest of arbiter reads, and
+* command-line flags (``add_cli_options`` / ``cli_overrides`` /
+  ``cli_labels``), with gunicorn's spellings as aliases (``Setting.aliases``)
+  and its worker class names mapped (``gunicorn_worker_class``),
+* the frozen, validated ``Config`` object the rest of arbiter reads,
+* the warnings for settings that were set but do nothing with the chosen
+  worker type (``Setting.applies_to``, ``ineffective_settings``), and
 * the documented reference file ``config/server.yaml``
-  (``render_reference_yaml``) and a Markdown table for the README
+  (``render_reference_yaml``), the effective config that ``--print-config``
+  prints (``render_effective_yaml``) and a Markdown table of every setting
   (``render_settings_table``).
 
 Layering: defaults < config file < ``ARBITER_*`` environment < command line.
@@ -1258,8 +1263,11 @@ _REFERENCE_HEADER = """\
 # stands configures exactly what arbiter does with no file at all. Copy the
 # keys you want to change into your own server.yaml.
 #
-# Validate a file (the config, then an import of the app):
+# Check a file as the start would (the config, the TLS files, log paths,
+# user/group, bind addresses, hooks, then an import of the app):
 #     arbiter check -c config/server.yaml
+# Print the effective config, with where each value came from:
+#     arbiter -c config/server.yaml --print-config
 #
 # Precedence: defaults < this file < environment < command line.
 # Every key can be set from the environment as ARBITER_<KEY>: the dotted name
