@@ -105,9 +105,10 @@ def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
     parser.add_argument("-e", "--env", metavar="KEY=VALUE", action="append", default=[],
                         type=env_assignment,
-                        help="set an environment variable for the app (repeatable); set in "
-                             "the master before any worker starts or the app is preloaded"
-                             + ("; check imports the app with it" if checking else ""))
+                        help="set an environment variable for the app (repeatable); "
+                             + ("the app is imported with it" if checking else
+                                "set in the master before any worker starts or the app "
+                                "is preloaded"))
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective config as YAML, each value with where it "
                              "came from, then " + ("check it" if checking else

@@ -230,7 +230,9 @@ def find_problems(cfg: Config) -> list[str]:
     try:
         worker_class(cfg.worker_type)
     except ValueError as exc:
-        note(f"worker_type: {exc}")
+        message = str(exc)
+        note(message if message.startswith(("worker_type", "unknown worker_type"))
+             else f"worker_type: {message}")
     note(_app_problem(cfg))
     return problems
 
