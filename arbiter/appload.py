@@ -8,7 +8,9 @@ import traceback, so the master can print it and exit 3.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import os
 import sys
 import traceback
@@ -104,3 +106,95 @@ def load_app(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise AppLoadError(f"app {spec!r} is not callable (got {type(target).__name__})")
     return target
+
+
+def _takes_three_positional(function: Any, follow_wrapped: bool = True) -> bool | None:
+    """Can ``function`` be called with three positional arguments? None: inspect can't tell."""
+    try:
+        signature = inspect.signature(function, follow_wrapped=follow_wrapped)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        return False
+    return True
+
+
+def _wsgi_shaped(function: Any) -> bool:
+    """Does ``function``'s own signature take exactly (environ, start_response)?"""
+    try:
+        signature = inspect.signature(function, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return _takes_three_positional(function, follow_wrapped=False) is False
+
+
+def _parameters(function: Any) -> str:
+    try:
+        names = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        names = []
+    return f"({', '.join(names)})" if names else "(scope, receive, send)"
+
+
+def _async_kind(target: Any) -> str | None:
+    """``"async def NAME"`` or ``"async __call__"`` when calling ``target`` itself runs a
+    coroutine function; None otherwise (partials and wrappers are not looked into here)."""
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        if inspect.iscoroutinefunction(target):
+            return f"async def {target.__qualname__}"
+        return None
+    if inspect.isclass(target):
+        return None  # calling a class makes an instance (ASGI 2 style is not detected)
+    call = inspect.getattr_static(type(target), "__call__", None)
+    if isinstance(call, staticmethod | classmethod):
+        call = call.__func__
+    if inspect.iscoroutinefunction(call):
+        return "async __call__"
+    return None
+
+
+def asgi_reason(app: Any) -> str | None:
+    """Why ``app`` is an ASGI 3 application and not a WSGI callable; None when it isn't one.
+
+    An ASGI 3 app is a coroutine function taking ``(scope, receive, send)``, or
+    an object whose ``__call__`` is one (FastAPI, Starlette, Quart, Django's
+    ASGIHandler). ``functools.partial`` objects and ``functools.wraps``-style
+    wrappers (``__wrapped__``) are looked through, as far as :mod:`inspect`
+    can tell; a wrapper whose own signature is ``(environ, start_response)``
+    is taken for the WSGI adapter it is. Nothing is imported or called.
+    The answer is a short description, e.g. ``"an ASGI application (async
+    __call__(scope, receive, send))"``.
+    """
+    target = app
+    via = ""
+    for _ in range(16):  # partials of partials, wrappers of wrappers: bounded
+        if isinstance(target, functools.partial):
+            target, via = target.func, via + "functools.partial of "
+            continue
+        kind = _async_kind(target)
+        if kind is not None:
+            # The signature as the server would call it: a partial's remaining
+            # parameters, a wrapper's wrapped ones, an object's __call__ without self.
+            if _takes_three_positional(app) is False:
+                return None
+            return f"an ASGI application ({via}{kind}{_parameters(app)})"
+        wrapped = getattr(target, "__wrapped__", None)
+        if wrapped is None or _wsgi_shaped(target):
+            return None
+        target, via = wrapped, via + "a wrapper of "
+    return None
+
+
+def asgi_not_supported_message(spec: str, reason: str) -> str:
+    """What the user is told when ``app`` is ASGI (``reason`` from :func:`asgi_reason`);
+    ``arbiter check`` and the server's start say the same words."""
+    return (f"app {spec!r} is {reason}, not a WSGI callable: arbiter's worker types "
+            f"(forked, preforked, threaded, pooled, evented) serve WSGI; ASGI "
+            f"(worker_type: asgi) is not supported yet. Give arbiter a WSGI app, or serve "
+            f"this one with an ASGI server for now")

@@ -1,10 +1,13 @@
 """The ``arbiter`` command: argv + environment + YAML file -> a running master.
 
 Owns the command line of CONTRACT §1: ``arbiter [-c FILE] [options] [APP]``,
-``arbiter check``, ``arbiter ctl`` (a later release), ``arbiter --version``,
-and the mapping of start-up failures to the contract's exit codes
-(1 config/command line, 2 bind, 3 app load). The options themselves come from
-the settings table in :mod:`arbiter.config`.
+``arbiter check``, ``arbiter ctl``, ``arbiter --version``, the mapping of
+start-up failures to the contract's exit codes (1 config/command line, 2 bind,
+3 app load), and the command-line habits brought from gunicorn: ``-e/--env``,
+``--print-config``, ``--check-config``, and a hint when a gunicorn-only flag
+is typed. The setting options themselves (and gunicorn's spellings of them)
+come from the settings table in :mod:`arbiter.config`; what ``check`` verifies
+beyond the config is :mod:`arbiter.preflight`.
 """
 
 from __future__ import annotations
@@ -12,36 +15,107 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from arbiter import __version__
-from arbiter.config import ConfigError, add_cli_options, cli_overrides, load_config
+from arbiter.config import (
+    Config,
+    ConfigError,
+    add_cli_options,
+    cli_labels,
+    cli_overrides,
+    ineffective_settings,
+    load_config,
+    render_effective_yaml,
+)
 
 EXIT_USAGE = 1
 
+# Gunicorn flags with no arbiter flag, and what to do instead (said when one is typed).
+GUNICORN_ONLY_FLAGS = {
+    "--reload": "planned for a later release; until then send HUP (kill -HUP or 'arbiter "
+                "ctl reload') after a change: a reload that never drops a request",
+    "--proxy-protocol": "planned for a later release, as the proxy_protocol setting",
+    "--statsd-host": "arbiter has no StatsD client; admin_bind serves Prometheus /metrics",
+    "--ca-certs": "set ssl.ca_certs in the config file (in arbiter it also requires "
+                  "client certificates, gunicorn's --cert-reqs 2)",
+    "--cert-reqs": "set ssl.ca_certs in the config file: then every client must present "
+                   "a certificate",
+    "--worker-tmp-dir": "not needed: workers beat through shared memory, not temp files",
+    "--log-config": "use the log.* settings (level, error_log, access_log, json)",
+    "-m": "use --umask (a bare number is octal in arbiter: --umask 022)",
+}
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line exits 1 as the contract says (not 2)."""
+    """argparse, but a bad command line exits 1 as the contract says (not 2), and a
+    gunicorn-only flag gets a word on what to use instead."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        hints = ""
+        if message.startswith("unrecognized arguments:"):
+            for word in message.split(":", 1)[1].split():
+                flag = word.split("=", 1)[0]
+                if flag in GUNICORN_ONLY_FLAGS:
+                    hints += f"{self.prog}: gunicorn's {flag}: {GUNICORN_ONLY_FLAGS[flag]}\n"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n{hints}")
+
+
+def env_assignment(text: str) -> tuple[str, str]:
+    """``-e KEY=VALUE`` -> (KEY, VALUE); argparse turns a bad form into exit 1."""
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[^\s=\0]+", key) or "\0" in value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+_EPILOG = (
+    "Subcommands: 'arbiter check [-c FILE] [options] [APP]' checks what the start would "
+    "fail on (the config, TLS files, log paths, user/group, pidfile and socket "
+    "directories, binds, hooks, the app) without binding or starting anything; "
+    "'arbiter ctl ...' controls a running master (status, scale, reload, reopen, stop: "
+    "'arbiter ctl --help'). Settings layer as defaults < file < ARBITER_<KEY> "
+    "environment < options. Coming from gunicorn: its long spellings (--keep-alive, "
+    "--access-logfile, --error-logfile, --worker-class sync|gthread, ...) work too; "
+    "-t is --threads here, gunicorn's -t is --timeout."
+)
 
 
 def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=prog,
-        description="Run a WSGI app under a supervising master process.",
-        epilog="Subcommands: 'arbiter check -c FILE' validates a config and imports its app; "
-               "'arbiter ctl ...' controls a running master (a later release). "
-               "Settings layer as defaults < file < ARBITER_<KEY> environment < options.",
-    )
+    """The parser of ``arbiter`` (start the server) or ``arbiter check``."""
+    checking = prog.endswith("check")
+    if checking:
+        description = ("Check a config as the start would, without starting: load it, then "
+                       "the TLS files, log paths, user/group, pidfile and control socket "
+                       "directories, bind addresses (parsed and resolved, not bound), hooks, "
+                       "worker type and the app (imported; an ASGI app is refused). Exit 0 "
+                       "with an OK line, or 1 with every problem, one per line. Settings "
+                       "that would have no effect are warnings (still exit 0).")
+    else:
+        description = "Run a WSGI app under a supervising master process."
+    parser = _Parser(prog=prog, description=description,
+                     epilog=None if checking else _EPILOG)
     parser.add_argument("app_spec", nargs="?", metavar="APP",
                         help="the WSGI app as module:attr or module:factory() "
                              "(default: the file's 'app', else the built-in demo)")
     parser.add_argument("-c", "--config", metavar="FILE", help="the YAML config file")
+    parser.add_argument("-e", "--env", metavar="KEY=VALUE", action="append", default=[],
+                        type=env_assignment,
+                        help="set an environment variable for the app (repeatable); "
+                             + ("the app is imported with it" if checking else
+                                "set in the master before any worker starts or the app "
+                                "is preloaded"))
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective config as YAML, each value with where it "
+                             "came from, then " + ("check it" if checking else
+                                                   "exit 0 without starting anything"))
+    if not checking:
+        parser.add_argument("--check-config", action="store_true",
+                            help="the same as 'arbiter check' (gunicorn's spelling)")
     parser.add_argument("--version", action="version", version=f"arbiter {__version__}")
     add_cli_options(parser)
     return parser
@@ -54,36 +128,69 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _load(ns: argparse.Namespace) -> Any:
-    return load_config(ns.config, os.environ, _overrides(ns))
+def _load(ns: argparse.Namespace) -> Config:
+    return load_config(ns.config, os.environ, _overrides(ns), cli_labels(ns))
+
+
+def _say(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
+def _load_or_say(ns: argparse.Namespace, prog: str) -> Config | None:
+    try:
+        return _load(ns)
+    except ConfigError as exc:
+        for line in exc.errors:
+            _say(prog, line)
+        return None
+
+
+def apply_env(assignments: Sequence[tuple[str, str]]) -> None:
+    """``-e KEY=VALUE``: into this process's environment, which workers inherit."""
+    for key, value in assignments:
+        os.environ[key] = value
+
+
+def _print_config(cfg: Config, ns: argparse.Namespace) -> None:
+    comments = []
+    if ns.env:
+        keys = ", ".join(dict(ns.env))
+        comments.append(f"-e sets {keys} in the app's environment (command line only, "
+                        f"not a config key)")
+    sys.stdout.write(render_effective_yaml(cfg, comments))
+    sys.stdout.flush()
+
+
+def check(ns: argparse.Namespace, prog: str = "arbiter check") -> int:
+    """Validate the config and everything the start would fail on; exit 0 or 1."""
+    from arbiter.preflight import check_warnings, find_problems
+
+    cfg = _load_or_say(ns, prog)
+    if cfg is None:
+        return 1
+    if ns.print_config:
+        _print_config(cfg, ns)
+    for note in cfg.notes:
+        _say(prog, f"note: {note}")
+    for warning in ineffective_settings(cfg) + check_warnings(cfg):
+        _say(prog, f"warning: {warning}")
+    apply_env(ns.env)
+    problems = find_problems(cfg)
+    if problems:
+        for problem in problems:
+            _say(prog, problem)
+        _say(prog, f"FAILED: {len(problems)} problem{'s' if len(problems) > 1 else ''}; "
+                   f"the server would not start")
+        return 1
+    where = cfg.source or "defaults"
+    print(f"{prog}: OK: config {where}; app {cfg.app} loads; "
+          f"{cfg.workers} {cfg.worker_type} worker(s) on {', '.join(cfg.bind)}")
+    return 0
 
 
 def run_check(argv: Sequence[str]) -> int:
     """``arbiter check``: validate the config and import the app; exit 0 or 1."""
-    from arbiter.appload import AppLoadError, load_app, prepare_import_path
-    from arbiter.workers import worker_class
-
-    ns = build_parser("arbiter check").parse_args(argv)
-    try:
-        cfg = _load(ns)
-    except ConfigError as exc:
-        print(f"arbiter check: {exc}", file=sys.stderr)
-        return 1
-    try:
-        worker_class(cfg.worker_type)
-    except ValueError as exc:
-        print(f"arbiter check: {exc}", file=sys.stderr)
-        return 1
-    try:
-        prepare_import_path(cfg.chdir, cfg.pythonpath)
-        load_app(cfg.app)
-    except (AppLoadError, OSError) as exc:
-        print(f"arbiter check: {exc}", file=sys.stderr)
-        return 1
-    where = cfg.source or "defaults"
-    print(f"arbiter check: OK: config {where}; app {cfg.app} loads; "
-          f"{cfg.workers} {cfg.worker_type} worker(s) on {', '.join(cfg.bind)}")
-    return 0
+    return check(build_parser("arbiter check").parse_args(argv))
 
 
 def build_ctl_parser() -> argparse.ArgumentParser:
@@ -206,21 +313,41 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def run_server(argv: Sequence[str]) -> int:
+    """``arbiter [-c FILE] [options] [APP]``: start the master; its exit code."""
     ns = build_parser().parse_args(argv)
+    if ns.check_config:
+        return check(ns)
     from arbiter import logs
     from arbiter.master import Master, StartupError
+    from arbiter.preflight import start_problems
 
-    try:
-        cfg = _load(ns)
-    except ConfigError as exc:
-        print(f"arbiter: {exc}", file=sys.stderr)
+    cfg = _load_or_say(ns, "arbiter")
+    if cfg is None:
+        return 1
+    if ns.print_config:
+        _print_config(cfg, ns)
+        for note in cfg.notes:
+            _say("arbiter", f"note: {note}")
+        for warning in ineffective_settings(cfg):
+            _say("arbiter", f"warning: {warning}")
+        return 0
+    problems = start_problems(cfg)
+    if problems:
+        for problem in problems:
+            _say("arbiter", problem)
         return 1
     try:
         log = logs.setup_error_log(cfg.log.level, cfg.log.error_log, cfg.proc_name,
                                    json=cfg.log.json)
     except OSError as exc:
-        print(f"arbiter: cannot open the error log {cfg.log.error_log}: {exc}", file=sys.stderr)
+        _say("arbiter", f"log.error_log: cannot open error log {cfg.log.error_log!r}: "
+                        f"{exc.strerror or exc}")
         return 1
+    for note in cfg.notes:
+        log.info("%s", note)
+    for warning in ineffective_settings(cfg):
+        log.warning("%s", warning)
+    apply_env(ns.env)  # before the master preloads the app or forks a worker
     os.umask(cfg.umask)
     # A reload re-reads the same file even after `chdir` moved the working directory.
     if ns.config:

@@ -8,10 +8,15 @@ code that turns that table into
   (``load_config``),
 * ``ARBITER_<KEY>`` environment overrides and the ``WEB_CONCURRENCY`` /
   ``PORT`` platform conventions,
-* command-line flags (``add_cli_options`` / ``cli_overrides``),
-* the frozen, validated ``Config`` object the rest of arbiter reads, and
+* command-line flags (``add_cli_options`` / ``cli_overrides`` /
+  ``cli_labels``), with gunicorn's spellings as aliases (``Setting.aliases``)
+  and its worker class names mapped (``gunicorn_worker_class``),
+* the frozen, validated ``Config`` object the rest of arbiter reads,
+* the warnings for settings that were set but do nothing with the chosen
+  worker type (``Setting.applies_to``, ``ineffective_settings``), and
 * the documented reference file ``config/server.yaml``
-  (``render_reference_yaml``) and a Markdown table for the README
+  (``render_reference_yaml``), the effective config that ``--print-config``
+  prints (``render_effective_yaml``) and a Markdown table of every setting
   (``render_settings_table``).
 
 Layering: defaults < config file < ``ARBITER_*`` environment < command line.
@@ -31,7 +36,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -47,8 +52,11 @@ __all__ = [
     "ConfigSection",
     "Setting",
     "add_cli_options",
+    "cli_labels",
     "cli_overrides",
+    "ineffective_settings",
     "load_config",
+    "render_effective_yaml",
     "render_reference_yaml",
     "render_settings_table",
 ]
@@ -221,13 +229,18 @@ def optional(inner: Converter) -> Converter:
     return convert
 
 
-def list_of(item: Converter, what: str, *, split_commas_in_file: bool = False) -> Converter:
+def list_of(item: Converter, what: str, *, split_commas_in_file: bool = False,
+            split_cli_items: bool = False) -> Converter:
     """A list of items, returned as a tuple.
 
     A single string is a one-element list. From env/CLI a string is either a
     YAML flow list ("[a, b]") or comma-separated ("a,b"); in a file, commas
-    split only when ``split_commas_in_file``.
+    split only when ``split_commas_in_file``. ``split_cli_items`` (implied by
+    ``split_commas_in_file``) also splits each value of a repeated flag, as
+    gunicorn's comma-separated ``--forwarded-allow-ips a,b`` and
+    ``--pythonpath a,b`` are.
     """
+    split_items = split_commas_in_file or split_cli_items
     expected = f"a list of {what}"
 
     def convert(value: Any, text: bool) -> tuple[Any, ...]:
@@ -250,6 +263,10 @@ def list_of(item: Converter, what: str, *, split_commas_in_file: bool = False) -
             value = list(value)
         if not isinstance(value, list):
             raise _Invalid(expected, value)
+        if text and split_items:
+            value = [part.strip() for element in value
+                     for part in (element.split(",") if isinstance(element, str) else [element])
+                     if not isinstance(part, str) or part.strip()]
         out = []
         for index, element in enumerate(value):
             try:
@@ -431,6 +448,14 @@ class Setting:
     flags: tuple[str, ...] = ()
     metavar: str | None = None
     later: bool = False  # accepted and validated now; takes effect in a later release
+    # Gunicorn's spellings of the same option, accepted too (same meaning, same value).
+    aliases: tuple[str, ...] = ()
+    # The worker types on which the setting has an effect (None: every type); set
+    # elsewhere, it is a warning at start and in `arbiter check`, never silence.
+    applies_to: tuple[str, ...] | None = None
+    # Command-line values that another server's users type, mapped to ours:
+    # returns (our value, a note to tell the user) or raises ValueError (no equivalent).
+    translate_cli: Callable[[str], tuple[str, str]] | None = None
 
     @property
     def env(self) -> str:
@@ -457,9 +482,14 @@ class Setting:
         return self.doc + (" (later release)" if self.later else "")
 
     @property
+    def option_strings(self) -> tuple[str, ...]:
+        """Every command-line spelling: arbiter's flags, then gunicorn's aliases."""
+        return self.flags + self.aliases
+
+    @property
     def cli_label(self) -> str:
-        """How errors name a value that came from the command line."""
-        long_flags = [f for f in self.flags if f.startswith("--")]
+        """How errors name a command-line value when the flag typed is not known."""
+        long_flags = [f for f in self.option_strings if f.startswith("--")]
         return long_flags[0] if long_flags else "command line"
 
 
@@ -476,13 +506,61 @@ SECTIONS: Mapping[str, str] = MappingProxyType(
 _opt_str = optional(string)
 _opt_hook = optional(hook_spec)
 
+WORKER_TYPES: tuple[str, ...] = ("forked", "preforked", "threaded", "pooled", "evented")
+
+# Gunicorn's worker classes (its -k/--worker-class) that have an arbiter worker type.
+GUNICORN_WORKER_CLASSES: Mapping[str, str] = MappingProxyType({
+    "sync": "preforked",  # one connection at a time per process
+    "gthread": "pooled",  # a thread pool per process, idle connections in a selector
+})
+
+# Gunicorn's worker classes without an equivalent, and what to use instead.
+_GUNICORN_WITHOUT_EQUIVALENT: Mapping[str, str] = MappingProxyType({
+    "gevent": "arbiter does not monkey-patch; for many idle or slow clients use evented "
+              "(the app must never block) or pooled (threads for blocking I/O)",
+    "eventlet": "arbiter does not monkey-patch; for many idle or slow clients use evented "
+                "(the app must never block) or pooled (threads for blocking I/O)",
+    "tornado": "arbiter serves WSGI apps only",
+    "asgi": "ASGI (worker_type: asgi) is not supported yet; arbiter serves WSGI apps",
+})
+_GUNICORN_WITHOUT_EQUIVALENT_ALIASES = {"gevent_wsgi": "gevent", "gevent_pywsgi": "gevent"}
+
+
+def gunicorn_worker_class(value: str) -> tuple[str, str]:
+    """A gunicorn worker class typed on the command line -> (arbiter's worker type, a note).
+
+    ``sync`` is ``preforked`` and ``gthread`` is ``pooled``. The other gunicorn
+    classes (gevent, eventlet, tornado, asgi, a class path such as
+    ``uvicorn.workers.UvicornWorker``) raise ValueError saying what arbiter has
+    instead. Anything else is returned unchanged for the setting's own check.
+    """
+    word = value.strip()
+    ours = ", ".join(WORKER_TYPES)
+    key = word.lower()
+    if key in GUNICORN_WORKER_CLASSES:
+        mapped = GUNICORN_WORKER_CLASSES[key]
+        return mapped, (f"gunicorn's {key!r} worker class is arbiter's {mapped!r} worker type; "
+                        f"serving with {mapped}")
+    key = _GUNICORN_WITHOUT_EQUIVALENT_ALIASES.get(key, key)
+    if key in _GUNICORN_WITHOUT_EQUIVALENT:
+        raise ValueError(f"gunicorn's {word!r} worker class has no arbiter equivalent: "
+                         f"{_GUNICORN_WITHOUT_EQUIVALENT[key]}. arbiter's worker types: "
+                         f"{ours} (gunicorn's sync = preforked, gthread = pooled)")
+    if "." in word:
+        what = "an ASGI worker: ASGI (worker_type: asgi) is not supported yet" \
+            if "uvicorn" in key or "asgi" in key else "a worker class path"
+        raise ValueError(f"{word!r} is {what}. arbiter has no pluggable worker classes; its "
+                         f"worker types: {ours} (gunicorn's sync = preforked, "
+                         f"gthread = pooled)")
+    return word, ""
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("app", "arbiter.demo:app", app_spec,
             'WSGI callable "module:attr"; factory "module:create()"'),
     Setting("chdir", None, _opt_str,
             "directory to change into before loading the app",
             ("--chdir",), "DIR"),
-    Setting("pythonpath", (), list_of(string, "directory paths"),
+    Setting("pythonpath", (), list_of(string, "directory paths", split_cli_items=True),
             "extra import paths, prepended to sys.path",
             ("--pythonpath",), "DIR"),
     Setting("bind", ("127.0.0.1:8000",), list_of(bind_address, "addresses (" + _BIND_EXPECTED + ")"),
@@ -497,24 +575,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", 2, workers_count,
             'integer >= 1, or "auto" (= CPU count)',
             ("-w", "--workers"), "N"),
-    Setting("worker_type", "preforked", choice("forked", "preforked", "threaded", "pooled", "evented"),
+    Setting("worker_type", "preforked", choice(*WORKER_TYPES),
             "forked | preforked | threaded | pooled | evented",
-            ("-k", "--worker-type"), "TYPE"),
+            ("-k", "--worker-type"), "TYPE", aliases=("--worker-class",),
+            translate_cli=gunicorn_worker_class),
     Setting("threads", 4, integer(1),
             "pooled: threads per worker",
-            ("-t", "--threads"), "N"),
+            ("-t", "--threads"), "N", applies_to=("pooled",)),
     Setting("max_connections", 1000, integer(1),
             "forked/threaded/pooled/evented: open connections per worker",
-            ("--max-connections",), "N"),
+            ("--max-connections",), "N", aliases=("--worker-connections",),
+            applies_to=("forked", "threaded", "pooled", "evented")),
     Setting("timeout", 30, number(0),
-            "a worker silent this long is killed, with a traceback (0 = off)",
+            "a worker stuck this long is killed (threaded/pooled: recycled; forked: the stuck"
+            " child), with its traceback (0 = off)",
             ("--timeout",), "SECONDS"),
     Setting("graceful_timeout", 30, number(0),
             "seconds to finish in-flight requests on stop/reload/scale-down",
             ("--graceful-timeout",), "SECONDS"),
     Setting("keepalive", 5, number(0),
             "seconds an idle keep-alive connection is held (0 = close)",
-            ("--keepalive",), "SECONDS"),
+            ("--keepalive",), "SECONDS", aliases=("--keep-alive",)),
     Setting("header_timeout", 10, number(0, exclusive=True),
             "seconds a client has to send a whole request head, else 408 (cuts slowloris)",
             ("--header-timeout",), "SECONDS"),
@@ -522,7 +603,7 @@ SETTINGS: tuple[Setting, ...] = (
             "recycle a worker after N requests (0 = never)",
             ("--max-requests",), "N"),
     Setting("max_requests_jitter", 0, integer(0),
-            "+ random 0..N so workers don't recycle together",
+            "+ random 0..N so workers don't recycle together (needs max_requests)",
             ("--max-requests-jitter",), "N"),
     Setting("max_worker_memory", 0, number(0),
             "MiB of the worker's private memory (USS, not RSS: pages shared with the master"
@@ -538,37 +619,42 @@ SETTINGS: tuple[Setting, ...] = (
             " (pure Python); both give identical behaviour",
             ("--http-parser",), "PARSER"),
     Setting("limits.request_line", 8190, integer(0, 65536),
-            "bytes; longer -> 414 (0 = no limit)"),
+            "bytes; longer -> 414 (0 = no limit)",
+            ("--limit-request-line",), "BYTES"),
     Setting("limits.header_fields", 100, integer(0, 32768),
-            "count; more -> 431 (0 = no limit)"),
+            "count; more -> 431 (0 = no limit)",
+            ("--limit-request-fields",), "N"),
     Setting("limits.header_field_size", 8190, integer(0, 65536),
-            "bytes; longer -> 431 (0 = no limit)"),
+            "bytes; longer -> 431 (0 = no limit)",
+            ("--limit-request-field-size",), "BYTES", aliases=("--limit-request-field_size",)),
     Setting("limits.body", None, optional(integer(0)),
             "bytes; larger -> 413 (null = unlimited)"),
     Setting("forwarded_allow_ips", ("127.0.0.1", "::1"),
             list_of(trusted_ip, 'IP addresses, CIDR networks or "*"', split_commas_in_file=True),
-            'IPs/CIDRs trusted to set X-Forwarded-* / Forwarded, or "*"'),
+            'IPs/CIDRs trusted to set X-Forwarded-* / Forwarded, or "*"',
+            ("--forwarded-allow-ips",), "IPS"),
     Setting("forwarded_headers", "x-forwarded", choice("x-forwarded", "forwarded"),
             "x-forwarded | forwarded: the one header family trusted from forwarded_allow_ips"
-            " (the other is ignored); the client is the rightmost untrusted hop"),
+            " (the other is ignored); the client is the rightmost untrusted hop", later=True),
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
-            ("--pidfile",), "FILE"),
+            ("--pidfile",), "FILE", aliases=("-p", "--pid")),
     Setting("daemon", False, boolean,
-            "detach (python-daemon); write the pidfile",
-            ("--daemon",)),
+            "detach (python-daemon); set pidfile to find the master again",
+            ("--daemon",), aliases=("-D",)),
     Setting("user", None, optional(user_or_group),
-            "drop privileges to this user (name or uid) after binding",
-            ("--user",), "USER"),
+            "after binding, the workers drop privileges to this user (name or uid);"
+            " the master keeps its own",
+            ("--user",), "USER", aliases=("-u",)),
     Setting("group", None, optional(user_or_group),
-            "drop privileges to this group (name or gid) after binding",
-            ("--group",), "GROUP"),
+            "after binding, the workers drop privileges to this group (name or gid)",
+            ("--group",), "GROUP", aliases=("-g",)),
     Setting("umask", "0o022", file_mode,
             'file mode creation mask, octal: 0o022 or "022"',
             ("--umask",), "MODE"),
     Setting("proc_name", "arbiter", string,
             'process titles: "arbiter: master [NAME]", "arbiter: worker [NAME] #3"',
-            ("--name",), "NAME"),
+            ("--name",), "NAME", aliases=("-n",)),
     Setting("control_socket", None, _opt_str,
             "unix socket for `arbiter ctl` (default: next to the pidfile, or off)"),
     Setting("admin_bind", None, optional(host_port),
@@ -576,24 +662,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_delay", 0, number(0),
             "on TERM: seconds /readyz answers 503 while still serving, so a load balancer"
             " stops sending before we stop accepting"),
-    Setting("ssl.certfile", None, _opt_str, "PEM certificate (chain)"),
+    Setting("ssl.certfile", None, _opt_str, "PEM certificate (chain)",
+            ("--certfile",), "FILE"),
     Setting("ssl.keyfile", None, _opt_str,
-            "PEM private key (null: the key is in certfile); needs certfile"),
+            "PEM private key (null: the key is in certfile); needs certfile",
+            ("--keyfile",), "FILE"),
     Setting("ssl.ca_certs", None, _opt_str, "set to require client certificates"),
-    Setting("ssl.ciphers", None, _opt_str, "OpenSSL cipher string (null = Python's default)"),
+    Setting("ssl.ciphers", None, _opt_str, "OpenSSL cipher string (null = Python's default)",
+            ("--ciphers",), "CIPHERS"),
     Setting("log.level", "info", choice("debug", "info", "warning", "error", "critical"),
             "debug | info | warning | error | critical",
             ("--log-level",), "LEVEL"),
     Setting("log.error_log", "-", string,
             '"-" = stderr; a path; "syslog"',
-            ("--error-log",), "FILE"),
+            ("--error-log",), "FILE", aliases=("--error-logfile", "--log-file")),
     Setting("log.access_log", None, _opt_str,
             'null = off; "-" = stdout; a path',
-            ("--access-log",), "FILE"),
+            ("--access-log",), "FILE", aliases=("--access-logfile",)),
     Setting("log.access_format",
             '%(h)s - - [%(t)s] "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus', string,
             "access log line; h=client t=time r=request line s=status b=bytes f=referer"
-            " a=user agent D=microseconds"),
+            " a=user agent D=microseconds",
+            ("--access-format",), "FORMAT", aliases=("--access-logformat",)),
     Setting("log.json", False, boolean,
             "one JSON object per line instead of text, for both logs"
             " (access_format is then ignored)"),
@@ -676,17 +766,20 @@ class Config:
     already resolved to the CPU count), ``cfg.bind`` (a tuple of str),
     ``cfg.limits.body``, ``cfg.log.level``, ``cfg.umask`` (an int). Lists are
     tuples. ``source`` is the config file path as given (None without a file).
-    Two Configs are equal when their values are; ``source`` and origins are
-    metadata and do not take part.
+    ``notes`` are things the user should be told about how their input was
+    read (a gunicorn worker class mapped to an arbiter worker type).
+    Two Configs are equal when their values are; ``source``, origins and notes
+    are metadata and do not take part.
     """
 
-    __slots__ = ("_values", "_origins", "_sections", "source")
+    __slots__ = ("_values", "_origins", "_sections", "source", "notes")
 
     def __init__(
         self,
         values: Mapping[str, Any],
         origins: Mapping[str, str] | None = None,
         source: str | None = None,
+        notes: tuple[str, ...] = (),
     ) -> None:
         sections: dict[str, ConfigSection] = {}
         for section in SECTIONS:
@@ -697,6 +790,7 @@ class Config:
         object.__setattr__(self, "_origins", MappingProxyType(dict(origins or {})))
         object.__setattr__(self, "_sections", MappingProxyType(sections))
         object.__setattr__(self, "source", source)
+        object.__setattr__(self, "notes", tuple(notes))
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails, i.e. for setting names.
@@ -715,7 +809,7 @@ class Config:
         raise AttributeError("Config is read-only")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Config, (dict(self._values), dict(self._origins), self.source))
+        return (Config, (dict(self._values), dict(self._origins), self.source, self.notes))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
@@ -808,6 +902,11 @@ def _read_yaml(path: str, errors: list[str]) -> list[_FileValue]:
         errors.append(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})")
         return []
 
+    if path.endswith(".py"):
+        errors.append(f"{path}: is a Python file; arbiter's -c takes a YAML config file "
+                      f"(gunicorn's -c takes Python): write its settings as YAML "
+                      f"('arbiter --print-config' prints every key)")
+        return []
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -905,6 +1004,7 @@ def load_config(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
     cli: Mapping[str, Any] | None = None,
+    cli_labels: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the validated Config: defaults < file < ARBITER_* env < cli.
 
@@ -912,6 +1012,10 @@ def load_config(
     (``Setting.env``) are read, other ``ARBITER_*`` variables are ignored, and
     so are empty ones. ``cli`` maps dotted setting names to raw values (as
     ``cli_overrides`` produces them; strings are parsed like env values).
+    ``cli_labels`` maps them to the flag the user typed (``cli_labels()``), which
+    errors and origins then name; without it a setting's first long flag is named.
+    A command-line string first goes through the setting's ``translate_cli``
+    (gunicorn's ``-k sync`` is ``preforked``), whose notes land in ``Config.notes``.
     ``WEB_CONCURRENCY`` is the default for ``workers`` and ``PORT`` makes the
     default bind ``0.0.0.0:$PORT``, when nothing else sets them.
 
@@ -949,16 +1053,26 @@ def load_config(
         except _Invalid as err:
             errors.append(_invalid_message(s.env, s.name, err))
 
+    notes: list[str] = []
     for name, raw in (cli or {}).items():
         s = SETTINGS_BY_NAME.get(name)
         if s is None:
             errors.append(f"command line: {_unknown_key_message(name, list(SETTINGS_BY_NAME))}")
             continue
+        label = (cli_labels or {}).get(name) or s.cli_label
+        if s.translate_cli is not None and isinstance(raw, str):
+            try:
+                raw, note = s.translate_cli(raw)
+            except ValueError as err:
+                errors.append(f"{label}: {s.name}: {err}")
+                continue
+            if note:
+                notes.append(f"{label} {(cli or {})[name]}: {note}")
         try:
             values[s.name] = s.convert(raw, True)
-            origins[s.name] = s.cli_label
+            origins[s.name] = label
         except _Invalid as err:
-            errors.append(_invalid_message(s.cli_label, s.name, err))
+            errors.append(_invalid_message(label, s.name, err))
 
     _apply_platform_conventions(env, values, origins, errors)
     errors.extend(_cross_check(values, origins))
@@ -967,7 +1081,7 @@ def load_config(
 
     if values["workers"] == "auto":
         values["workers"] = _cpu_count()
-    return Config(values, origins, path)
+    return Config(values, origins, path, tuple(notes))
 
 
 def _apply_platform_conventions(
@@ -1003,50 +1117,121 @@ def _cross_check(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[
 
 
 # --------------------------------------------------------------------------
+# Settings that were set but do nothing
+# --------------------------------------------------------------------------
+
+# What a flag means elsewhere, said when the user typed it for a setting that has no effect.
+_FLAG_HINTS: Mapping[str, str] = MappingProxyType({
+    "-t": "-t is --threads in arbiter; gunicorn's -t is --timeout",
+})
+
+# Why a setting does nothing on one worker type, and what to do instead.
+_TYPE_HINTS: Mapping[tuple[str, str], str] = MappingProxyType({
+    ("threads", "preforked"): "for a thread pool use worker_type pooled (gunicorn turns sync "
+                              "into gthread when threads > 1; arbiter does not)",
+    ("threads", "threaded"): "threaded starts a thread per connection, up to max_connections",
+    ("max_connections", "preforked"): "a preforked worker serves one connection at a time",
+})
+
+
+def _and_list(words: tuple[str, ...]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def ineffective_settings(cfg: Config) -> list[str]:
+    """Warnings for the settings the user set that have no effect with this config.
+
+    Only values that did not come from the defaults are reported: a setting
+    whose ``applies_to`` does not include the worker type, and
+    ``max_requests_jitter`` without ``max_requests``. Each line names the
+    setting, its value and where it was set.
+    """
+    warnings = []
+
+    def where(name: str) -> str:
+        return f"{name}: {_yaml_scalar(cfg.get(name))} (set by {cfg.origin(name)})"
+
+    for s in SETTINGS:
+        origin = cfg.origin(s.name)
+        if origin == "default" or s.applies_to is None or cfg.worker_type in s.applies_to:
+            continue
+        line = (f"{where(s.name)} has no effect with worker_type {cfg.worker_type}: it "
+                f"applies to {_and_list(s.applies_to)} only")
+        hint = _TYPE_HINTS.get((s.name, cfg.worker_type))
+        if hint:
+            line += f"; {hint}"
+        if origin in _FLAG_HINTS:
+            line += f". {_FLAG_HINTS[origin]}"
+        warnings.append(line)
+    if cfg.origin("max_requests_jitter") != "default" and cfg.max_requests_jitter \
+            and not cfg.max_requests:
+        warnings.append(f"{where('max_requests_jitter')} has no effect while max_requests "
+                        f"is 0 (workers are never recycled)")
+    return warnings
+
+
+# --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
 
+_TYPED_FLAGS = "_arbiter_typed_flags"  # namespace attribute: dest -> the option string typed
+
+
+class _SettingOption(argparse.Action):
+    """Store a setting's raw value (a switch, one value, or appended) and remember
+    which of its spellings the user typed, so errors and origins can name it."""
+
+    def __init__(self, option_strings: list[str], dest: str, mode: str = "store",
+                 **kwargs: Any) -> None:
+        self.mode = mode
+        super().__init__(option_strings, dest, nargs=0 if mode == "switch" else None, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if self.mode == "switch":
+            values = True
+        elif self.mode == "append":
+            values = [*(getattr(namespace, self.dest, None) or []), values]
+        setattr(namespace, self.dest, values)
+        typed = dict(getattr(namespace, _TYPED_FLAGS, {}))
+        typed[self.dest] = option_string or self.option_strings[0]
+        setattr(namespace, _TYPED_FLAGS, typed)
+
+
 def add_cli_options(parser: argparse.ArgumentParser) -> None:
-    """Add every setting's flags from the table, under a "settings" group.
+    """Add every setting's flags (and gunicorn's aliases) from the table, under a
+    "settings" group.
 
     Dests are ``Setting.dest`` (dots as underscores: ``workers``,
     ``worker_type``, ``log_level``, ``preload_app``, ``proc_name``) with
     ``default=argparse.SUPPRESS``, so a flag the user didn't give is absent
     from the namespace. Values are kept raw; ``load_config`` validates them.
+    Which spelling was typed is kept for ``cli_labels``.
     """
     group = parser.add_argument_group(
         "settings", "override the config file and ARBITER_* environment variables"
     )
     for s in SETTINGS:
-        if not s.flags:
+        if not s.option_strings:
             continue
         help_text = f"{s.help} [{s.env}]".replace("%", "%%")
         if isinstance(s.default, bool):
-            group.add_argument(
-                *s.flags,
-                dest=s.dest,
-                action="store_true",
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+            mode, metavar = "switch", None
         elif isinstance(s.default, tuple):
-            group.add_argument(
-                *s.flags,
-                dest=s.dest,
-                action="append",
-                default=argparse.SUPPRESS,
-                metavar=s.metavar,
-                help=help_text + " (repeatable)",
-            )
+            mode, metavar = "append", s.metavar
+            help_text += " (repeatable)"
         else:
-            group.add_argument(
-                *s.flags,
-                dest=s.dest,
-                default=argparse.SUPPRESS,
-                metavar=s.metavar,
-                help=help_text,
-            )
+            mode, metavar = "store", s.metavar
+        group.add_argument(
+            *s.option_strings,
+            dest=s.dest,
+            action=_SettingOption,
+            mode=mode,
+            default=argparse.SUPPRESS,
+            metavar=metavar,
+            help=help_text,
+        )
 
 
 def cli_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
@@ -1054,8 +1239,14 @@ def cli_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
     return {
         s.name: getattr(namespace, s.dest)
         for s in SETTINGS
-        if s.flags and hasattr(namespace, s.dest)
+        if s.option_strings and hasattr(namespace, s.dest)
     }
+
+
+def cli_labels(namespace: argparse.Namespace) -> dict[str, str]:
+    """The flag the user typed for each setting given (``-t``, ``--keep-alive``), by name."""
+    typed = getattr(namespace, _TYPED_FLAGS, {})
+    return {s.name: typed[s.dest] for s in SETTINGS if s.dest in typed}
 
 
 # --------------------------------------------------------------------------
@@ -1072,8 +1263,11 @@ _REFERENCE_HEADER = """\
 # stands configures exactly what arbiter does with no file at all. Copy the
 # keys you want to change into your own server.yaml.
 #
-# Validate a file (the config, then an import of the app):
+# Check a file as the start would (the config, the TLS files, log paths,
+# user/group, bind addresses, hooks, then an import of the app):
 #     arbiter check -c config/server.yaml
+# Print the effective config, with where each value came from:
+#     arbiter -c config/server.yaml --print-config
 #
 # Precedence: defaults < this file < environment < command line.
 # Every key can be set from the environment as ARBITER_<KEY>: the dotted name
@@ -1106,7 +1300,7 @@ def _yaml_scalar(value: Any) -> str:
         plain_ok = False
     if plain_ok:
         return s
-    if '"' in s:
+    if '"' in s and "\n" not in s:
         return "'" + s.replace("'", "''") + "'"
     return json.dumps(s)
 
@@ -1144,6 +1338,33 @@ def render_reference_yaml() -> str:
         # Inside a section whose doc already says "(later release)", don't repeat it.
         doc = s.doc if (s.section and "(later release)" in SECTIONS[s.section]) else s.help
         lines.extend(_commented(f"{indent}{s.key}: {_yaml_scalar(s.default)}", doc))
+    return "\n".join(lines) + "\n"
+
+
+def render_effective_yaml(cfg: Config, comments: Iterable[str] = ()) -> str:
+    """The effective configuration as YAML that ``arbiter -c`` reads back (``--print-config``).
+
+    Every setting, in table order, with its value and, as a trailing comment,
+    where the value came from: ``default``, ``server.yaml:7``,
+    ``ARBITER_WORKERS``, the flag typed (``--workers``, ``-w``),
+    ``WEB_CONCURRENCY`` or ``PORT``. ``comments`` are added as comment lines
+    after the header (what is not a setting, such as ``-e`` variables).
+    """
+    lines = [
+        "# arbiter: the effective configuration (--print-config).",
+        "# After each value, where it came from; `arbiter -c FILE` reads this back.",
+    ]
+    lines += [f"# {comment}" for comment in comments]
+    lines.append("")
+    current_section: str | None = None
+    for s in SETTINGS:
+        if s.section != current_section and s.section is not None:
+            lines.append(f"{s.section}:")
+        current_section = s.section
+        value = cfg.get(s.name)
+        text = f'"0o{value:03o}"' if s.name == "umask" else _yaml_scalar(value)
+        line = f"{'  ' if s.section else ''}{s.key}: {text}"
+        lines.append(line.ljust(max(_COMMENT_COLUMN, len(line) + 2)) + f"# {cfg.origin(s.name)}")
     return "\n".join(lines) + "\n"
 
 

@@ -13,11 +13,15 @@ from arbiter.config import (
     SECTIONS,
     SETTINGS,
     SETTINGS_BY_NAME,
+    WORKER_TYPES,
     Config,
     ConfigError,
     add_cli_options,
     cli_overrides,
+    gunicorn_worker_class,
+    ineffective_settings,
     load_config,
+    render_effective_yaml,
     render_reference_yaml,
     render_settings_table,
 )
@@ -713,3 +717,110 @@ def test_contract_flags_exist() -> None:
 
 def test_help_renders() -> None:
     assert "--worker-type" in make_parser().format_help()
+
+
+# ---------------------------------------------------------------- gunicorn habits
+
+
+def test_option_strings_are_unique_and_every_applies_to_names_a_worker_type() -> None:
+    spellings = [flag for s in SETTINGS for flag in s.option_strings]
+    assert len(spellings) == len(set(spellings))
+    for s in SETTINGS:
+        for worker_type in s.applies_to or ():
+            assert worker_type in WORKER_TYPES, s.name
+
+
+def test_gunicorn_worker_classes() -> None:
+    assert gunicorn_worker_class("sync")[0] == "preforked"
+    assert gunicorn_worker_class("gthread")[0] == "pooled"
+    assert gunicorn_worker_class("evented") == ("evented", "")
+    for name in ("gevent", "eventlet", "tornado", "gevent_pywsgi", "uvicorn.workers.UvicornWorker",
+                 "myproject.MyWorker"):
+        with pytest.raises(ValueError, match="preforked, threaded, pooled, evented"):
+            gunicorn_worker_class(name)
+    # Only from the command line: the file and the environment keep arbiter's names.
+    assert error_of(env={"ARBITER_WORKER_TYPE": "sync"}).startswith(
+        "ARBITER_WORKER_TYPE: worker_type: expected one of")
+    cfg = load_config(env={}, cli={"worker_type": "sync"}, cli_labels={"worker_type": "-k"})
+    assert cfg.worker_type == "preforked"
+    assert cfg.notes == ("-k sync: gunicorn's 'sync' worker class is arbiter's 'preforked' "
+                         "worker type; serving with preforked",)
+    assert error_of(cli={"worker_type": "gevent"}).startswith(
+        "--worker-type: worker_type: gunicorn's 'gevent' worker class has no arbiter equivalent")
+
+
+def test_notes_survive_pickling() -> None:
+    import pickle
+
+    cfg = load_config(env={}, cli={"worker_type": "gthread"})
+    assert pickle.loads(pickle.dumps(cfg)).notes == cfg.notes
+
+
+def test_a_python_config_file_is_refused_as_such(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers = 4\n", name="gunicorn.conf.py")
+    assert error_of(path).startswith(f"{path}: is a Python file; arbiter's -c takes a YAML")
+
+
+def test_repeated_flags_split_on_commas_like_gunicorn() -> None:
+    cfg = load_config(env={}, cli={"forwarded_allow_ips": ["10.0.0.1, 10.0.0.2", "::1"],
+                                   "pythonpath": ["a,b", "c"], "bind": ["127.0.0.1:1"]})
+    assert cfg.forwarded_allow_ips == ("10.0.0.1", "10.0.0.2", "::1")
+    assert cfg.pythonpath == ("a", "b", "c")
+
+
+def test_a_pythonpath_with_a_comma_in_the_file_is_still_one_path(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "pythonpath: 'a,b'\n"), env={})
+    assert cfg.pythonpath == ("a,b",)
+
+
+def test_ineffective_settings_only_what_the_user_set() -> None:
+    assert ineffective_settings(defaults()) == []
+    assert ineffective_settings(load_config(env={}, cli={"worker_type": "pooled",
+                                                         "threads": "30"})) == []
+    [warning] = ineffective_settings(load_config(
+        env={}, cli={"threads": "30"}, cli_labels={"threads": "-t"}))
+    assert warning.startswith("threads: 30 (set by -t) has no effect with worker_type "
+                              "preforked: it applies to pooled only")
+    assert warning.endswith("-t is --threads in arbiter; gunicorn's -t is --timeout")
+    [warning] = ineffective_settings(load_config(
+        env={"ARBITER_THREADS": "8", "ARBITER_WORKER_TYPE": "evented"}))
+    assert warning.startswith("threads: 8 (set by ARBITER_THREADS) has no effect with "
+                              "worker_type evented")
+    assert "gunicorn" not in warning
+
+
+def test_max_connections_on_preforked_and_jitter_without_max_requests(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_connections: 10\nmax_requests_jitter: 50\n")
+    warnings = ineffective_settings(load_config(path, env={}))
+    assert warnings == [
+        f"max_connections: 10 (set by {path}:1) has no effect with worker_type preforked: "
+        f"it applies to forked, threaded, pooled and evented only; a preforked worker serves "
+        f"one connection at a time",
+        f"max_requests_jitter: 50 (set by {path}:2) has no effect while max_requests is 0 "
+        f"(workers are never recycled)",
+    ]
+    for worker_type in ("forked", "threaded", "pooled", "evented"):
+        cfg = load_config(path, env={}, cli={"worker_type": worker_type, "max_requests": 9})
+        assert ineffective_settings(cfg) == [], worker_type
+
+
+def test_effective_yaml_round_trips_with_origins(tmp_path: Path) -> None:
+    import yaml
+
+    path = write(tmp_path, "workers: 3\nlog:\n  access_format: '%(h)s \"%(r)s\" it''s'\n")
+    cfg = load_config(path, env={"ARBITER_UMASK": "027", "PORT": "5000"},
+                      cli={"proc_name": "123", "user": "0", "chdir": "a #b"},
+                      cli_labels={"proc_name": "-n"})
+    text = render_effective_yaml(cfg, ["a comment"])
+    assert "# a comment\n" in text
+    lines = {line.split(":", 1)[0].strip(): line for line in text.splitlines()
+             if not line.startswith("#")}
+    assert lines["workers"].endswith(f"# {path}:1")
+    assert lines["umask"].endswith("# ARBITER_UMASK")
+    assert lines["bind"].endswith("# PORT")
+    assert lines["proc_name"].endswith("# -n")
+    assert lines["threads"].endswith("# default")
+    assert isinstance(yaml.safe_load(text), dict)
+    again = load_config(write(tmp_path, text, name="printed.yaml"), env={})
+    assert again == cfg
+    assert (again.umask, again.proc_name, again.user, again.chdir) == (0o027, "123", 0, "a #b")
