@@ -635,7 +635,7 @@ SETTINGS: tuple[Setting, ...] = (
             ("--forwarded-allow-ips",), "IPS"),
     Setting("forwarded_headers", "x-forwarded", choice("x-forwarded", "forwarded"),
             "x-forwarded | forwarded: the one header family trusted from forwarded_allow_ips"
-            " (the other is ignored); the client is the rightmost untrusted hop", later=True),
+            " (the other is ignored); the client is the rightmost untrusted hop"),
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
             ("--pidfile",), "FILE", aliases=("-p", "--pid")),
