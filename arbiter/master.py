@@ -41,7 +41,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arbiter import logs, systemd
-from arbiter.appload import AppLoadError, forget_project_modules, load_app, prepare_import_path
+from arbiter.appload import (
+    AppLoadError,
+    asgi_not_supported_message,
+    asgi_reason,
+    forget_project_modules,
+    load_app,
+    prepare_import_path,
+)
 from arbiter.control import ControlServer, default_socket_path
 from arbiter.hooks import HookError, Hooks, load_hooks
 from arbiter.notices import FAILED, NoticePipe
@@ -271,6 +278,9 @@ class Master:
                 app = load_app(cfg.app)
             except AppLoadError as exc:
                 raise StartupError(EXIT_APP, f"the app cannot be loaded: {exc}") from None
+            asgi = asgi_reason(app)
+            if asgi is not None:
+                raise StartupError(EXIT_CONFIG, asgi_not_supported_message(cfg.app, asgi))
         inherited = decode_inherited(os.environ.pop(UPGRADE_FDS_ENV, ""))
         self.upgraded_from = int(os.environ.pop(UPGRADE_FROM_ENV, "0") or 0) or None
         try:
@@ -323,7 +333,9 @@ class Master:
                                              take_over=bool(self.upgraded_from))
             except OSError as exc:
                 self.close_listeners(list(self.listeners.values()))
-                raise StartupError(EXIT_CONFIG, f"control socket: {exc}") from None
+                message = (f"control_socket {control_path}: {exc.strerror}" if exc.strerror
+                           else str(exc))  # ControlServer's own errors name the path
+                raise StartupError(EXIT_CONFIG, message) from None
             assert self.selector is not None
             self.control.register(self.selector)
             self.log.info("control socket on %s", control_path)
@@ -663,7 +675,9 @@ class Master:
         self.count_restart("crash")
         # Died before it was ready: a boot failure.
         why = f"a new worker failed to boot ({how})"
-        if worker.failure:
+        if worker.failure and code == EXIT_APP_NOT_WSGI:
+            why += f": {worker.failure}"
+        elif worker.failure:
             why += f": {worker.failure} (traceback in the error log, "
             why += f"{describe_log_target(worker.generation.cfg.log.error_log)})"
         if self.pending and worker.generation is self.pending.generation:
@@ -905,25 +919,32 @@ class Master:
         for lst in opened:
             self.listeners[lst.address.text] = lst
         app = None
-        prepare_import_path(new_cfg.chdir, new_cfg.pythonpath)
+        try:
+            prepare_import_path(new_cfg.chdir, new_cfg.pythonpath)
+        except OSError as exc:
+            self.forget_listeners(opened)
+            self.reload_aborted(f"chdir: cannot change into {new_cfg.chdir!r}: "
+                                f"{exc.strerror or exc}")
+            return
         if new_cfg.preload_app:
             forget_project_modules([os.getcwd(), *new_cfg.pythonpath])
             try:
                 app = load_app(new_cfg.app)
             except AppLoadError as exc:
-                for lst in opened:
-                    self.listeners.pop(lst.address.text, None)
-                self.close_listeners(opened)
+                self.forget_listeners(opened)
                 self.log.error("reload: the app cannot be loaded: %s", exc)
                 self.reload_aborted(f"the app cannot be loaded: {exc.summary} (traceback in the "
                                     f"error log, {describe_log_target(self.cfg.log.error_log)})")
                 return
+            asgi = asgi_reason(app)
+            if asgi is not None:
+                self.forget_listeners(opened)
+                self.reload_aborted(asgi_not_supported_message(new_cfg.app, asgi))
+                return
         try:
             hooks = load_hooks(new_cfg.hooks, self.log)
         except HookError as exc:
-            for lst in opened:
-                self.listeners.pop(lst.address.text, None)
-            self.close_listeners(opened)
+            self.forget_listeners(opened)
             self.reload_aborted(str(exc))
             return
         self.apply_log_settings(new_cfg)
@@ -975,13 +996,15 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.generation is gen and not worker.retiring:
                 self.stop_worker(worker, signal.SIGKILL, "reload rolled back", grace=0)
-        for lst in self.pending.opened:
-            self.listeners.pop(lst.address.text, None)
-        self.close_listeners(self.pending.opened)
+        self.forget_listeners(self.pending.opened)
         self.target = self.pending.old_target
         self.pending = None
         self.apply_log_settings(self.current.cfg)
-        prepare_import_path(self.current.cfg.chdir, self.current.cfg.pythonpath)
+        try:
+            prepare_import_path(self.current.cfg.chdir, self.current.cfg.pythonpath)
+        except OSError as exc:
+            self.log.error("reload rollback: cannot change back into %r: %s",
+                           self.current.cfg.chdir, exc.strerror or exc)
         self.log.error("reload rolled back, generation %d keeps serving: %s",
                        self.current.number, why)
         self.reloads["failed"] += 1
@@ -1287,6 +1310,12 @@ class Master:
         """True when every worker is gone."""
         self.enforce_kill_deadlines()
         return not self.workers
+
+    def forget_listeners(self, listeners: list[Listener]) -> None:
+        """Close listeners a failed reload opened, and stop tracking them."""
+        for lst in listeners:
+            self.listeners.pop(lst.address.text, None)
+        self.close_listeners(listeners)
 
     def close_listeners(self, listeners: list[Listener]) -> None:
         # A unix socket file is unlinked by its last owner: never while a new

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from arbiter import logs, workers
-from arbiter.appload import AppLoadError, load_app
+from arbiter.appload import AppLoadError, asgi_not_supported_message, asgi_reason, load_app
 from arbiter.http import HTTPSettings, WSGIHandler
 from arbiter.notices import FAILED, READY, RECYCLE, NoticePipe
 from arbiter.scoreboard import DRAINING, IDLE, SlotWriter
@@ -160,6 +160,12 @@ class Worker:
                                self.number, os.getpid(), exc)
                 self.notify(FAILED, exc.summary)
                 return EXIT_APP_LOAD_FAILED
+        asgi = asgi_reason(self.app)
+        if asgi is not None:
+            message = asgi_not_supported_message(self.cfg.app, asgi)
+            self.log.error("worker #%d (pid %d): %s", self.number, os.getpid(), message)
+            self.notify(FAILED, message)
+            return EXIT_APP_NOT_WSGI
         workers.current_worker_type = self.worker_type
         self.handler = WSGIHandler(
             self.app, http_settings(self.cfg, self.worker_type, self.multithread,

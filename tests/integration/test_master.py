@@ -509,10 +509,13 @@ def test_workers_drop_privileges_to_user_and_group(server):
     basic_config(server, extra="user: nobody\npreload_app: true\nlog: {access_log: access.log}")
     server.start("-c", "server.yaml")
     workers = server.wait_workers(2)
-    for pid in workers:
+
+    def uids(pid: int) -> list[str]:
         status = open(f"/proc/{pid}/status").read()
-        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    for pid in workers:  # a worker drops privileges just after the fork: poll for it
+        wait_for(lambda pid=pid: uids(pid) == [str(nobody.pw_uid)] * 4,
+                 message=f"worker {pid} running as nobody (uids {uids(pid)})")
     assert os.stat(f"/proc/{server.pid}").st_uid == 0  # the master keeps root to bind on reload
     assert server.get("/").status == 200
     access = server.workdir / "access.log"
@@ -629,3 +632,42 @@ def test_start_reload_and_scale_up_do_not_wait_for_a_tick(server):
 
 def statistics_median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
+
+
+ASGI_APP = """
+class App:
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"asgi"})
+
+app = App()
+"""
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_asgi_app_exits_1_saying_it_is_asgi(server, preload):
+    """FastAPI and friends used to start and answer every request with a plain 500."""
+    server.write_app(ASGI_APP, name="fa.py")
+    args = ["-b", f"127.0.0.1:{server.port}", *(["--preload"] if preload else []), "fa:app"]
+    server.start(*args, wait=False)
+    assert server.wait_exit(20) == 1
+    assert "app 'fa:app' is an ASGI application (async __call__(scope, receive, send))" \
+        in server.stderr
+    assert "ASGI (worker_type: asgi) is not supported yet" in server.stderr
+
+
+def test_a_reload_to_an_asgi_app_rolls_back_saying_why(server):
+    basic_config(server, extra="control_socket: control.sock")
+    server.start("-c", "server.yaml")
+    old = set(server.wait_workers(2))
+    server.write_app(ASGI_APP, name="fa.py")
+    server.config_path.write_text(server.config_path.read_text().replace("app: app:app",
+                                                                           "app: fa:app"))
+    result = subprocess.run([*ARBITER, "ctl", "-c", "server.yaml", "reload"],
+                            cwd=server.workdir, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "rolled back: a new worker failed to boot (exit code 4): app 'fa:app' is an ASGI " \
+        "application" in result.stderr
+    assert "traceback" not in result.stderr
+    assert set(server.wait_workers(2)) == old
+    assert server.get("/").status == 200
