@@ -368,7 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "check":
         return run_check(args[1:])
     if args and args[0] == "ctl":
-        return run_ctl(args[1:])
+        try:
+            return run_ctl(args[1:])
+        except BrokenPipeError:  # `arbiter ctl status | head`: the reader went away
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+            return 1
     return run_server(args)
 
 
