@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ARBITER = [sys.executable, "-m", "arbiter"]
@@ -89,6 +90,26 @@ def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | 
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
     finally:
         conn.close()
+
+
+def preconnected_gets(port: int, path: str, count: int) -> list:
+    """``count`` connections, all connected and their requests sent before any answer
+    (a busy box cannot start the clients late), read concurrently."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+        def read(sock: socket.socket) -> Response:
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                            resp.read())
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(read, socks))
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import children_of, http_request, pid_alive, wait_for
+from harness import children_of, http_request, pid_alive, preconnected_gets, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,9 +92,8 @@ def test_max_connections_bounds_the_children_and_the_rest_wait(server):
     watcher.start()
     started = time.monotonic()
     try:
-        with ThreadPoolExecutor(5) as pool:
-            responses = list(pool.map(lambda _: http_request(server.port, "/slow?1", timeout=30),
-                                      range(5)))
+        # all five connected before any answer: a busy box cannot start them late
+        responses = preconnected_gets(server.port, "/slow?1", 5)
     finally:
         done.set()
         watcher.join()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import Response, http_request, pid_alive, wait_for
+from harness import http_request, pid_alive, preconnected_gets, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,26 +71,6 @@ def test_slow_requests_run_in_parallel_in_one_process(server):
     assert {int(r.text.split()[0]) for r in responses} == {worker}
     assert elapsed < 4, f"8 requests of 1 s took {elapsed:.1f} s: not in parallel"
     assert max(int(r.text.split()[1]) for r in responses) >= 4
-
-
-def preconnected_gets(port: int, path: str, count: int) -> list:
-    """``count`` connections, all connected and their requests sent before any answer
-    (a busy box cannot start the clients late), read concurrently."""
-    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-
-        def read(sock: socket.socket) -> Response:
-            resp = http.client.HTTPResponse(sock)
-            resp.begin()
-            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
-                            resp.read())
-        with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(read, socks))
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def test_max_connections_bounds_the_threads_and_the_rest_wait(server):
