@@ -9,8 +9,13 @@ This package owns everything between bytes and a WSGI app:
   all limits and strictness checks, identical for both parsers;
 * :mod:`arbiter.http.response` -- response serialisation (heads, chunks,
   error pages, Date cache);
-* :mod:`arbiter.http.wsgi` -- :class:`WSGIHandler` (environ, start_response,
-  body framing, file_wrapper, access log), inputs and observer hooks;
+* :mod:`arbiter.http.app_response` -- :class:`AppResponse`: one call of the
+  app, ``start_response``, the head and body framing, ``file_wrapper``, the
+  access line; its response pulled piece by piece (a reactor pulls only as
+  fast as the socket drains);
+* :mod:`arbiter.http.wsgi` -- :class:`WSGIHandler` (the environ, proxy
+  trust, ``run_app`` for blocking drivers, core error responses), inputs and
+  observer hooks;
 * :mod:`arbiter.http.server` -- :func:`serve_connection`, the blocking driver.
 
 Drivers without a blocking socket (evented, pooled) use HTTPConnection +
@@ -18,6 +23,7 @@ Drivers without a blocking socket (evented, pooled) use HTTPConnection +
 io.BytesIO(body))`` + ``handler.run_app(environ, request, send)`` directly.
 """
 
+from arbiter.http.app_response import AppResponse, FileSegment
 from arbiter.http.protocol import (
     CONNECTION_CLOSED,
     NEED_DATA,
@@ -46,6 +52,7 @@ from arbiter.http.wsgi import (
 )
 
 __all__ = [
+    "AppResponse",
     "CONNECTION_CLOSED",
     "CONTINUE_RESPONSE",
     "EMPTY_INPUT",
@@ -56,6 +63,7 @@ __all__ = [
     "ConnectionInfo",
     "Data",
     "EndOfMessage",
+    "FileSegment",
     "FileWrapper",
     "HTTPConnection",
     "HTTPSettings",

@@ -8,19 +8,17 @@ Owns :class:`WSGIHandler` (built once per worker) and what it needs:
 * ``handler.build_environ(request, conn_info, wsgi_input)`` -> the environ,
   a copy of that per-connection template plus the request's fields;
 * ``handler.run_app(environ, request, send, ...)`` -> :class:`ResponseOutcome`:
-  calls the app, validates ``start_response``, frames the body
-  (Content-Length / chunked / close-delimited), writes through ``send(bytes)``
-  (head and a small body in one call), ``sendfile`` for ``wsgi.file_wrapper``,
-  always closes the iterable, turns app errors into 500 and writes the access
-  log. ``send`` may block (a socket) or buffer (an evented writer);
+  for a blocking driver, calls the app through an
+  :class:`~arbiter.http.app_response.AppResponse` (which owns
+  ``start_response``, framing, ``file_wrapper``, errors -> 500 and the access
+  line) and writes every piece it pulls through ``send(bytes)`` (head and a
+  small body in one call), ``sendfile`` for ``wsgi.file_wrapper``;
 * ``handler.error_response(error, conn_info)`` -> bytes for a core-generated
   error (:class:`~arbiter.http.protocol.ProtocolError`), access-logged too;
 * request bodies: :class:`StreamInput` (pulls chunks on demand, e.g. from a
   socket) or any file-like such as ``io.BytesIO(body)`` for drivers that read
   the whole body before calling the app; ``EMPTY_INPUT`` for no body;
-* :class:`FileWrapper` (``wsgi.file_wrapper``), :class:`RequestObserver` /
-  :class:`NullObserver` (the scoreboard hooks), and the errors
-  :class:`ClientDisconnected` and :class:`RequestBodyError`.
+* :class:`RequestObserver` / :class:`NullObserver` (the scoreboard hooks).
 
 Headers with an underscore in their name are dropped (``X_Forwarded_For``
 could otherwise pose as ``X-Forwarded-For``), with one exception below.
@@ -68,27 +66,26 @@ is not echoed as a response header (that would change every response head).
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
-import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from arbiter.http.app_response import (
+    AppResponse,
+    ClientDisconnected,
+    FileSegment,
+    FileWrapper,
+    RequestBodyError,
+    ResponseOutcome,
+)
 from arbiter.http.forwarded import ProxyTrust, script_name_prefix
 from arbiter.http.protocol import ProtocolError, Request
-from arbiter.http.response import (
-    LAST_CHUNK,
-    error_response,
-    frame_chunk,
-    http_date,
-    serialize_head,
-)
+from arbiter.http.response import error_response
 from arbiter.http.settings import HTTPSettings, resolve_parser
 from arbiter.logs import write_app_lines
 
@@ -152,20 +149,6 @@ class NullObserver:
 
 
 NULL_OBSERVER = NullObserver()
-
-
-# -- errors ---------------------------------------------------------------------
-class ClientDisconnected(OSError):
-    """The client went away (reset, broken pipe, EOF inside a body, write stall)."""
-
-
-class RequestBodyError(OSError):
-    """The request body broke the protocol or a limit while the app read it."""
-
-    def __init__(self, error: ProtocolError) -> None:
-        super().__init__(f"{error.status} {error.reason}")
-        self.error = error
-        self.status = error.status
 
 
 # -- wsgi.input -------------------------------------------------------------------
@@ -321,26 +304,6 @@ class _ErrorStream:
 _ERRORS_PENDING_MAX = 65536
 
 
-# -- file wrapper -------------------------------------------------------------------
-class FileWrapper:
-    """``wsgi.file_wrapper``: sent with sendfile() when the driver can, else read in blocks."""
-
-    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-        if hasattr(filelike, "close"):
-            self.close = filelike.close
-
-    def __iter__(self) -> FileWrapper:
-        return self
-
-    def __next__(self) -> bytes:
-        data = self.filelike.read(self.blksize)
-        if data:
-            return data
-        raise StopIteration
-
-
 # -- per connection ---------------------------------------------------------------------
 class ConnectionInfo:
     """Per-connection environ template and proxy trust."""
@@ -351,237 +314,6 @@ class ConnectionInfo:
         self.environ = environ
         self.trusted = trusted
         self.unix = unix
-
-
-class ResponseOutcome:
-    """What happened to one response."""
-
-    __slots__ = ("status", "keep_alive", "body_bytes", "aborted")
-
-    def __init__(self, status: int, keep_alive: bool, body_bytes: int, aborted: bool) -> None:
-        self.status = status  # status code sent (0 if nothing could be sent)
-        self.keep_alive = keep_alive  # the connection may serve another request
-        self.body_bytes = body_bytes
-        self.aborted = aborted  # the client went away during the response
-
-    def __repr__(self) -> str:
-        return (f"ResponseOutcome(status={self.status}, keep_alive={self.keep_alive}, "
-                f"body_bytes={self.body_bytes}, aborted={self.aborted})")
-
-
-# -- response validation ---------------------------------------------------------------
-_STATUS_RE = re.compile(r"[1-9][0-9][0-9](?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_DIGITS_RE = re.compile(r"[0-9]{1,19}")
-_CL, _DROP, _CONNECTION, _DATE, _SERVER = range(5)
-_RESPONSE_SPECIAL = {
-    "content-length": _CL,
-    "connection": _CONNECTION,
-    "transfer-encoding": _DROP,  # framing is ours
-    "keep-alive": _DROP,
-    "proxy-connection": _DROP,
-    "te": _DROP,
-    "trailer": _DROP,
-    "upgrade": _DROP,
-    "date": _DATE,
-    "server": _SERVER,
-}
-_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-_SINGLE_SEND_MAX = 256 * 1024  # head + body copied into one send below this size
-
-
-class _AppError(Exception):
-    pass
-
-
-class _Call:
-    """One run of the app: start_response, write() and body framing."""
-
-    __slots__ = (
-        "handler", "request", "send", "may_keep_alive", "status", "code", "headers",
-        "content_length", "close_requested", "has_date", "has_server", "head_sent",
-        "framing", "keep_alive", "left", "body_bytes", "done", "final_headers",
-    )
-
-    def __init__(self, handler: WSGIHandler, request: Request, send: Callable[[bytes], Any],
-                 may_keep_alive: Callable[[], bool] | None) -> None:
-        self.handler = handler
-        self.request = request
-        self.send = send
-        self.may_keep_alive = may_keep_alive
-        self.status: str | None = None
-        self.code = 0
-        self.headers: list = []
-        self.head_sent = False
-        self.keep_alive = False
-        self.body_bytes = 0
-        self.done = False
-        self.framing = _NO_BODY
-        self.final_headers: list = []
-
-    def start_response(self, status: str, headers: list, exc_info: Any = None):
-        if exc_info:
-            try:
-                if self.head_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self.status is not None:
-            raise AssertionError("start_response() called a second time without exc_info")
-        if type(status) is not str or _STATUS_RE.fullmatch(status) is None:
-            raise _AppError(f"invalid status {status!r}")
-        if type(headers) is not list:
-            raise _AppError(f"response headers must be a list, not {type(headers).__name__}")
-        content_length = None
-        close = has_date = has_server = drop = False
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise _AppError(f"invalid response header {item!r}")
-            name, value = item
-            if type(name) is not str or type(value) is not str:
-                raise _AppError(f"response header names and values must be str: {item!r}")
-            if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
-                raise _AppError(f"invalid response header {item!r}")
-            kind = _RESPONSE_SPECIAL.get(name.lower())
-            if kind is None:
-                continue
-            if kind == _CL:
-                value = value.strip()
-                if _DIGITS_RE.fullmatch(value) is None or (
-                        content_length is not None and int(value) != content_length):
-                    raise _AppError(f"invalid Content-Length {value!r}")
-                content_length = int(value)
-            elif kind == _DATE:
-                has_date = True
-            elif kind == _SERVER:
-                has_server = True
-            else:
-                drop = True
-                if kind == _CONNECTION and "close" in value.lower():
-                    close = True
-        if drop:
-            headers = [h for h in headers
-                       if _RESPONSE_SPECIAL.get(h[0].lower(), -1) not in (_DROP, _CONNECTION)]
-        self.status = status
-        self.code = int(status[:3])
-        self.headers = headers
-        self.content_length = content_length
-        self.close_requested = close
-        self.has_date = has_date
-        self.has_server = has_server
-        return self.write
-
-    def _head(self, total: int | None) -> bytes:
-        """Decide framing and keep-alive; return the head bytes."""
-        request = self.request
-        code = self.code
-        extra = []
-        no_body = code < 200 or code == 204 or code == 304
-        keep = request.keep_alive and not self.close_requested and (
-            self.may_keep_alive is None or self.may_keep_alive())
-        cl = self.content_length
-        if no_body:
-            framing = _NO_BODY
-        elif cl is not None:
-            framing = _LENGTH
-            self.left = cl
-        elif total is not None:
-            extra.append(("Content-Length", str(total)))
-            framing = _LENGTH
-            self.left = total
-        elif request.method == "HEAD":
-            framing = _NO_BODY
-        elif request.http_version == "1.1":
-            extra.append(("Transfer-Encoding", "chunked"))
-            framing = _CHUNKED
-        else:
-            framing = _UNTIL_CLOSE
-            keep = False
-        if request.method == "HEAD":
-            framing = _NO_BODY
-        if keep:
-            if request.http_version == "1.0":
-                extra.append(("Connection", "keep-alive"))
-        else:
-            extra.append(("Connection", "close"))
-        if not self.has_date:
-            extra.append(("Date", http_date()))
-        if not self.has_server and self.handler.server_software:
-            extra.append(("Server", self.handler.server_software))
-        self.framing = framing
-        self.keep_alive = keep
-        headers = self.final_headers = self.headers + extra
-        return serialize_head(self.status, headers)
-
-    def _body(self, data: bytes) -> bytes:
-        """Frame ``data`` per the chosen framing (may truncate or discard)."""
-        framing = self.framing
-        if framing == _LENGTH:
-            left = self.left
-            if len(data) >= left:
-                if len(data) > left:
-                    data = data[:left]
-                    self.keep_alive = False  # the app sent more than it declared
-                self.done = True
-            self.left = left - len(data)
-        elif framing == _CHUNKED:
-            self.body_bytes += len(data)
-            return frame_chunk(data)
-        elif framing == _NO_BODY:
-            self.done = True
-            return b""
-        self.body_bytes += len(data)
-        return data
-
-    def write(self, data: bytes) -> None:
-        if self.status is None:
-            raise AssertionError("write() before start_response()")
-        if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise _AppError(f"response body must be bytes, not {type(data).__name__}")
-            data = bytes(data)
-        if self.done or not data:
-            return  # nothing is sent before the first non-empty body chunk
-        if not self.head_sent:
-            head = self._head(None)
-            self.head_sent = True
-            body = self._body(data)
-            if len(body) < _SINGLE_SEND_MAX:
-                self.send(head + body)
-                return
-            self.send(head)
-            self.send(body)
-        else:
-            body = self._body(data)
-            if body:
-                self.send(body)
-
-    def send_whole(self, body: bytes) -> None:
-        """The complete body is known: one send with Content-Length."""
-        if self.status is None:
-            raise _AppError("the app returned without calling start_response()")
-        head = self._head(len(body))
-        self.head_sent = True
-        body = self._body(body) if body else b""
-        self.done = True
-        if len(body) < _SINGLE_SEND_MAX:
-            self.send(head + body)
-        else:
-            self.send(head)
-            self.send(body)
-        if self.framing == _LENGTH and self.left:
-            self.keep_alive = False
-
-    def finish(self) -> None:
-        """The iterable is exhausted: head if still unsent, terminating chunk, checks."""
-        if not self.head_sent:
-            self.send_whole(b"")
-            return
-        if self.framing == _CHUNKED:
-            self.send(LAST_CHUNK)
-        elif self.framing == _LENGTH and self.left:
-            self.keep_alive = False  # fewer bytes than declared: only a close ends it
 
 
 # -- the handler ---------------------------------------------------------------------
@@ -740,106 +472,26 @@ class WSGIHandler:
                 sendfile: Callable[[Any, int, int], int] | None = None,
                 may_keep_alive: Callable[[], bool] | None = None,
                 started: float | None = None) -> ResponseOutcome:
-        """Call the app and write its response through ``send``.
+        """Call the app and write its whole response through ``send`` (a blocking driver).
 
         ``send(data)`` writes bytes (raise :class:`ClientDisconnected` if the
         peer is gone); ``sendfile(file, offset, count) -> sent`` is optional
         (plain sockets). ``may_keep_alive()`` is asked when the head is built.
-        Never raises for app errors or a vanished client.
+        Never raises for app errors or a vanished client. A driver that must
+        not block pulls an :class:`~arbiter.http.app_response.AppResponse` itself.
         """
-        if started is None:
-            started = time.perf_counter()
-        call = _Call(self, request, send, may_keep_alive)
-        result = None
-        aborted = False
+        response = AppResponse(self, environ, request, may_keep_alive, started,
+                               files=sendfile is not None)
+        response.start()
         try:
-            try:
-                result = self.app(environ, call.start_response)
-                rtype = type(result)
-                if (rtype is list or rtype is tuple) and not call.head_sent:
-                    if len(result) == 1 and type(result[0]) is bytes:
-                        call.send_whole(result[0])
-                    else:
-                        call.send_whole(b"".join(result))
-                elif (rtype is FileWrapper and sendfile is not None
-                      and request.method != "HEAD" and call.status is not None
-                      and self._send_file(call, result, sendfile)):
-                    pass
+            while (piece := response.pull()) is not None:
+                if type(piece) is FileSegment:
+                    response.file_sent(sendfile(piece.file, piece.offset, piece.count) or 0)
                 else:
-                    for data in result:
-                        call.write(data)
-                        if call.done:
-                            break
-                    call.finish()
-            except ClientDisconnected:
-                raise
-            except RequestBodyError as exc:
-                self.error_log.debug("request body refused: %s", exc)
-                if call.head_sent:
-                    call.keep_alive = False
-                else:
-                    self._send_error(call, exc.status)
-            except Exception:
-                self.error_log.exception("Error handling request %s %s", request.method,
-                                         request.target.decode("latin-1"))
-                if call.head_sent:
-                    call.keep_alive = False  # no terminating chunk: the client sees a cut
-                else:
-                    self._send_error(call, 500)
+                    send(piece)
         except ClientDisconnected as exc:
-            self.error_log.debug("client went away during the response: %s", exc)
-            aborted = True
-            call.keep_alive = False
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    self.error_log.exception("Error closing the response iterable")
-        if self.access_log is not None and call.head_sent:
-            self._log_access(environ, call.status, call.final_headers, call.body_bytes, started)
-        return ResponseOutcome(call.code if call.head_sent else 0, call.keep_alive,
-                               call.body_bytes, aborted)
-
-    def _send_error(self, call: _Call, code: int) -> None:
-        status, headers, data = error_response(
-            code, self.server_software, head_only=call.request.method == "HEAD")
-        call.status, call.code, call.final_headers = status, code, headers
-        call.head_sent = True
-        call.keep_alive = False
-        call.body_bytes = 0 if call.request.method == "HEAD" else len(data) - data.find(b"\r\n\r\n") - 4
-        call.send(data)
-
-    def _send_file(self, call: _Call, wrapper: FileWrapper, sendfile: Callable) -> bool:
-        filelike = wrapper.filelike
-        try:
-            fd = filelike.fileno()
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            offset = filelike.tell() if hasattr(filelike, "tell") else os.lseek(fd, 0, os.SEEK_CUR)
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            return False
-        size = max(0, st.st_size - offset)
-        declared = call.content_length
-        count = size if declared is None else min(declared, size)
-        head = call._head(size if declared is None else None)
-        call.head_sent = True
-        if call.framing != _LENGTH or not count:
-            call.send(head)
-            call.done = True
-            if call.framing == _LENGTH and call.left:
-                call.keep_alive = False
-            return True
-        call.send(head)
-        sent = sendfile(filelike, offset, count) or 0
-        call.body_bytes = sent
-        call.left -= sent
-        if call.left:
-            call.keep_alive = False
-        call.done = True
-        return True
+            response.client_gone(exc)
+        return response.finish()
 
     def error_response(self, error: ProtocolError | int, info: ConnectionInfo | None = None,
                        environ: dict | None = None, started: float | None = None) -> bytes:
@@ -852,7 +504,7 @@ class WSGIHandler:
             if environ is None:
                 environ = self._minimal_environ(request, info)
             body = 0 if head_only else len(status) + 1
-            self._log_access(environ, status, headers, body,
+            self.log_access(environ, status, headers, body,
                              started if started is not None else time.perf_counter())
         return data
 
@@ -869,7 +521,7 @@ class WSGIHandler:
                         "wsgi.input": EMPTY_INPUT})
         return environ
 
-    def _log_access(self, environ: dict, status: str | None, headers: list, body_bytes: int,
+    def log_access(self, environ: dict, status: str | None, headers: list, body_bytes: int,
                     started: float) -> None:
         try:
             self.access_log.log(environ, status, headers, body_bytes,

@@ -276,6 +276,67 @@ def test_invalid_start_response_is_500(status, headers, caplog) -> None:
 
 
 @pytest.mark.timeout(5)
+@pytest.mark.parametrize("status", ["100 Continue", "103 Early Hints", "100 Whatever", "199"])
+def test_an_interim_status_from_the_app_is_a_500_never_sent_as_final(status, caplog) -> None:
+    def app(environ, start_response):
+        start_response(status, [("Link", "</s.css>; rel=preload")])
+        return [b"body"]
+
+    for raw in (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n"):
+        with caplog.at_level(logging.ERROR, logger=LOG.name):
+            outcome, sent, data = respond(app, raw)
+        line, headers, body = split(data)
+        assert line == "HTTP/1.1 500 Internal Server Error", data
+        assert len(sent) == 1 and data.count(b"HTTP/1.1 ") == 1  # one final answer, no 1xx
+        assert "link" not in headers and not outcome.keep_alive
+    assert "interim (1xx)" in caplog.text
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_no_content_length_on_204_and_304(status) -> None:
+    def app(environ, start_response):
+        start_response(status, [("Content-Length", "7"), ("ETag", '"x"')])
+        return [b"ignored"]
+
+    outcome, _, data = respond(app)
+    _, headers, body = split(data)
+    assert "content-length" not in headers and "transfer-encoding" not in headers
+    assert headers["etag"] == '"x"' and body == b"" and outcome.keep_alive
+
+
+@pytest.mark.timeout(5)
+def test_the_same_content_length_twice_is_sent_once_and_two_different_ones_are_500() -> None:
+    def twice(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2"), ("content-length", "2")])
+        return [b"ok"]
+
+    outcome, _, data = respond(twice)
+    assert data.lower().count(b"content-length:") == 1
+    assert split(data)[2] == b"ok" and outcome.keep_alive
+
+    def differ(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2"), ("Content-Length", "3")])
+        return [b"ok"]
+
+    outcome, _, data = respond(differ)
+    assert split(data)[0] == "HTTP/1.1 500 Internal Server Error"
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("status,line", [("200", "HTTP/1.1 200 OK"),
+                                         ("404", "HTTP/1.1 404 Not Found"),
+                                         ("299", "HTTP/1.1 299 Unknown"),
+                                         ("200 Fine", "HTTP/1.1 200 Fine")])
+def test_a_status_without_a_reason_phrase_gets_one(status, line) -> None:
+    def app(environ, start_response):
+        start_response(status, [])
+        return [b"x"]
+
+    assert split(respond(app)[2])[0] == line
+
+
+@pytest.mark.timeout(5)
 def test_app_exception_before_headers(caplog) -> None:
     closed = []
 
