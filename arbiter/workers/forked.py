@@ -2,7 +2,7 @@
 
 The worker process accepts; for each connection it forks a child that serves
 that one connection through the shared blocking driver
-(:func:`arbiter.http.serve_connection`) and exits. Each connection gets a
+(:func:`arbiter.io.blocking.serve_connection`) and exits. Each connection gets a
 clean copy of the loaded app; nothing one request does (leaked memory, global
 state, a crash) survives it. That isolation is what the pattern is for.
 
@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from arbiter.http import serve_connection
+from arbiter.io.blocking import serve_connection
 from arbiter.scoreboard import Counters, Scoreboard, SlotWriter
 from arbiter.workers.base import TRACEBACK_SIGNAL, Worker, setproctitle
 

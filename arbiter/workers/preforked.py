@@ -25,7 +25,7 @@ import selectors
 import socket
 import time
 
-from arbiter.http import serve_connection
+from arbiter.io.blocking import serve_connection
 from arbiter.workers.base import Worker
 
 
@@ -47,8 +47,11 @@ class PreforkedWorker(Worker):
             return not pending.poll(0)
 
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
-        # While a kept-alive connection idles, a new client or a signal ends the wait.
-        idle_fds = [listener.fileno for listener in self.listeners] + [self.wakeup_r]
+        # While a kept-alive connection idles, a new client ends the wait (it gives way).
+        listener_fds = [listener.fileno for listener in self.listeners]
+        # One connection at a time: one request's transfers may take at most `timeout`,
+        # so a slow client cannot keep the worker from everyone else.
+        hold_limit = float(self.cfg.timeout)
         handler = self.handler
         stopping = self.stopping
         tls = self.tls  # TLS: serve_connection does the handshake, bounded by header_timeout
@@ -75,7 +78,8 @@ class PreforkedWorker(Worker):
                             serve_connection(handler, conn, peer, socknames[listener.fileno],
                                              may_keep_alive=nobody_waiting,
                                              observer=self, stopping=stopping,
-                                             idle_fds=idle_fds, tls=tls)
+                                             watch_fds=listener_fds, tls=tls,
+                                             hold_limit=hold_limit)
                         finally:
                             conn.close()
                         if not self.between_requests():

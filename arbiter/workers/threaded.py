@@ -2,7 +2,7 @@
 
 The main thread accepts; each accepted connection is served to its end by its
 own thread, through the shared blocking driver
-(:func:`arbiter.http.serve_connection`). Nothing is shared between connection
+(:func:`arbiter.io.blocking.serve_connection`). Nothing is shared between connection
 threads but the app, so the pattern keeps its simplicity.
 
 The naive pattern's weakness is that it has no upper bound: every client gets
@@ -40,7 +40,7 @@ import time
 from collections import deque
 from typing import Any
 
-from arbiter.http import serve_connection
+from arbiter.io.blocking import serve_connection
 from arbiter.workers.base import Worker
 
 # How long a thread whose connection ended waits to be handed the next one.

@@ -1,0 +1,491 @@
+"""The life of one client connection, sans-IO: every decision a driver must not make.
+
+Owns :class:`Lifecycle` -- one per connection, for every worker type -- and
+with it: when a request head must be complete, when a body and a response
+must have moved (whole-phase deadlines), whether to send ``100 Continue``,
+whether the connection may be kept alive, how much unread body to drain,
+when to linger before closing, the core's own error answers (400/408/413/
+431/…) and what a stop request means in each phase. Drivers (the blocking
+one, the reactor, later asyncio) only move bytes and wait; none of them
+decides any of this.
+
+Phases (``Lifecycle.phase``)::
+
+    HANDSHAKE   TLS handshake in progress          deadline: header_timeout from accept
+    PROXY       PROXY protocol header expected     deadline: header_timeout from accept
+    FIRST_HEAD  first request head arriving        deadline: header_timeout from accept
+    IDLE        kept alive, nothing received       deadline: keepalive after the response
+    HEAD        a later head arriving              deadline: header_timeout from its start
+    BODY        a request body arriving            deadline: the transfer budget
+    APP         the app has the request            (the master's ``timeout`` guards it)
+    DRAIN       reading the body the app left      deadline: the transfer budget
+    LINGER      write side shut, input discarded   deadline: LINGER_SECONDS
+    CLOSED
+
+The driver's loop::
+
+    while True:
+        action = lc.next(now)
+        READ     -> wait for bytes until lc.deadline: lc.received(data, now) (b"" = EOF),
+                    or lc.timed_out(now) when the deadline passes
+        WRITE    -> write lc.take_output() (a 100 Continue, a core error answer)
+        RESPOND  -> run the app for lc.request (lc.body_input when bodies are buffered,
+                    else pull the body with lc.read_body); then lc.response_done(outcome)
+        LINGER   -> shut the write side; READ until lc.deadline, discarding; then close
+        CLOSE    -> close the connection
+
+and tells it ``lc.stop(now)`` when the worker is told to stop (and
+``lc.give_way(now)`` when another client waits for a one-connection worker).
+
+The promises:
+
+* **A stop never cuts a client that may be sending.** A kept-alive
+  connection stays open after a stop until its next response goes out with
+  ``Connection: close``, or until it has idled for its keep-alive period; a
+  connection that has not sent its first request keeps its header deadline;
+  a request in flight finishes. The worker bounds it all by
+  ``graceful_timeout``.
+* **Every deadline is a whole-phase deadline.** A head must be complete
+  within ``header_timeout`` of its first byte (of the accept, for the first
+  one; of the moment it became the current request, for a pipelined one
+  already buffered). A body and a response must move at
+  ``min_transfer_rate`` bytes/s on average once ``header_timeout`` has
+  passed (``deadline = start + header_timeout + bytes / min_transfer_rate``),
+  so a client trickling a byte a second is cut however patiently it
+  trickles; with ``min_transfer_rate: 0`` each read or write may instead
+  wait ``read_timeout``. A one-connection-at-a-time worker (``preforked``)
+  also holds one request's transfers to ``hold_limit`` (its ``timeout``)
+  in all, so one slow client cannot keep the worker from the others.
+* **Keep-alive is decided here**: only while the client wants it, the
+  strategy allows it (``may_keep_alive`` hook: nobody waiting for a
+  one-connection worker), the worker is not stopping, no ``100 Continue``
+  is still owed for an unread body, and what is left of the body is small
+  enough to drain (``DRAIN_LIMIT``).
+* **Linger** after an error answer or a close with input possibly unread, so
+  the answer is not lost to a reset.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from arbiter.http.app_response import ClientDisconnected, RequestBodyError, ResponseOutcome
+from arbiter.http.protocol import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    HTTPConnection,
+    ProtocolError,
+    Request,
+)
+from arbiter.http.response import CONTINUE_RESPONSE
+
+__all__ = [
+    "APP", "BODY", "CLOSE", "CLOSED", "DRAIN", "DRAIN_LIMIT", "FIRST_HEAD", "HANDSHAKE",
+    "HEAD", "IDLE", "LINGER", "LINGER_SECONDS", "Lifecycle", "PHASE_NAMES", "PROXY", "READ",
+    "RESPOND", "WRITE",
+]
+
+# Phases.
+HANDSHAKE, PROXY, FIRST_HEAD, IDLE, HEAD, BODY, APP, DRAIN, LINGER, CLOSED = range(10)
+PHASE_NAMES = ("handshake", "proxy", "first_head", "idle", "head", "body", "app", "drain",
+               "linger", "closed")
+
+# What the driver does next.
+READ, WRITE, RESPOND, LINGER_THEN_CLOSE, CLOSE = range(5)
+ACTION_NAMES = ("READ", "WRITE", "RESPOND", "LINGER", "CLOSE")
+
+DRAIN_LIMIT = 1024 * 1024  # unread request body read and discarded to keep a connection
+LINGER_SECONDS = 0.5  # after the last answer: discard input this long before closing
+LINGER_BYTES = 256 * 1024  # ... or until this much was discarded
+GIVE_WAY_GRACE = 0.02  # an idle connection's last chance when another client waits
+_INF = float("inf")
+
+
+def _always() -> bool:
+    return True
+
+
+class Lifecycle:
+    """One connection's phases and deadlines (see the module docstring)."""
+
+    __slots__ = (
+        "http", "handler", "observer", "settings", "info", "phase", "deadline", "stopping",
+        "served", "request", "out", "close_after", "linger_after", "may_keep_alive_hook",
+        "buffer_bodies", "body_store", "body_input", "continue_owed", "transfer_start",
+        "transfer_bytes", "request_start", "hold_limit", "min_rate", "grace", "read_timeout",
+        "header_timeout", "keepalive", "lingered", "proxy_reader", "peer", "answered",
+        "giving_way",
+    )
+
+    def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
+                 now: float, *, observer: Any, tls: bool = False, proxy_reader: Any = None,
+                 buffer_bodies: bool = False, body_store: Callable[[], Any] | None = None,
+                 may_keep_alive: Callable[[], bool] = _always,
+                 hold_limit: float = 0.0) -> None:
+        settings = handler.settings
+        self.handler = handler
+        self.http = http
+        self.observer = observer
+        self.settings = settings
+        self.peer = peer
+        self.info = handler.connection_info(peer, sockname)
+        self.header_timeout = settings.header_timeout
+        self.keepalive = settings.keepalive
+        self.read_timeout = settings.read_timeout
+        self.min_rate = getattr(settings, "min_transfer_rate", 0) or 0
+        self.grace = settings.header_timeout
+        self.hold_limit = hold_limit
+        self.may_keep_alive_hook = may_keep_alive
+        self.buffer_bodies = buffer_bodies
+        self.body_store = body_store
+        self.body_input: Any = None
+        self.proxy_reader = proxy_reader
+        self.stopping = False
+        self.served = 0
+        self.request: Request | None = None
+        self.out: list[bytes] = []
+        self.close_after = False
+        self.linger_after = False
+        self.continue_owed = False
+        self.transfer_start = now
+        self.transfer_bytes = 0
+        self.request_start = now
+        self.lingered = 0
+        self.answered = False  # the current request has been answered (or refused)
+        self.giving_way = False  # idle, another client waits: closing after a grace
+        self.deadline = now + self.header_timeout
+        if tls:
+            self.phase = HANDSHAKE
+        elif proxy_reader is not None:
+            self.phase = PROXY
+        else:
+            self.phase = FIRST_HEAD
+
+    # -- inputs ------------------------------------------------------------------------
+    def handshake_done(self, now: float) -> None:
+        """The TLS handshake finished; the accept-time deadline stands for the head."""
+        if self.phase == HANDSHAKE:
+            self.phase = PROXY if self.proxy_reader is not None else FIRST_HEAD
+
+    def received(self, data: bytes, now: float) -> None:
+        """Bytes from the client (``b""``: it closed its side)."""
+        phase = self.phase
+        if phase == LINGER:
+            self.lingered += len(data)
+            if not data or self.lingered > LINGER_BYTES:
+                self.phase = CLOSED
+            return
+        if phase == CLOSED:
+            return
+        if phase == PROXY:
+            self._proxy_bytes(data)
+            return
+        if data and (phase == BODY or phase == DRAIN):
+            self.transfer_bytes += len(data)
+            self._transfer_deadline()
+        self.http.receive_data(data)
+
+    def _proxy_bytes(self, data: bytes) -> None:
+        """The PROXY protocol header (before any HTTP byte): the real client's address."""
+        result = self.proxy_reader.feed(data)
+        if result is None:  # more bytes needed
+            return
+        if isinstance(result, Exception):
+            self.handler.error_log.debug("PROXY header from %r refused: %s", self.peer, result)
+            self.phase = CLOSED
+            return
+        if result.source is not None:
+            self.peer = result.source
+            self.info = self.handler.connection_info(result.source, result.destination
+                                                     or self.info.environ.get("SERVER_NAME"))
+        self.proxy_reader = None
+        self.phase = FIRST_HEAD
+        if result.rest:
+            self.http.receive_data(result.rest)
+
+    def timed_out(self, now: float) -> None:
+        """``self.deadline`` passed: what that means depends on the phase."""
+        phase = self.phase
+        if phase in (FIRST_HEAD, HEAD) and not self.http.idle:
+            self._refuse(408)  # slowloris: the head did not arrive in time
+            return
+        if phase == BODY and self.buffer_bodies and not self.answered:
+            self.handler.error_log.debug("request body from %r too slow: cut", self.peer)
+            self._refuse(408)
+            return
+        if phase in (BODY, DRAIN, APP):
+            self.handler.error_log.debug("connection from %r: %s too slow", self.peer,
+                                         PHASE_NAMES[phase])
+        self.phase = CLOSED
+
+    def stop(self, now: float) -> None:
+        """The worker is told to stop. Nothing is cut: an idle kept-alive connection
+        keeps its keep-alive deadline, a connection that has not sent its first
+        request its header deadline; the next response says ``Connection: close``."""
+        self.stopping = True
+
+    def give_way(self, now: float) -> None:
+        """Another client waits for this one-connection worker: an idle kept-alive
+        connection is given up after a short grace (a request arriving within it is
+        still served)."""
+        if self.phase == IDLE and not self.giving_way:
+            self.giving_way = True
+            self.deadline = min(self.deadline, now + GIVE_WAY_GRACE)
+
+    # -- the decision --------------------------------------------------------------------
+    def next(self, now: float) -> int:
+        """What the driver does now: READ, WRITE, RESPOND, LINGER_THEN_CLOSE or CLOSE."""
+        if self.out:
+            return WRITE
+        phase = self.phase
+        if phase == CLOSED:
+            return CLOSE
+        if phase == LINGER:
+            return READ
+        if self.close_after:
+            return self._close_now(now)
+        if phase == HANDSHAKE or phase == PROXY:
+            return READ
+        http = self.http
+        while True:
+            event = http.next_event()
+            etype = type(event)
+            if etype is Data:
+                if self.phase == DRAIN:
+                    if self.transfer_bytes > DRAIN_LIMIT:  # too much left unread: close
+                        self.close_after = self.linger_after = True
+                        return self._close_now(now)
+                    continue  # discarded
+                if self.body_store is not None and self.phase == BODY:
+                    self.body_input.write(event.data)
+                    continue
+                raise RuntimeError("body bytes outside a body phase")
+            if event is NEED_DATA:
+                return self._await(now)
+            if etype is Request:
+                self._new_request(event, now)
+                if self.buffer_bodies and event.content_length != 0:
+                    self.phase = BODY
+                    self.body_input = self.body_store()
+                    self.transfer_start, self.transfer_bytes = now, 0
+                    self._transfer_deadline()
+                    if event.expect_continue:
+                        self.out.append(CONTINUE_RESPONSE)
+                        return WRITE
+                    continue
+                return self._respond(now)
+            if etype is EndOfMessage:
+                if self.phase == DRAIN:
+                    http.next_event()  # PAUSED
+                    return self._next_cycle(now)
+                continue
+            if event is PAUSED:
+                if self.phase == BODY:  # a buffered body is complete
+                    self.body_input.seek(0)
+                    return self._respond(now)
+                if self.phase == DRAIN:
+                    return self._next_cycle(now)
+                raise RuntimeError("PAUSED outside a body phase")
+            if etype is ProtocolError:
+                if self.phase == DRAIN:  # the rest of a body the app did not read
+                    self.close_after = self.linger_after = True
+                    return self._close_now(now)
+                self._refuse(event)
+                return WRITE
+            if event is CONNECTION_CLOSED:
+                self.phase = CLOSED
+                return CLOSE
+            raise RuntimeError(f"unexpected event {event!r}")
+
+    def _new_request(self, request: Request, now: float) -> None:
+        self.served += 1
+        self.request = request
+        self.request_start = now
+        self.answered = False
+        self.continue_owed = request.expect_continue and request.content_length != 0
+
+    def _respond(self, now: float) -> int:
+        self.phase = APP
+        self.deadline = _INF
+        request = self.request
+        assert request is not None
+        self.transfer_start, self.transfer_bytes = now, 0
+        self.observer.request_started(request.method, request.path.decode("latin-1"))
+        return RESPOND
+
+    def _await(self, now: float) -> int:
+        """NEED_DATA: enter the phase that matches what is missing, with its deadline."""
+        http = self.http
+        phase = self.phase
+        if self.request is not None and phase in (BODY, DRAIN):
+            return READ  # the transfer deadline moves as bytes arrive
+        if phase == FIRST_HEAD:
+            return READ  # the accept-time deadline stands
+        if http.idle:
+            if phase != IDLE:
+                self.phase = IDLE
+                self.deadline = now + self.keepalive
+            return READ
+        if phase != HEAD:  # the first byte of a later head
+            self.phase = HEAD
+            self.deadline = now + self.header_timeout
+        return READ
+
+    def _transfer_deadline(self) -> None:
+        """A body or response phase: the minimum average rate after a grace, or each
+        read/write within read_timeout; capped by the hold limit."""
+        if self.min_rate:
+            deadline = self.transfer_start + self.grace + self.transfer_bytes / self.min_rate
+        else:
+            deadline = time.monotonic() + self.read_timeout
+        if self.hold_limit:
+            deadline = min(deadline, self.request_start + self.hold_limit)
+        self.deadline = deadline
+
+    def _refuse(self, error: ProtocolError | int) -> None:
+        """A core error answer (408, 400, 413, …), counted, then linger and close."""
+        handler = self.handler
+        self.out.append(handler.error_response(error, self.info))
+        status = error.status if isinstance(error, ProtocolError) else error
+        self.observer.request_finished(status)
+        self.answered = True
+        self.close_after = self.linger_after = True
+        self.request = None
+        self.phase = APP  # no deadline while the answer goes out; then linger
+
+    def _close_now(self, now: float) -> int:
+        if self.linger_after:
+            self.phase = LINGER
+            self.deadline = now + LINGER_SECONDS
+            self.lingered = 0
+            return LINGER_THEN_CLOSE
+        self.phase = CLOSED
+        return CLOSE
+
+    def _next_cycle(self, now: float) -> int:
+        """The response is out and the request body consumed: the next request."""
+        self.http.start_next_cycle()
+        self.request = None
+        self.body_input = None
+        self.giving_way = False
+        # Even when stopping: the response promised keep-alive, so the client may be
+        # sending its next request now; that one gets Connection: close.
+        if self.http.trailing_data:
+            # A pipelined request already buffered: its head clock starts now.
+            self.phase = HEAD
+            self.deadline = now + self.header_timeout
+        else:
+            self.phase = IDLE
+            self.deadline = now + self.keepalive
+        return self.next(now)
+
+    # -- what the driver hands over ------------------------------------------------------
+    def take_output(self) -> bytes:
+        """The bytes the core wants written now (100 Continue, an error answer)."""
+        out, self.out = self.out, []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def may_keep_alive(self) -> bool:
+        """Asked when the response head is built: may this connection serve another?"""
+        if self.keepalive <= 0 or self.stopping or not self.may_keep_alive_hook():
+            return False
+        if self.buffer_bodies:
+            return True
+        if self.continue_owed and not self.http.message_complete:
+            return False  # the client still waits for 100 Continue before its body
+        remaining = self.http.body_remaining
+        return remaining is None or remaining <= DRAIN_LIMIT
+
+    def read_body(self, recv: Callable[[float], bytes | None],
+                  send: Callable[[bytes], None], now: float | None = None) -> bytes:
+        """The next piece of the request body (b"" at its end), for a driver that
+        lets the app read as the body arrives: ``recv(deadline)`` returns bytes, b""
+        at EOF or None once the deadline passed; ``send`` writes the 100 Continue
+        owed before the first read. Raises RequestBodyError (a body the core
+        refuses) or ClientDisconnected (gone, or too slow)."""
+        http = self.http
+        if self.continue_owed:
+            self.continue_owed = False
+            if not http.message_complete:
+                send(CONTINUE_RESPONSE)
+        if self.phase == APP:  # the app's first read: the body's clock starts
+            self.phase = BODY
+            self.transfer_start = time.monotonic() if now is None else now
+            self.transfer_bytes = 0
+            self._transfer_deadline()
+        while True:
+            event = http.next_event()
+            etype = type(event)
+            if etype is Data:
+                return event.data
+            if etype is EndOfMessage:
+                self.phase = APP
+                return b""
+            if event is NEED_DATA:
+                data = recv(self.deadline)
+                if data is None:
+                    raise ClientDisconnected("the request body arrived too slowly")
+                if data:
+                    self.transfer_bytes += len(data)
+                    self._transfer_deadline()
+                http.receive_data(data)
+                continue
+            if etype is ProtocolError:
+                raise RequestBodyError(event)
+            raise ClientDisconnected("connection closed inside the request body")
+
+    def writing(self, now: float) -> None:
+        """The response starts to go out: its transfer budget starts."""
+        self.transfer_start, self.transfer_bytes = now, 0
+        self._transfer_deadline()
+
+    def wrote(self, count: int) -> None:
+        """``count`` more response bytes went out: the write deadline moves."""
+        self.transfer_bytes += count
+        self._transfer_deadline()
+
+    def response_done(self, outcome: ResponseOutcome, now: float) -> None:
+        """The app's response is completely written (or abandoned)."""
+        self.observer.request_finished(outcome.status)
+        self.answered = True
+        if self.body_input is not None:
+            close = getattr(self.body_input, "close", None)
+            if close is not None:
+                close()
+            self.body_input = None
+        if outcome.aborted:
+            self.phase = CLOSED
+            return
+        http = self.http
+        if http.error is not None:  # the app read a body the core refused
+            self.close_after = self.linger_after = True
+            return
+        if not outcome.keep_alive:
+            self.close_after = True
+            self.linger_after = outcome.status == 0 or not http.message_complete or bool(
+                http.trailing_data)
+            return
+        if http.message_complete:
+            self.phase = DRAIN  # only the EndOfMessage bookkeeping is left
+            self.transfer_start, self.transfer_bytes = now, 0
+            self._transfer_deadline()
+            return
+        # Drain what the app left unread so the next request starts at its head.
+        self.phase = DRAIN
+        self.transfer_start, self.transfer_bytes = now, 0
+        self._transfer_deadline()
+
+    @property
+    def idle(self) -> bool:
+        """Kept alive between requests with nothing received."""
+        return self.phase == IDLE
+
+    @property
+    def may_give_way(self) -> bool:
+        """Idle, not stopping, not already giving way: worth watching for other clients."""
+        return self.phase == IDLE and not self.stopping and not self.giving_way

@@ -1,0 +1,168 @@
+"""The blocking connection driver: one socket, one thread or process, the lifecycle deciding.
+
+Owns :func:`serve_connection`, used by the forked, preforked and threaded
+workers. It only carries out what the connection's
+:class:`~arbiter.http.lifecycle.Lifecycle` answers -- read until its
+deadline, write its bytes, run the app, linger, close -- over a
+:class:`~arbiter.io.transport.BlockingTransport` (or its TLS twin, after the
+handshake, which must complete within ``header_timeout``). The app reads the
+body as it arrives (``wsgi.input`` pulls through the lifecycle, which owes the
+``100 Continue`` and holds the body's transfer budget) and its response is
+written as it is produced, each write within the response's budget.
+
+Every wait lasts at most a tick, so the worker's heartbeat beats and a stop
+(``stopping()``) is noticed: the lifecycle then lets the connection finish
+as it promised (see its module). While the connection idles between
+requests, ``watch_fds`` (a preforked worker's listeners and wakeup fd) are
+watched too: when one becomes readable -- another client waits -- the
+lifecycle gives the idle connection a short grace, then gives it up.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from arbiter.http.app_response import AppResponse, ClientDisconnected, FileSegment
+from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
+from arbiter.http.parsers import make_head_parser
+from arbiter.http.protocol import HTTPConnection
+from arbiter.http.wsgi import EMPTY_INPUT, NULL_OBSERVER, RequestObserver, StreamInput, WSGIHandler
+from arbiter.io.transport import (
+    READABLE,
+    TIMEOUT,
+    WATCHED,
+    BlockingTLSTransport,
+    BlockingTransport,
+)
+from arbiter.tls import HANDSHAKE_ERRORS, wrap
+
+__all__ = ["serve_connection"]
+
+
+def _always() -> bool:
+    return True
+
+
+def _never() -> bool:
+    return False
+
+
+def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockname: Any, *,
+                     may_keep_alive: Callable[[], bool] = _always,
+                     observer: RequestObserver = NULL_OBSERVER,
+                     stopping: Callable[[], bool] = _never,
+                     watch_fds: Sequence[int] = (),
+                     tls: ssl.SSLContext | None = None,
+                     hold_limit: float = 0.0,
+                     proxy_reader: Any = None) -> int:
+    """Serve one connection until it closes; return the requests served.
+
+    ``peer`` is the accept() address (a tuple for TCP, '' or str for a unix
+    socket); ``sockname`` is ``sock.getsockname()``. ``may_keep_alive()`` is
+    asked before each response head (the strategy's say: nobody waiting).
+    ``stopping()`` True: the worker was told to stop (see the lifecycle).
+    ``hold_limit``: seconds one request's transfers may take in all (preforked).
+    Never raises for client misbehaviour; the socket is closed on return.
+    """
+    log = handler.error_log
+    now = time.monotonic()
+    http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
+    lc = Lifecycle(handler, http, peer, sockname, now, observer=observer,
+                   tls=tls is not None, proxy_reader=proxy_reader,
+                   may_keep_alive=may_keep_alive, hold_limit=hold_limit)
+    transport: BlockingTransport | None = None
+    try:
+        if tls is not None:
+            try:
+                transport = BlockingTLSTransport(wrap(tls, sock), observer.heartbeat, watch_fds)
+            except HANDSHAKE_ERRORS as exc:
+                log.debug("TLS with %r failed: %s", peer, exc)
+                sock.close()
+                return 0
+            transport.handshake(lc.deadline)  # type: ignore[attr-defined]
+            lc.handshake_done(time.monotonic())
+        else:
+            transport = BlockingTransport(sock, observer.heartbeat, watch_fds)
+        _drive(handler, lc, transport, stopping)
+    except ClientDisconnected as exc:
+        log.debug("connection from %r ended: %s", peer, exc)
+    except OSError as exc:
+        log.debug("connection from %r failed: %s", peer, exc)
+    except Exception:
+        log.exception("unexpected error serving a connection from %r", peer)
+    finally:
+        if transport is not None:
+            transport.close()
+        else:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+    return lc.served
+
+
+def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
+           stopping: Callable[[], bool]) -> None:
+    """Carry out the lifecycle's answers until it says CLOSE."""
+    now = time.monotonic()
+    while True:
+        action = lc.next(now)
+        if action == READ:
+            if not lc.stopping and stopping():
+                lc.stop(now)
+            state = transport.wait_readable(lc.deadline, watch=lc.may_give_way)
+            now = time.monotonic()
+            if state == READABLE:
+                data = transport.recv()
+                if data is not None:
+                    lc.received(data, now)
+            elif state == TIMEOUT:
+                lc.timed_out(now)
+            elif state == WATCHED:
+                # Another client waits: the idle connection is given up, unless its own
+                # client sends the next request within the grace.
+                lc.give_way(now)
+        elif action == WRITE:
+            lc.writing(now)
+            transport.send_all(lc.take_output(), lc)
+            now = time.monotonic()
+        elif action == RESPOND:
+            if not lc.stopping and stopping():
+                lc.stop(now)  # before the head says keep-alive
+            _respond(handler, lc, transport)
+            now = time.monotonic()
+        elif action == LINGER_THEN_CLOSE:
+            transport.shutdown_write()
+        elif action == CLOSE:
+            return
+
+
+def _respond(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport) -> None:
+    """Run the app for the lifecycle's request; write its response as it comes."""
+    request = lc.request
+    assert request is not None
+    started = time.perf_counter()
+    if request.content_length == 0:
+        wsgi_input: Any = EMPTY_INPUT
+    else:
+        def pull() -> bytes:
+            return lc.read_body(transport.recv_until, lambda data: transport.send_all(data, lc))
+        wsgi_input = StreamInput(pull)
+    environ = handler.build_environ(request, lc.info, wsgi_input)
+    response = AppResponse(handler, environ, request, lc.may_keep_alive, started,
+                           files=transport.plain)
+    response.start()
+    lc.writing(time.monotonic())
+    try:
+        while (piece := response.pull()) is not None:
+            if type(piece) is FileSegment:
+                response.file_sent(transport.sendfile(piece.file, piece.offset, piece.count, lc))
+            else:
+                transport.send_all(piece, lc)
+    except ClientDisconnected as exc:
+        response.client_gone(exc)
+    lc.response_done(response.finish(), time.monotonic())
