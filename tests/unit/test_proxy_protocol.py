@@ -479,3 +479,30 @@ def test_http_settings_carry_the_proxy_protocol() -> None:
     assert settings.proxy_allow_ips == ("10.0.0.0/8", "::1")
     ProxyHeaderReader(settings.proxy_protocol)
     ProxyAllowList(settings.proxy_allow_ips)
+
+
+# ------------------------------------------------------------------ mutated headers
+
+
+def test_mutated_headers_fail_cleanly_and_split_independently() -> None:
+    """Headers with a few bytes changed, dropped or added: a ProxyInfo or a
+    ProxyHeaderError (nothing else escapes), the same under random splits."""
+    import random
+
+    rng = random.Random(20240601)
+    headers = [header for header, _ in VALID.values()]
+    for _ in range(3000):
+        data = bytearray(rng.choice(headers) + HTTP)
+        for _ in range(rng.randint(1, 3)):
+            i, op = rng.randrange(len(data)), rng.random()
+            if op < 0.5:
+                data[i] = rng.randrange(256)
+            elif op < 0.75:
+                del data[i]
+            else:
+                data.insert(i, rng.randrange(256))
+        blob = bytes(data)
+        cuts = sorted(rng.sample(range(1, len(blob)), 3))
+        chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+        for mode in PROXY_PROTOCOL_MODES:
+            assert run(mode, chunks) == run(mode, [blob]), (mode, blob, cuts)
