@@ -387,6 +387,29 @@ def trusted_ip(value: Any, text: bool) -> str:
     raise _Invalid('an IP address, a CIDR network or "*"', value)
 
 
+_trusted_ips = list_of(trusted_ip, 'IP addresses, CIDR networks or "*"', split_commas_in_file=True)
+
+_PROXY_PROTOCOL_MODES: tuple[str, ...] = ("v1", "v2", "auto")
+
+
+def proxy_protocol_mode(value: Any, text: bool) -> bool | str:
+    """``false`` (off) or the PROXY protocol version expected: "v1", "v2" or "auto".
+
+    Off is returned as False: YAML ``false`` (and so ``off``/``no``, which YAML
+    reads as false), or the words "off"/"false" in any case. ``true`` is not
+    accepted: it does not say which version.
+    """
+    if value is False:
+        return False
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("off", "false"):
+            return False
+        if word in _PROXY_PROTOCOL_MODES:
+            return word
+    raise _Invalid("one of false | v1 | v2 | auto", value)
+
+
 def workers_count(value: Any, text: bool) -> int | str:
     """An int >= 1 or "auto" (resolved to the CPU count when the Config is built)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -629,13 +652,18 @@ SETTINGS: tuple[Setting, ...] = (
             ("--limit-request-field-size",), "BYTES", aliases=("--limit-request-field_size",)),
     Setting("limits.body", None, optional(integer(0)),
             "bytes; larger -> 413 (null = unlimited)"),
-    Setting("forwarded_allow_ips", ("127.0.0.1", "::1"),
-            list_of(trusted_ip, 'IP addresses, CIDR networks or "*"', split_commas_in_file=True),
+    Setting("forwarded_allow_ips", ("127.0.0.1", "::1"), _trusted_ips,
             'IPs/CIDRs trusted to set X-Forwarded-* / Forwarded, or "*"',
             ("--forwarded-allow-ips",), "IPS"),
     Setting("forwarded_headers", "x-forwarded", choice("x-forwarded", "forwarded"),
             "x-forwarded | forwarded: the one header family trusted from forwarded_allow_ips"
             " (the other is ignored); the client is the rightmost untrusted hop"),
+    Setting("proxy_protocol", False, proxy_protocol_mode,
+            "false | v1 | v2 | auto: each connection from proxy_allow_ips starts with a PROXY"
+            " protocol header (HAProxy, AWS NLB) naming the client; auto: either version",
+            later=True),
+    Setting("proxy_allow_ips", ("127.0.0.1", "::1"), _trusted_ips,
+            'IPs/CIDRs allowed to send a PROXY protocol header, or "*"', later=True),
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
             ("--pidfile",), "FILE", aliases=("-p", "--pid")),

@@ -1,8 +1,9 @@
 """HTTP core settings: the frozen knobs every worker's HTTP layer is built from.
 
-Owns :class:`HTTPSettings` (limits, parser choice, timeouts, proxy trust, WSGI
-flags) and :func:`resolve_parser`, which turns ``"auto"`` into a concrete parser
-name. Workers build one ``HTTPSettings`` per process from the config.
+Owns :class:`HTTPSettings` (limits, parser choice, timeouts, proxy trust, the
+PROXY protocol, WSGI flags) and :func:`resolve_parser`, which turns ``"auto"``
+into a concrete parser name. Workers build one ``HTTPSettings`` per process
+from the config.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class HTTPSettings:
     limit_body: int | None = None
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # "*" = trust all; CIDR ok
     forwarded_headers: str = "x-forwarded"  # "x-forwarded" | "forwarded": the one family read
+    proxy_protocol: str | None = None  # None = off | "v1" | "v2" | "auto" (proxy_protocol.py)
+    proxy_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")  # may send a PROXY header; "*" ok
     keepalive: float = 5.0  # idle keep-alive wait; 0 = close after each response
     read_timeout: float = 30.0  # max wait for more bytes of a started request body
     header_timeout: float = 10.0  # a request head must be complete within this -> else 408

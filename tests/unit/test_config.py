@@ -479,6 +479,88 @@ def test_forwarded_allow_ips_forms(tmp_path: Path) -> None:
     )
 
 
+def test_proxy_protocol_settings_follow_forwarded_headers_and_are_later() -> None:
+    names = [s.name for s in SETTINGS]
+    i = names.index("forwarded_headers")
+    assert names[i + 1 : i + 3] == ["proxy_protocol", "proxy_allow_ips"]
+    for name in ("proxy_protocol", "proxy_allow_ips"):
+        assert SETTINGS_BY_NAME[name].later, name
+        assert SETTINGS_BY_NAME[name].help.endswith("(later release)")
+    cfg = defaults()
+    assert cfg.proxy_protocol is False
+    assert cfg.proxy_allow_ips == ("127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "mode"),
+    [("false", False), ("off", False), ("no", False), ("'off'", False), ("'false'", False),
+     ("'OFF'", False), ("v1", "v1"), ("v2", "v2"), ("auto", "auto"), ("V2", "v2"),
+     ("' auto '", "auto")],
+)  # fmt: skip
+def test_proxy_protocol_values(tmp_path: Path, yaml_value: str, mode: object) -> None:
+    cfg = load_config(write(tmp_path, f"proxy_protocol: {yaml_value}\n"), env={})
+    assert cfg.proxy_protocol == mode and type(cfg.proxy_protocol) is type(mode)
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "shown"),
+    [("v3", "'v3'"), ("true", "true"), ("on", "true"), ("null", "null"), ("1", "1"),
+     ("[v1]", "['v1']"), ("'v1,v2'", "'v1,v2'")],
+)  # fmt: skip
+def test_proxy_protocol_bad_values(tmp_path: Path, yaml_value: str, shown: str) -> None:
+    path = write(tmp_path, f"workers: 2\nproxy_protocol: {yaml_value}\n")
+    assert error_of(path) == (
+        f"{path}:2: proxy_protocol: expected one of false | v1 | v2 | auto, got {shown}"
+    )
+
+
+def test_proxy_protocol_from_env() -> None:
+    cfg = load_config(env={"ARBITER_PROXY_PROTOCOL": "v2"})
+    assert cfg.proxy_protocol == "v2"
+    assert cfg.origin("proxy_protocol") == "ARBITER_PROXY_PROTOCOL"
+    for word in ("off", "false", "OFF", " False "):
+        assert load_config(env={"ARBITER_PROXY_PROTOCOL": word}).proxy_protocol is False
+    assert error_of(env={"ARBITER_PROXY_PROTOCOL": "yes"}) == (
+        "ARBITER_PROXY_PROTOCOL: proxy_protocol: expected one of false | v1 | v2 | auto, "
+        "got 'yes'"
+    )
+
+
+def test_proxy_protocol_file_env_layering(tmp_path: Path) -> None:
+    path = write(tmp_path, "proxy_protocol: v1\n")
+    assert load_config(path, env={}).proxy_protocol == "v1"
+    assert load_config(path, env={"ARBITER_PROXY_PROTOCOL": "off"}).proxy_protocol is False
+
+
+def test_proxy_allow_ips_forms(tmp_path: Path) -> None:
+    load = lambda text: load_config(write(tmp_path, text), env={}).proxy_allow_ips  # noqa: E731
+    assert load("proxy_allow_ips: '*'\n") == ("*",)
+    assert load("proxy_allow_ips: '10.0.0.1, 10.0.0.2'\n") == ("10.0.0.1", "10.0.0.2")
+    assert load("proxy_allow_ips: ['10.0.0.0/8', '::1']\n") == ("10.0.0.0/8", "::1")
+    assert load("proxy_allow_ips: []\n") == ()
+    path = write(tmp_path, "proxy_allow_ips:\n  - 10.0.0.1\n  - nope\n")
+    assert error_of(path) == (
+        f'{path}:3: proxy_allow_ips[1]: expected an IP address, a CIDR network or "*",'
+        " got 'nope'"
+    )
+    cfg = load_config(env={"ARBITER_PROXY_ALLOW_IPS": "10.0.0.0/8,fd00::/8"})
+    assert cfg.proxy_allow_ips == ("10.0.0.0/8", "fd00::/8")
+    assert cfg.forwarded_allow_ips == ("127.0.0.1", "::1")  # separate lists
+    assert error_of(env={"ARBITER_PROXY_ALLOW_IPS": "10.0.0.1,*.example.com"}) == (
+        'ARBITER_PROXY_ALLOW_IPS: proxy_allow_ips[1]: expected an IP address, a CIDR network'
+        " or \"*\", got '*.example.com'"
+    )
+
+
+def test_proxy_protocol_print_config_round_trips(tmp_path: Path) -> None:
+    for env in ({}, {"ARBITER_PROXY_PROTOCOL": "v2", "ARBITER_PROXY_ALLOW_IPS": "10.0.0.0/8"}):
+        cfg = load_config(env=env)
+        again = load_config(write(tmp_path, render_effective_yaml(cfg)), env={})
+        assert again == cfg
+        assert (again.proxy_protocol, again.proxy_allow_ips) == (
+            cfg.proxy_protocol, cfg.proxy_allow_ips)
+
+
 def test_pythonpath_forms(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "pythonpath: /srv/app\n"), env={}).pythonpath == (
         "/srv/app",
