@@ -11,8 +11,8 @@ decides any of this.
 
 Phases (``Lifecycle.phase``)::
 
-    HANDSHAKE   TLS handshake in progress          deadline: header_timeout from accept
     PROXY       PROXY protocol header expected     deadline: header_timeout from accept
+    HANDSHAKE   TLS handshake in progress          deadline: header_timeout from accept
     FIRST_HEAD  first request head arriving        deadline: header_timeout from accept
     IDLE        kept alive, nothing received       deadline: keepalive after the response
     HEAD        a later head arriving              deadline: header_timeout from its start
@@ -67,6 +67,7 @@ The promises:
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,8 +92,8 @@ __all__ = [
 ]
 
 # Phases.
-HANDSHAKE, PROXY, FIRST_HEAD, IDLE, HEAD, BODY, APP, DRAIN, LINGER, CLOSED = range(10)
-PHASE_NAMES = ("handshake", "proxy", "first_head", "idle", "head", "body", "app", "drain",
+PROXY, HANDSHAKE, FIRST_HEAD, IDLE, HEAD, BODY, APP, DRAIN, LINGER, CLOSED = range(10)
+PHASE_NAMES = ("proxy", "handshake", "first_head", "idle", "head", "body", "app", "drain",
                "linger", "closed")
 
 # What the driver does next.
@@ -110,6 +111,19 @@ def _always() -> bool:
     return True
 
 
+def _peer_address(address: tuple[str, int]) -> Any:
+    """A PROXY header's address as an accept() peer: (ip, port), an IPv4-mapped IPv6
+    address as plain IPv4 (as forwarded headers give it); a unix path as a str."""
+    host, port = address
+    if ":" not in host:
+        return host if host.startswith(("/", "\x00")) else (host, port)
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return (host, port)
+    return (str(mapped), port) if mapped is not None else (host, port)
+
+
 class Lifecycle:
     """One connection's phases and deadlines (see the module docstring)."""
 
@@ -118,12 +132,11 @@ class Lifecycle:
         "served", "request", "out", "close_after", "linger_after", "may_keep_alive_hook",
         "buffer_bodies", "body_store", "body_input", "continue_owed", "transfer_start",
         "transfer_bytes", "request_start", "hold_limit", "min_rate", "grace", "read_timeout",
-        "header_timeout", "keepalive", "lingered", "proxy_reader", "peer", "answered",
-        "giving_way",
+        "header_timeout", "keepalive", "lingered", "tls", "peer", "answered", "giving_way",
     )
 
     def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
-                 now: float, *, observer: Any, tls: bool = False, proxy_reader: Any = None,
+                 now: float, *, observer: Any, tls: bool = False, proxy: bool = False,
                  buffer_bodies: bool = False, body_store: Callable[[], Any] | None = None,
                  may_keep_alive: Callable[[], bool] = _always,
                  hold_limit: float = 0.0) -> None:
@@ -144,7 +157,7 @@ class Lifecycle:
         self.buffer_bodies = buffer_bodies
         self.body_store = body_store
         self.body_input: Any = None
-        self.proxy_reader = proxy_reader
+        self.tls = tls
         self.stopping = False
         self.served = 0
         self.request: Request | None = None
@@ -159,18 +172,24 @@ class Lifecycle:
         self.answered = False  # the current request has been answered (or refused)
         self.giving_way = False  # idle, another client waits: closing after a grace
         self.deadline = now + self.header_timeout
-        if tls:
-            self.phase = HANDSHAKE
-        elif proxy_reader is not None:
-            self.phase = PROXY
-        else:
-            self.phase = FIRST_HEAD
+        self.phase = PROXY if proxy else HANDSHAKE if tls else FIRST_HEAD
 
     # -- inputs ------------------------------------------------------------------------
+    def proxy_done(self, info: Any, now: float) -> None:
+        """The PROXY protocol header (a ProxyInfo): who the client really is. The
+        accept-time deadline stands for what follows (the handshake, the head)."""
+        if info.source is not None:
+            self.peer = _peer_address(info.source)
+            destination = info.destination
+            sockname = _peer_address(destination) if destination is not None else None
+            self.info = self.handler.connection_info(
+                self.peer, sockname if sockname is not None else ("", ""))
+        self.phase = HANDSHAKE if self.tls else FIRST_HEAD
+
     def handshake_done(self, now: float) -> None:
         """The TLS handshake finished; the accept-time deadline stands for the head."""
         if self.phase == HANDSHAKE:
-            self.phase = PROXY if self.proxy_reader is not None else FIRST_HEAD
+            self.phase = FIRST_HEAD
 
     def received(self, data: bytes, now: float) -> None:
         """Bytes from the client (``b""``: it closed its side)."""
@@ -182,31 +201,10 @@ class Lifecycle:
             return
         if phase == CLOSED:
             return
-        if phase == PROXY:
-            self._proxy_bytes(data)
-            return
         if data and (phase == BODY or phase == DRAIN):
             self.transfer_bytes += len(data)
             self._transfer_deadline()
         self.http.receive_data(data)
-
-    def _proxy_bytes(self, data: bytes) -> None:
-        """The PROXY protocol header (before any HTTP byte): the real client's address."""
-        result = self.proxy_reader.feed(data)
-        if result is None:  # more bytes needed
-            return
-        if isinstance(result, Exception):
-            self.handler.error_log.debug("PROXY header from %r refused: %s", self.peer, result)
-            self.phase = CLOSED
-            return
-        if result.source is not None:
-            self.peer = result.source
-            self.info = self.handler.connection_info(result.source, result.destination
-                                                     or self.info.environ.get("SERVER_NAME"))
-        self.proxy_reader = None
-        self.phase = FIRST_HEAD
-        if result.rest:
-            self.http.receive_data(result.rest)
 
     def timed_out(self, now: float) -> None:
         """``self.deadline`` passed: what that means depends on the phase."""

@@ -85,6 +85,7 @@ from arbiter.http.app_response import (
 )
 from arbiter.http.forwarded import ProxyTrust, script_name_prefix
 from arbiter.http.protocol import ProtocolError, Request
+from arbiter.http.proxy_protocol import ProxyAllowList
 from arbiter.http.response import error_response
 from arbiter.http.settings import HTTPSettings, resolve_parser
 from arbiter.logs import write_app_lines
@@ -348,8 +349,18 @@ class WSGIHandler:
         self.proxy = ProxyTrust(settings.forwarded_allow_ips, settings.forwarded_headers,
                                 error_log)
         self._apply_proxy = self.proxy.apply
+        # proxy_protocol: peers in proxy_allow_ips send a PROXY header first.
+        self.proxy_protocol = settings.proxy_protocol
+        self._proxy_peers = (ProxyAllowList(settings.proxy_allow_ips)
+                             if settings.proxy_protocol else None)
 
     # -- per connection ----------------------------------------------------------
+    def expects_proxy_header(self, peer: Any) -> bool:
+        """Must this accept() peer send a PROXY protocol header first? (proxy_protocol
+        is on and the peer is in proxy_allow_ips; anyone else speaks plain HTTP, and a
+        PROXY line from them is a bad request.)"""
+        return self._proxy_peers is not None and self._proxy_peers.allows(peer)
+
     def is_trusted(self, ip: str) -> bool:
         """Is a peer IP allowed to set the proxy headers (``forwarded_allow_ips``)?"""
         return self.proxy.peer_trusted(ip)

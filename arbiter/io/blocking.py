@@ -31,6 +31,7 @@ from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRIT
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
 from arbiter.http.wsgi import EMPTY_INPUT, NULL_OBSERVER, RequestObserver, StreamInput, WSGIHandler
+from arbiter.io.proxy import ProxyHeaderTaker
 from arbiter.io.transport import (
     READABLE,
     TIMEOUT,
@@ -57,8 +58,7 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
                      stopping: Callable[[], bool] = _never,
                      watch_fds: Sequence[int] = (),
                      tls: ssl.SSLContext | None = None,
-                     hold_limit: float = 0.0,
-                     proxy_reader: Any = None) -> int:
+                     hold_limit: float = 0.0) -> int:
     """Serve one connection until it closes; return the requests served.
 
     ``peer`` is the accept() address (a tuple for TCP, '' or str for a unix
@@ -71,11 +71,15 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
     log = handler.error_log
     now = time.monotonic()
     http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
+    proxy = handler.expects_proxy_header(peer)
     lc = Lifecycle(handler, http, peer, sockname, now, observer=observer,
-                   tls=tls is not None, proxy_reader=proxy_reader,
+                   tls=tls is not None, proxy=proxy,
                    may_keep_alive=may_keep_alive, hold_limit=hold_limit)
     transport: BlockingTransport | None = None
     try:
+        if proxy:  # before the TLS handshake: the proxy speaks first, in the clear
+            lc.proxy_done(_take_proxy_header(handler.proxy_protocol, sock, lc.deadline,
+                                             observer.heartbeat), time.monotonic())
         if tls is not None:
             try:
                 transport = BlockingTLSTransport(wrap(tls, sock), observer.heartbeat, watch_fds)
@@ -103,6 +107,20 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
             except OSError:  # pragma: no cover
                 pass
     return lc.served
+
+
+def _take_proxy_header(mode: str, sock: socket.socket, deadline: float,
+                       heartbeat: Callable[[], None]) -> Any:
+    """The PROXY protocol header, by ``deadline``; ClientDisconnected if not."""
+    taker = ProxyHeaderTaker(mode)
+    sock.setblocking(False)
+    waiting = BlockingTransport(sock, heartbeat)
+    while True:
+        info = taker.take(sock)
+        if info is not None:
+            return info
+        if waiting.recv_until_readable(deadline) is None:
+            raise ClientDisconnected("no PROXY protocol header within header_timeout")
 
 
 def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,

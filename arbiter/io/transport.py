@@ -126,6 +126,15 @@ class BlockingTransport:
         except OSError as exc:
             raise ClientDisconnected(f"recv failed: {exc}") from None
 
+    def recv_until_readable(self, deadline: float) -> bool | None:
+        """Wait until the socket is readable (True), or None once ``deadline`` passed."""
+        while True:
+            state = self.wait_readable(deadline)
+            if state == TIMEOUT:
+                return None
+            if state == READABLE:
+                return True
+
     def recv_until(self, deadline: float) -> bytes | None:
         """Bytes (b"" at EOF), or None once ``deadline`` passed with nothing."""
         while True:
