@@ -30,8 +30,8 @@ together; imports run one way (the loop imports the parts; they import
 ``process`` and the records in ``supervisor``), and where a part calls a
 method of another through ``self`` its docstring names it:
 
-    loop        Master: the state, run() and turn(), the wait, what each
-                signal does, stop and shutdown
+    loop        Master: the state, run() and turn(), the wait, signal
+                dispatch (handle_<signal>), stop and shutdown
     startup     start(): listeners, pidfile, daemon mode, signals, ctl, admin
     supervisor  the workers' life: spawn, reap, respawn with backoff, boot
                 checks, stop one, scale to the target

@@ -4,9 +4,10 @@ Owns :class:`Master`: the state that every part of the master reads
 (workers, listeners, generations, the target count, the stop mode,
 counters), ``run()`` and one ``turn()`` of the loop in its fixed order, the
 one ``selectors`` wait (signals, worker notices, the control socket, the
-admin listener and their clients), what each signal does, and stopping:
-graceful (TERM, after ``drain_delay`` if set) or fast (INT, QUIT), then the
-shutdown.
+admin listener and their clients), signal dispatch by table (a
+``handle_<signal>`` method each, as in gunicorn's arbiter), and stopping:
+graceful (TERM, after ``drain_delay`` if set) or fast (INT, QUIT), then
+the shutdown.
 
 ``Master`` puts together the mixins of the other modules; the loop calls
 into each of them in the order the package docstring gives.
@@ -37,6 +38,7 @@ from arbiter.scoreboard import Counters, Scoreboard
 from arbiter.sockets import Listener
 
 FAST_STOP_GRACE = 1.0  # INT/QUIT: how long workers get before SIGKILL
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # acted on while stopping
 
 
 class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Supervisor):
@@ -171,44 +173,72 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
             return []
         return list(data)
 
+    # -- signals ------------------------------------------------------------------
     def handle_signal(self, sig: int) -> None:
+        """Log a signal and act on it by table: SIGHUP runs ``handle_hup``, and so on.
+
+        While stopping, only TERM, INT and QUIT are acted on; a signal without
+        a ``handle_<name>`` method is only logged."""
         if sig == signal.SIGCHLD:
             return  # reaping happens every turn of the loop
         name = signal.Signals(sig).name
         self.log.info("received %s", name)
-        if sig == signal.SIGTERM:
-            delay = self.cfg.drain_delay
-            if delay and not self.draining_until and not self.stop_mode:
-                self.draining_until = time.monotonic() + delay
-                self.log.info("draining: /readyz answers 503 for %g s while still serving, "
-                              "then the graceful stop begins", delay)
-                self.notify.status(f"draining for {delay:g} s")
-            else:
-                self.begin_stop("graceful")
-        elif sig in (signal.SIGINT, signal.SIGQUIT):
-            self.begin_stop("fast")
-        elif self.stop_mode:
+        if self.stop_mode and sig not in STOP_SIGNALS:
             return
-        elif sig == signal.SIGHUP:
-            if self.winched:
-                self.winched = False
-                self.log.info("HUP after WINCH: starting workers again")
-            self.reload_requested = True
-        elif sig == signal.SIGTTIN:
-            self.target += 1
-            self.log.info("scaling up to %d worker(s)", self.target)
-        elif sig == signal.SIGTTOU:
-            if self.target > 1:
-                self.target -= 1
-            self.log.info("scaling down to %d worker(s)", self.target)
-        elif sig == signal.SIGUSR1:
-            logs.reopen_log_files()
-            self.signal_workers(signal.SIGUSR1)
-            self.log.info("log files reopened")
-        elif sig == signal.SIGUSR2:
-            self.begin_upgrade()
-        elif sig == signal.SIGWINCH:
-            self.stop_all_workers()
+        handler = getattr(self, f"handle_{name[3:].lower()}", None)
+        if handler is not None:
+            handler()
+
+    def handle_hup(self) -> None:
+        """Reload; after WINCH, that starts workers again."""
+        if self.winched:
+            self.winched = False
+            self.log.info("HUP after WINCH: starting workers again")
+        self.reload_requested = True
+
+    def handle_term(self) -> None:
+        """Stop gracefully; with ``drain_delay``, after /readyz has said 503 that long."""
+        delay = self.cfg.drain_delay
+        if delay and not self.draining_until and not self.stop_mode:
+            self.draining_until = time.monotonic() + delay
+            self.log.info("draining: /readyz answers 503 for %g s while still serving, "
+                          "then the graceful stop begins", delay)
+            self.notify.status(f"draining for {delay:g} s")
+        else:
+            self.begin_stop("graceful")
+
+    def handle_int(self) -> None:
+        """Stop now."""
+        self.begin_stop("fast")
+
+    def handle_quit(self) -> None:
+        """Stop now, as INT does."""
+        self.begin_stop("fast")
+
+    def handle_ttin(self) -> None:
+        """One worker more."""
+        self.target += 1
+        self.log.info("scaling up to %d worker(s)", self.target)
+
+    def handle_ttou(self) -> None:
+        """One worker fewer, never fewer than one."""
+        if self.target > 1:
+            self.target -= 1
+        self.log.info("scaling down to %d worker(s)", self.target)
+
+    def handle_usr1(self) -> None:
+        """Reopen the log files: the master's, then each worker's (USR1 to it)."""
+        logs.reopen_log_files()
+        self.signal_workers(signal.SIGUSR1)
+        self.log.info("log files reopened")
+
+    def handle_usr2(self) -> None:
+        """Upgrade: start a new master on the same listeners (:mod:`arbiter.master.upgrade`)."""
+        self.begin_upgrade()
+
+    def handle_winch(self) -> None:
+        """Stop every worker; keep the master and the sockets."""
+        self.stop_all_workers()
 
     # -- stop ---------------------------------------------------------------------
     def begin_stop(self, mode: str) -> None:
