@@ -622,6 +622,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("header_timeout", 10, number(0, exclusive=True),
             "seconds a client has to send a whole request head, else 408 (cuts slowloris)",
             ("--header-timeout",), "SECONDS"),
+    Setting("min_transfer_rate", 1024, number(0),
+            "bytes/s: a request body or a response keeping us waiting for the client must"
+            " average this once header_timeout of waiting has passed, else the client is cut"
+            " (0 = only the per-wait limit, timeout)",
+            ("--min-transfer-rate",), "BYTES"),
     Setting("max_requests", 0, integer(0),
             "recycle a worker after N requests (0 = never)",
             ("--max-requests",), "N"),

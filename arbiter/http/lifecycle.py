@@ -48,14 +48,18 @@ The promises:
 * **Every deadline is a whole-phase deadline.** A head must be complete
   within ``header_timeout`` of its first byte (of the accept, for the first
   one; of the moment it became the current request, for a pipelined one
-  already buffered). A body and a response must move at
-  ``min_transfer_rate`` bytes/s on average once ``header_timeout`` has
-  passed (``deadline = start + header_timeout + bytes / min_transfer_rate``),
-  so a client trickling a byte a second is cut however patiently it
-  trickles; with ``min_transfer_rate: 0`` each read or write may instead
-  wait ``read_timeout``. A one-connection-at-a-time worker (``preforked``)
-  also holds one request's transfers to ``hold_limit`` (its ``timeout``)
-  in all, so one slow client cannot keep the worker from the others.
+  already buffered). A body and a response each get a
+  :class:`TransferBudget`: the time spent *waiting for the client* (for
+  body bytes to arrive, for the client to take response bytes) may total at
+  most ``header_timeout + bytes moved / min_transfer_rate``, and no single
+  wait may pass ``read_timeout`` without a byte moving. So a client
+  trickling a byte a second is cut after about ``header_timeout`` however
+  patiently it trickles, a client that stops is cut after ``read_timeout``,
+  and neither a slow app (reading its body slowly, producing a stream
+  slowly) nor a fast client is ever counted against the budget. A
+  one-connection-at-a-time worker (``preforked``) also holds one request's
+  transfers to ``hold_limit`` (its ``timeout``) in all, so one slow client
+  cannot keep the worker from the others.
 * **Keep-alive is decided here**: only while the client wants it, the
   strategy allows it (``may_keep_alive`` hook: nobody waiting for a
   one-connection worker), the worker is not stopping, no ``100 Continue``
@@ -124,15 +128,52 @@ def _peer_address(address: tuple[str, int]) -> Any:
     return (str(mapped), port) if mapped is not None else (host, port)
 
 
+class TransferBudget:
+    """How long a body or a response may keep the connection waiting for its client.
+
+    The drivers report each wait (``waited``) and each byte moved (``moved``);
+    ``wait_deadline(now)`` is when a wait starting ``now`` must end.
+    """
+
+    __slots__ = ("grace", "min_rate", "stall", "limit_at", "waited_total", "moved_total",
+                 "last_progress")
+
+    def __init__(self, now: float, grace: float, min_rate: float, stall: float,
+                 limit_at: float = _INF) -> None:
+        self.grace = grace
+        self.min_rate = min_rate  # bytes/s; 0: only the stall limit
+        self.stall = stall  # the longest single wait without progress
+        self.limit_at = limit_at  # the hold limit's absolute end (inf: none)
+        self.waited_total = 0.0
+        self.moved_total = 0
+        self.last_progress = now
+
+    def wait_deadline(self, now: float) -> float:
+        deadline = self.last_progress + self.stall
+        if self.min_rate:
+            allowance = self.grace + self.moved_total / self.min_rate - self.waited_total
+            deadline = min(deadline, now + max(allowance, 0.0))
+        return min(deadline, self.limit_at)
+
+    def waited(self, seconds: float) -> None:
+        if seconds > 0:
+            self.waited_total += seconds
+
+    def moved(self, count: int, now: float) -> None:
+        if count > 0:
+            self.moved_total += count
+            self.last_progress = now
+
+
 class Lifecycle:
     """One connection's phases and deadlines (see the module docstring)."""
 
     __slots__ = (
         "http", "handler", "observer", "settings", "info", "phase", "deadline", "stopping",
         "served", "request", "out", "close_after", "linger_after", "may_keep_alive_hook",
-        "buffer_bodies", "body_store", "body_input", "continue_owed", "transfer_start",
-        "transfer_bytes", "request_start", "hold_limit", "min_rate", "grace", "read_timeout",
-        "header_timeout", "keepalive", "lingered", "tls", "peer", "answered", "giving_way",
+        "buffer_bodies", "body_store", "body_input", "continue_owed", "budget", "wait_start",
+        "request_start", "hold_limit", "min_rate", "read_timeout", "header_timeout",
+        "keepalive", "lingered", "tls", "peer", "answered", "giving_way", "drained",
     )
 
     def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
@@ -150,8 +191,7 @@ class Lifecycle:
         self.header_timeout = settings.header_timeout
         self.keepalive = settings.keepalive
         self.read_timeout = settings.read_timeout
-        self.min_rate = getattr(settings, "min_transfer_rate", 0) or 0
-        self.grace = settings.header_timeout
+        self.min_rate = settings.min_transfer_rate
         self.hold_limit = hold_limit
         self.may_keep_alive_hook = may_keep_alive
         self.buffer_bodies = buffer_bodies
@@ -165,9 +205,10 @@ class Lifecycle:
         self.close_after = False
         self.linger_after = False
         self.continue_owed = False
-        self.transfer_start = now
-        self.transfer_bytes = 0
         self.request_start = now
+        self.budget = self.new_budget(now)
+        self.wait_start = now  # buffered body: waiting for the client since
+        self.drained = 0  # unread body discarded after the response
         self.lingered = 0
         self.answered = False  # the current request has been answered (or refused)
         self.giving_way = False  # idle, another client waits: closing after a grace
@@ -201,9 +242,14 @@ class Lifecycle:
             return
         if phase == CLOSED:
             return
-        if data and (phase == BODY or phase == DRAIN):
-            self.transfer_bytes += len(data)
-            self._transfer_deadline()
+        if phase == BODY or phase == DRAIN:  # the reactor waits for the client all along
+            budget = self.budget
+            budget.waited(now - self.wait_start)
+            budget.moved(len(data), now)
+            self.wait_start = now
+            self.deadline = budget.wait_deadline(now)
+            if phase == DRAIN:
+                self.drained += len(data)
         self.http.receive_data(data)
 
     def timed_out(self, now: float) -> None:
@@ -255,7 +301,7 @@ class Lifecycle:
             etype = type(event)
             if etype is Data:
                 if self.phase == DRAIN:
-                    if self.transfer_bytes > DRAIN_LIMIT:  # too much left unread: close
+                    if self.drained > DRAIN_LIMIT:  # too much left unread: close
                         self.close_after = self.linger_after = True
                         return self._close_now(now)
                     continue  # discarded
@@ -270,8 +316,7 @@ class Lifecycle:
                 if self.buffer_bodies and event.content_length != 0:
                     self.phase = BODY
                     self.body_input = self.body_store()
-                    self.transfer_start, self.transfer_bytes = now, 0
-                    self._transfer_deadline()
+                    self._begin_transfer(now)
                     if event.expect_continue:
                         self.out.append(CONTINUE_RESPONSE)
                         return WRITE
@@ -312,7 +357,6 @@ class Lifecycle:
         self.deadline = _INF
         request = self.request
         assert request is not None
-        self.transfer_start, self.transfer_bytes = now, 0
         self.observer.request_started(request.method, request.path.decode("latin-1"))
         return RESPOND
 
@@ -334,16 +378,17 @@ class Lifecycle:
             self.deadline = now + self.header_timeout
         return READ
 
-    def _transfer_deadline(self) -> None:
-        """A body or response phase: the minimum average rate after a grace, or each
-        read/write within read_timeout; capped by the hold limit."""
-        if self.min_rate:
-            deadline = self.transfer_start + self.grace + self.transfer_bytes / self.min_rate
-        else:
-            deadline = time.monotonic() + self.read_timeout
-        if self.hold_limit:
-            deadline = min(deadline, self.request_start + self.hold_limit)
-        self.deadline = deadline
+    def new_budget(self, now: float) -> TransferBudget:
+        """A fresh transfer budget (a body, a response), capped by the hold limit."""
+        limit_at = self.request_start + self.hold_limit if self.hold_limit else _INF
+        return TransferBudget(now, self.header_timeout, self.min_rate, self.read_timeout,
+                              limit_at)
+
+    def _begin_transfer(self, now: float) -> None:
+        """A buffered body or a drain starts: the reactor waits for the client from now."""
+        self.budget = self.new_budget(now)
+        self.wait_start = now
+        self.deadline = self.budget.wait_deadline(now)
 
     def _refuse(self, error: ProtocolError | int) -> None:
         """A core error answer (408, 400, 413, …), counted, then linger and close."""
@@ -402,8 +447,9 @@ class Lifecycle:
     def read_body(self, recv: Callable[[float], bytes | None],
                   send: Callable[[bytes], None], now: float | None = None) -> bytes:
         """The next piece of the request body (b"" at its end), for a driver that
-        lets the app read as the body arrives: ``recv(deadline)`` returns bytes, b""
-        at EOF or None once the deadline passed; ``send`` writes the 100 Continue
+        lets the app read as the body arrives: ``recv(budget)`` returns bytes, b""
+        at EOF, or None once the body's :class:`TransferBudget` ran out (the
+        driver reports its waits and the bytes to it); ``send`` writes the 100 Continue
         owed before the first read. Raises RequestBodyError (a body the core
         refuses) or ClientDisconnected (gone, or too slow)."""
         http = self.http
@@ -411,11 +457,9 @@ class Lifecycle:
             self.continue_owed = False
             if not http.message_complete:
                 send(CONTINUE_RESPONSE)
-        if self.phase == APP:  # the app's first read: the body's clock starts
+        if self.phase == APP:  # the app's first read: the body's budget starts
             self.phase = BODY
-            self.transfer_start = time.monotonic() if now is None else now
-            self.transfer_bytes = 0
-            self._transfer_deadline()
+            self.budget = self.new_budget(time.monotonic() if now is None else now)
         while True:
             event = http.next_event()
             etype = type(event)
@@ -425,27 +469,20 @@ class Lifecycle:
                 self.phase = APP
                 return b""
             if event is NEED_DATA:
-                data = recv(self.deadline)
+                data = recv(self.budget)
                 if data is None:
                     raise ClientDisconnected("the request body arrived too slowly")
-                if data:
-                    self.transfer_bytes += len(data)
-                    self._transfer_deadline()
                 http.receive_data(data)
                 continue
             if etype is ProtocolError:
                 raise RequestBodyError(event)
             raise ClientDisconnected("connection closed inside the request body")
 
-    def writing(self, now: float) -> None:
-        """The response starts to go out: its transfer budget starts."""
-        self.transfer_start, self.transfer_bytes = now, 0
-        self._transfer_deadline()
-
-    def wrote(self, count: int) -> None:
-        """``count`` more response bytes went out: the write deadline moves."""
-        self.transfer_bytes += count
-        self._transfer_deadline()
+    def writing(self, now: float) -> TransferBudget:
+        """A response (or a core answer) starts to go out: its budget, for the driver to
+        report its waits and bytes to; also the budget ``lc.deadline`` follows."""
+        self.budget = self.new_budget(now)
+        return self.budget
 
     def response_done(self, outcome: ResponseOutcome, now: float) -> None:
         """The app's response is completely written (or abandoned)."""
@@ -468,15 +505,11 @@ class Lifecycle:
             self.linger_after = outcome.status == 0 or not http.message_complete or bool(
                 http.trailing_data)
             return
-        if http.message_complete:
-            self.phase = DRAIN  # only the EndOfMessage bookkeeping is left
-            self.transfer_start, self.transfer_bytes = now, 0
-            self._transfer_deadline()
-            return
-        # Drain what the app left unread so the next request starts at its head.
+        # Drain what the app left unread (if anything) so the next request starts at its
+        # head; a complete body leaves only the EndOfMessage bookkeeping.
         self.phase = DRAIN
-        self.transfer_start, self.transfer_bytes = now, 0
-        self._transfer_deadline()
+        self.drained = 0
+        self._begin_transfer(now)
 
     @property
     def idle(self) -> bool:

@@ -29,6 +29,7 @@ class HTTPSettings:
     keepalive: float = 5.0  # idle keep-alive wait; 0 = close after each response
     read_timeout: float = 30.0  # max wait for more bytes of a started request body
     header_timeout: float = 10.0  # a request head must be complete within this -> else 408
+    min_transfer_rate: float = 1024.0  # bytes/s a body or response must average while waiting
     server_software: str = "arbiter"
     multithread: bool = False
     multiprocess: bool = True

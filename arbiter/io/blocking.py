@@ -69,14 +69,14 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
     Never raises for client misbehaviour; the socket is closed on return.
     """
     log = handler.error_log
-    now = time.monotonic()
-    http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
-    proxy = handler.expects_proxy_header(peer)
-    lc = Lifecycle(handler, http, peer, sockname, now, observer=observer,
-                   tls=tls is not None, proxy=proxy,
-                   may_keep_alive=may_keep_alive, hold_limit=hold_limit)
     transport: BlockingTransport | None = None
+    lc: Lifecycle | None = None
     try:
+        http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
+        proxy = handler.expects_proxy_header(peer)
+        lc = Lifecycle(handler, http, peer, sockname, time.monotonic(), observer=observer,
+                       tls=tls is not None, proxy=proxy,
+                       may_keep_alive=may_keep_alive, hold_limit=hold_limit)
         if proxy:  # before the TLS handshake: the proxy speaks first, in the clear
             lc.proxy_done(_take_proxy_header(handler.proxy_protocol, sock, lc.deadline,
                                              observer.heartbeat), time.monotonic())
@@ -106,7 +106,7 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
                 sock.close()
             except OSError:  # pragma: no cover
                 pass
-    return lc.served
+    return lc.served if lc is not None else 0
 
 
 def _take_proxy_header(mode: str, sock: socket.socket, deadline: float,
@@ -145,8 +145,7 @@ def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
                 # client sends the next request within the grace.
                 lc.give_way(now)
         elif action == WRITE:
-            lc.writing(now)
-            transport.send_all(lc.take_output(), lc)
+            transport.send_all(lc.take_output(), lc.writing(now))
             now = time.monotonic()
         elif action == RESPOND:
             if not lc.stopping and stopping():
@@ -168,19 +167,21 @@ def _respond(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport) 
         wsgi_input: Any = EMPTY_INPUT
     else:
         def pull() -> bytes:
-            return lc.read_body(transport.recv_until, lambda data: transport.send_all(data, lc))
+            return lc.read_body(transport.recv_within,
+                                lambda data: transport.send_all(data, lc.budget))
         wsgi_input = StreamInput(pull)
     environ = handler.build_environ(request, lc.info, wsgi_input)
     response = AppResponse(handler, environ, request, lc.may_keep_alive, started,
                            files=transport.plain)
     response.start()
-    lc.writing(time.monotonic())
+    budget = lc.writing(time.monotonic())
     try:
         while (piece := response.pull()) is not None:
             if type(piece) is FileSegment:
-                response.file_sent(transport.sendfile(piece.file, piece.offset, piece.count, lc))
+                response.file_sent(transport.sendfile(piece.file, piece.offset, piece.count,
+                                                      budget))
             else:
-                transport.send_all(piece, lc)
+                transport.send_all(piece, budget)
     except ClientDisconnected as exc:
         response.client_gone(exc)
     lc.response_done(response.finish(), time.monotonic())

@@ -7,10 +7,10 @@ strategy or HTTP module touches a socket itself:
   drivers that give a connection its own thread or process (forked,
   preforked, threaded). Every wait is a ``poll()`` of at most ``TICK``
   seconds, so the caller's heartbeat keeps beating; reads wait until an
-  absolute deadline; writes take a *budget* (an object with ``deadline`` and
-  ``wrote(n)`` -- the connection's :class:`~arbiter.http.lifecycle.Lifecycle`)
-  whose deadline moves as bytes go out, so a client reading a byte a second
-  is cut at the budget however long it keeps reading.
+  absolute deadline, or within a *budget*; writes always take one -- the
+  transfer's :class:`~arbiter.http.lifecycle.TransferBudget`, to which every
+  wait and every byte moved is reported -- so a client reading (or sending)
+  a byte a second is cut when its budget runs out, however long it keeps at it.
 * :class:`NonBlockingTransport` / :class:`NonBlockingTLSTransport` -- for
   the reactor (evented, pooled): each call does what the socket takes now and
   says so (bytes, ``None`` for "would block", ``b""`` for EOF); the reactor
@@ -135,6 +135,23 @@ class BlockingTransport:
             if state == READABLE:
                 return True
 
+    def recv_within(self, budget: Any) -> bytes | None:
+        """Bytes (b"" at EOF), or None once the transfer ``budget`` ran out."""
+        start = time.monotonic()
+        deadline = budget.wait_deadline(start)
+        while True:
+            state = self.wait_readable(deadline)
+            if state == TIMEOUT:
+                budget.waited(time.monotonic() - start)
+                return None
+            if state == READABLE:
+                data = self.recv()
+                if data is not None:
+                    now = time.monotonic()
+                    budget.waited(now - start)
+                    budget.moved(len(data), now)
+                    return data
+
     def recv_until(self, deadline: float) -> bytes | None:
         """Bytes (b"" at EOF), or None once ``deadline`` passed with nothing."""
         while True:
@@ -148,20 +165,26 @@ class BlockingTransport:
 
     # writing ------------------------------------------------------------------------------
     def _wait_writable(self, budget: Any) -> None:
+        """Wait until the client takes more bytes, within the budget (the wait counts)."""
         if self._wpoll is None:
             self._wpoll = select.poll()
             self._wpoll.register(self.sock, _POLLOUT)
+        start = time.monotonic()
+        deadline = budget.wait_deadline(start)
         while True:
             self.heartbeat()
-            remaining = budget.deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
+                budget.waited(now - start)
                 raise ClientDisconnected("the client read the response too slowly")
             if self._wpoll.poll(min(remaining, TICK) * 1000.0):
+                budget.waited(time.monotonic() - start)
                 return
 
     def send_all(self, data: bytes, budget: Any) -> None:
-        """Write all of ``data`` by ``budget.deadline`` (which moves as bytes go out:
-        ``budget.wrote(n)``): one non-blocking send on the hot path."""
+        """Write all of ``data`` within the transfer ``budget``: one non-blocking send
+        on the hot path (a client that takes everything at once costs no budget)."""
         sock = self.sock
         try:
             sent = sock.send(data, _MSG_DONTWAIT)
@@ -169,9 +192,9 @@ class BlockingTransport:
             sent = 0
         except OSError as exc:
             raise ClientDisconnected(f"send failed: {exc}") from None
-        budget.wrote(sent)
         if sent == len(data):
             return
+        budget.moved(sent, time.monotonic())
         view = memoryview(data)[sent:]
         while view:
             self._wait_writable(budget)
@@ -181,7 +204,7 @@ class BlockingTransport:
                 continue
             except OSError as exc:
                 raise ClientDisconnected(f"send failed: {exc}") from None
-            budget.wrote(sent)
+            budget.moved(sent, time.monotonic())
             view = view[sent:]
 
     def sendfile(self, file: Any, offset: int, count: int, budget: Any) -> int:
@@ -200,7 +223,7 @@ class BlockingTransport:
             if sent == 0:  # the file is shorter than it said
                 break
             total += sent
-            budget.wrote(sent)
+            budget.moved(sent, time.monotonic())
         return total
 
     # closing ------------------------------------------------------------------------------
@@ -279,12 +302,12 @@ class BlockingTLSTransport(BlockingTransport):
                 except ssl.SSLWantWriteError:
                     self._wait_writable(budget)
                 except ssl.SSLWantReadError:
-                    self.recv_until(budget.deadline)
+                    self.recv_until(budget.wait_deadline(time.monotonic()))
                 except InterruptedError:
                     continue
                 except OSError as exc:
                     raise ClientDisconnected(f"send failed: {exc}") from None
-            budget.wrote(len(chunk))
+            budget.moved(len(chunk), time.monotonic())
 
     def sendfile(self, file: Any, offset: int, count: int, budget: Any) -> int:
         raise NotImplementedError("TLS: no sendfile")
