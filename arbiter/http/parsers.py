@@ -4,8 +4,17 @@ Owns the two interchangeable parsers behind :class:`HeadParser`:
 
 * :class:`HttptoolsHeadParser` -- llhttp via httptools (C, the fast path). One
   ``HttpRequestParser`` is reused for every request on a connection while it
-  stays in a clean state (message complete, keep-alive); otherwise a fresh one
-  is made for the next head.
+  stays in a clean state (the last head completed a message); otherwise a
+  fresh one is made for the next head. llhttp is told to leave alone what the
+  core decides: the transfer coding (``lenient_transfer_encoding``: the core
+  accepts ``chunked`` with any OWS, e.g. ``chunked<TAB>``, which llhttp alone
+  refuses) and persistence (``lenient_keep_alive``: a reused parser does not
+  refuse the next head after ``Connection: close`` / ``Proxy-Connection:
+  close``). When llhttp still refuses a head, the fields are tokenised again by
+  a fresh parser under a stand-in request line (``GET / HTTP/1.x``): llhttp's
+  opinion of the request line (its fixed method list, ``PRI`` as the HTTP/2
+  preface only) is not ours -- the core has already judged the line. Only a
+  refusal of the fields themselves is a :class:`ParserRejected`.
 * :class:`H11HeadParser` -- h11 (pure Python, the reference). h11 is driven as a
   parser only: a new ``h11.Connection`` is made for each head, fed the head and
   asked for its ``Request`` event; nothing is ever sent through it.
@@ -49,7 +58,13 @@ class HttptoolsHeadParser:
         self._httptools = httptools
         self._headers: Headers = []
         self._complete = False
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
+
+    def _new_parser(self):
+        parser = self._httptools.HttpRequestParser(self)
+        # The core judges the transfer coding and the connection's persistence itself.
+        parser.set_dangerous_leniencies(lenient_transfer_encoding=True, lenient_keep_alive=True)
+        return parser
 
     # llhttp callbacks --------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -70,18 +85,16 @@ class HttptoolsHeadParser:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             # Upgrade / CONNECT-like: ignored, the request is served normally.
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = self._new_parser()
             return headers
-        except httptools.HttpParserInvalidMethodError:
-            # llhttp knows a fixed method list; the core already checked the
-            # method is a token, so tokenise the fields under a stand-in line.
-            self._parser = httptools.HttpRequestParser(self)
+        except httptools.HttpParserError:
+            # llhttp refused the request line (a method not in its list, PRI that is
+            # not the HTTP/2 preface, ...) or the head as a whole: the core already
+            # judged the line, so tokenise the fields under a stand-in line.
+            self._parser = self._new_parser()
             return self._parse_with_stand_in(head)
-        except httptools.HttpParserError as exc:
-            self._parser = httptools.HttpRequestParser(self)
-            raise ParserRejected(str(exc)) from None
-        if not self._complete or not parser.should_keep_alive():
-            self._parser = httptools.HttpRequestParser(self)
+        if not self._complete:  # e.g. a body follows: llhttp is inside the message
+            self._parser = self._new_parser()
         return headers
 
     def _parse_with_stand_in(self, head: bytes) -> Headers:
@@ -89,7 +102,7 @@ class HttptoolsHeadParser:
         eol = head.find(b"\r\n")
         version = head[eol - 8:eol]  # b"HTTP/1.x", already validated by the core
         headers = self._headers = []
-        parser = httptools.HttpRequestParser(self)
+        parser = self._new_parser()
         try:
             parser.feed_data(b"GET / " + version + head[eol:])
         except httptools.HttpParserUpgrade:

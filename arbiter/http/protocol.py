@@ -11,25 +11,44 @@ rule of HTTP-STRICTNESS.md and CONTRACT §5 -- identical for both parsers:
 * grammar: request line ``token SP target SP HTTP/d.d`` with CRLF, field lines
   ``token ":" OWS value OWS`` (no obs-fold, no whitespace before the colon, no
   control characters, no bare CR or LF) -> 400; versions other than 1.0/1.1
-  -> 505; target forms (origin; absolute http(s); ``*`` only for OPTIONS;
-  anything else, e.g. the authority form, -> 400). ``CONNECT`` is answered
-  501 (arbiter is not a proxy);
+  -> 505 (so the HTTP/2 preface ``PRI * HTTP/2.0`` gets 505, while ``PRI /
+  HTTP/1.1`` is a request like any other token method); target forms (origin;
+  absolute http(s), whose path and query become :attr:`Request.path` /
+  :attr:`Request.query` -- the WSGI layer takes the host from it; ``*`` only
+  for OPTIONS; anything else, e.g. the authority form, -> 400). ``CONNECT``
+  is answered 501 (arbiter is not a proxy);
 * framing and smuggling: repeated Host / Content-Length / Content-Type,
   missing Host on 1.1, Content-Length together with Transfer-Encoding, TE on
-  HTTP/1.0, malformed Content-Length -> 400; any coding but exactly one
-  ``chunked`` -> 501; Content-Length over ``limit_body`` -> 413 before any body
-  byte is read, a chunked body over it -> 413 once exceeded;
+  HTTP/1.0, malformed Content-Length, an empty coding or ``chunked`` twice
+  -> 400; any coding but ``chunked`` -> 501 (``chunked`` in any case; OWS
+  around it, e.g. ``chunked<TAB>``, is not part of the value, RFC 9110
+  §5.6.3); Content-Length over ``limit_body`` -> 413 before any body byte is
+  read, a chunked body over it -> 413 as soon as a chunk size takes the total
+  over it (a body of exactly ``limit_body`` bytes is accepted);
 * bodies: Content-Length and chunked (extensions allowed, trailers parsed;
   forbidden trailer fields such as Content-Length or Host -> 400; the others
   are reported on :class:`EndOfMessage` and never merged into the request's
-  headers).
+  headers). A chunk-size line (size and extensions, without its CRLF) may be
+  at most ``_MAX_CHUNK_SIZE_LINE`` = 4096 bytes, a fixed bound that no config
+  value turns off; a longer one -> 400, refused while it arrives like a head
+  line. The trailer section has its own count of ``limit_header_fields`` and
+  each trailer line ``limit_header_field_size`` (-> 431).
+
+Limits are inclusive: a request line of exactly ``limit_request_line`` bytes,
+a field line (``name: value``) of exactly ``limit_header_field_size`` bytes
+and exactly ``limit_header_fields`` fields pass; one more is refused. Line
+lengths exclude the CRLF. (The config's 0 = no limit reaches this class as
+``1 << 30``, see :func:`arbiter.workers.base.http_settings`.)
 
 Checks are ordered so the outcome never depends on how the bytes were split:
-each head line is judged (length first, then grammar) as soon as it is
-complete, earlier lines first; the fast path (whole head already buffered)
-only short-cuts inputs that pass every line check, and falls back to the
-line-by-line scan otherwise. Once the head is accepted a parser back-end
-(:mod:`arbiter.http.parsers`, httptools or h11) tokenises the header fields.
+each head line (and each chunk-size or trailer line) is judged -- length
+first, then CRLF, then grammar -- as soon as it is complete, earlier lines
+first, and a line still arriving is refused as soon as it is longer than its
+limit; the fast path (whole head already buffered) only short-cuts inputs
+that pass every line check, and falls back to the line-by-line scan
+otherwise. Once the head is accepted a parser back-end
+(:mod:`arbiter.http.parsers`, httptools or h11) tokenises the header fields;
+that module says how each is kept from judging what the core decides.
 
 Driving it (h11-style)::
 
@@ -565,12 +584,18 @@ class HTTPConnection:
                     self._chunk_state = _CH_DATA_CRLF
                 return Data(data)
             if state == _CH_SIZE:
-                nl = buf.find(b"\n")
+                # Judged like a head line: length first (also while it is incomplete),
+                # then CRLF, then grammar -- the same answer however the bytes came.
+                nl = buf.find(b"\n", 0, _MAX_CHUNK_SIZE_LINE + 2)
                 if nl < 0:
-                    if len(buf) > _MAX_CHUNK_SIZE_LINE:
+                    pending = len(buf)
+                    if pending > _MAX_CHUNK_SIZE_LINE + 1 or (
+                            pending > _MAX_CHUNK_SIZE_LINE and buf[-1] != 13):
                         return self._fail(400, "chunk size line too long")
                     return self._need_body()
                 if nl == 0 or buf[nl - 1] != 13:
+                    if nl > _MAX_CHUNK_SIZE_LINE:
+                        return self._fail(400, "chunk size line too long")
                     return self._fail(400, "chunk size line not terminated by CRLF")
                 m = _CHUNK_SIZE_LINE.fullmatch(buf, 0, nl - 1)
                 if m is None:
@@ -600,7 +625,9 @@ class HTTPConnection:
             # trailer section
             nl = buf.find(b"\n")
             if nl < 0:
-                if len(buf) > self._limit_field_size + 1:
+                pending = len(buf)
+                if pending > self._limit_field_size + 1 or (
+                        pending > self._limit_field_size and buf[-1] != 13):
                     return self._fail(431, "trailer field too long")
                 return self._need_body()
             has_cr = nl > 0 and buf[nl - 1] == 13

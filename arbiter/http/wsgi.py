@@ -319,6 +319,7 @@ class ConnectionInfo:
 
 # -- the handler ---------------------------------------------------------------------
 _AMBIGUOUS: Any = object()  # two SCRIPT_NAME headers: neither is used
+_ABSOLUTE_AUTHORITY = re.compile(rb"[^:]*://([^/?]*)")  # of a target the core validated
 
 
 class WSGIHandler:
@@ -405,7 +406,14 @@ class WSGIHandler:
         return key
 
     def build_environ(self, request: Request, info: ConnectionInfo, wsgi_input: Any) -> dict:
-        """The PEP 3333 environ for ``request`` on the connection ``info``."""
+        """The PEP 3333 environ for ``request`` on the connection ``info``.
+
+        An absolute-form target (``GET http://example.com:8080/p?q HTTP/1.1``)
+        names the host: ``HTTP_HOST`` is its authority and the ``Host`` header is
+        ignored (RFC 9112 §3.2.2), so ``SERVER_NAME`` / ``SERVER_PORT`` follow it
+        where they come from the host (unix sockets). The core has already split
+        the target into ``PATH_INFO`` / ``QUERY_STRING`` and checked the authority.
+        """
         environ = info.environ.copy()
         environ["REQUEST_METHOD"] = request.method
         raw = request.target.decode("latin-1")
@@ -437,6 +445,9 @@ class WSGIHandler:
                 environ[key] = environ[key] + sep + value.decode("latin-1")
             else:
                 environ[key] = value.decode("latin-1")
+        if request.target[0] != 0x2F and request.target != b"*":  # absolute form
+            environ["HTTP_HOST"] = _ABSOLUTE_AUTHORITY.match(request.target).group(1).decode(
+                "latin-1")
         if request.content_length is None:
             environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # the one accepted value
         rid = environ.get("HTTP_X_REQUEST_ID")

@@ -224,17 +224,169 @@ CORPUS: list[tuple[str, bytes, tuple]] = [
 ]
 
 
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("case_id,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
-def test_corpus_parity(case_id: str, raw: bytes, expected: tuple) -> None:
-    reference = run(raw, "h11", "whole")
+
+
+def config_limits(**cli) -> dict:
+    """The limits a worker gets from the config (``0`` = no limit -> ``1 << 30``)."""
+    from arbiter.config import load_config
+    from arbiter.workers.base import http_settings
+
+    settings = http_settings(load_config(env={}, cli=cli), "preforked")
+    return {name: getattr(settings, name) for name in LIMITS}
+
+
+DEFAULTS = config_limits()  # the shipped defaults: 8190 / 100 / 8190, no body limit
+NO_LINE_LIMIT = config_limits(**{"limits.request_line": 0})
+NO_FIELDS_LIMIT = config_limits(**{"limits.header_fields": 0})
+CHUNKED = b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+def request_line(length: int, method: bytes = b"GET") -> bytes:
+    """A request line of exactly ``length`` bytes, without its CRLF."""
+    return method + b" /" + b"a" * (length - len(method) - 11) + b" HTTP/1.1"
+
+
+def field_line(length: int, name: bytes = b"X-Long") -> bytes:
+    """A field line (``name: value``) of exactly ``length`` bytes, without its CRLF."""
+    return name + b": " + b"v" * (length - len(name) - 2)
+
+
+def fields(count: int) -> bytes:
+    """``count`` field lines, Host first."""
+    return H + b"".join(b"X-%d: v\r\n" % i for i in range(count - 1))
+
+
+def chunk_size_line(length: int) -> bytes:
+    """A chunk-size line for 5 bytes, with an extension, of exactly ``length`` bytes."""
+    return b"5;x=" + b"e" * (length - 4)
+
+
+# Limits one off each way, OWS, the HTTP/2 preface, chunk-size lines, absolute form:
+# (id, raw request bytes, expected summary, limits for HTTPSettings).
+EDGE_CORPUS: list[tuple[str, bytes, tuple, dict]] = [
+    # --- request line against limit_request_line (default 8190) -------------------------
+    ("request-line-at-limit", request_line(8190) + b"\r\n" + H + b"\r\n",
+     ("GET /" + "a" * 8176,), DEFAULTS),
+    ("request-line-over-limit", request_line(8191) + b"\r\n" + H + b"\r\n", (414,), DEFAULTS),
+    ("request-line-over-limit-endless", request_line(8191), (414,), DEFAULTS),
+    ("request-line-at-limit-cr-pending", request_line(8190) + b"\r", (), DEFAULTS),
+    ("request-line-over-limit-bare-lf", request_line(8191) + b"\n" + H + b"\r\n", (414,),
+     DEFAULTS),
+    ("request-line-at-limit-bare-lf", request_line(8190) + b"\n" + H + b"\r\n", (400,),
+     DEFAULTS),
+    ("request-line-small-limit-at", request_line(200) + b"\r\n" + H + b"\r\n",
+     ("GET /" + "a" * 186,), LIMITS),
+    ("request-line-small-limit-over", request_line(201) + b"\r\n" + H + b"\r\n", (414,),
+     LIMITS),
+    ("request-line-no-limit", request_line(20000) + b"\r\n" + H + b"\r\n",
+     ("GET /" + "a" * 19986,), NO_LINE_LIMIT),
+    # --- field lines against limit_header_field_size (default 8190) ---------------------
+    ("field-line-at-limit", b"GET / HTTP/1.1\r\n" + H + field_line(8190) + b"\r\n\r\n",
+     ("GET /",), DEFAULTS),
+    ("field-line-over-limit", b"GET / HTTP/1.1\r\n" + H + field_line(8191) + b"\r\n\r\n",
+     (431,), DEFAULTS),
+    ("field-line-over-limit-endless", b"GET / HTTP/1.1\r\n" + H + field_line(8191), (431,),
+     DEFAULTS),
+    ("field-line-small-limit-at", b"GET / HTTP/1.1\r\n" + H + field_line(120) + b"\r\n\r\n",
+     ("GET /",), LIMITS),
+    ("field-line-small-limit-over", b"GET / HTTP/1.1\r\n" + H + field_line(121)
+     + b"\r\n\r\n", (431,), LIMITS),
+    # --- field count against limit_header_fields (default 100) --------------------------
+    ("fields-at-limit", b"GET / HTTP/1.1\r\n" + fields(100) + b"\r\n", ("GET /",), DEFAULTS),
+    ("fields-over-limit", b"GET / HTTP/1.1\r\n" + fields(101) + b"\r\n", (431,), DEFAULTS),
+    ("fields-at-limit-then-body", b"POST / HTTP/1.1\r\n" + fields(99)
+     + b"Content-Length: 2\r\n\r\nok", ("POST /",), DEFAULTS),
+    ("fields-small-limit-at", b"GET / HTTP/1.1\r\n" + fields(10) + b"\r\n", ("GET /",), LIMITS),
+    ("fields-small-limit-over", b"GET / HTTP/1.1\r\n" + fields(11) + b"\r\n", (431,), LIMITS),
+    ("fields-no-limit", b"GET / HTTP/1.1\r\n" + fields(300) + b"\r\n", ("GET /",),
+     NO_FIELDS_LIMIT),
+    # --- bodies against limit_body (1000 here) ------------------------------------------
+    ("cl-at-body-limit", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1000\r\n\r\n"
+     + b"x" * 1000, ("POST /",), LIMITS),
+    ("cl-over-body-limit", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1001\r\n\r\n"
+     + b"x" * 1001, (413,), LIMITS),
+    ("chunked-at-body-limit", CHUNKED + b"1f4\r\n" + b"x" * 500 + b"\r\n1f4\r\n" + b"x" * 500
+     + b"\r\n0\r\n\r\n", ("POST /c",), LIMITS),
+    ("chunked-over-body-limit", CHUNKED + b"1f4\r\n" + b"x" * 500 + b"\r\n1f5\r\n" + b"x" * 501
+     + b"\r\n0\r\n\r\n", ("POST /c", 413), LIMITS),
+    # --- Transfer-Encoding with OWS (RFC 9110 §5.6.3: not part of the value) ------------
+    ("te-chunked-trailing-tab", b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\t\r\n"
+     b"\r\n5\r\nhello\r\n0\r\n\r\n", ("POST /c",), LIMITS),
+    ("te-chunked-tabs-around", b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding:\tChunked\t\r\n"
+     b"\r\n5\r\nhello\r\n0\r\n\r\n", ("POST /c",), LIMITS),
+    ("te-chunked-space-tab", b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding:  chunked \t\r\n"
+     b"\r\n0\r\n\r\nGET /next HTTP/1.1\r\n" + H + b"\r\n", ("POST /c", "GET /next"), LIMITS),
+    ("te-tab-gzip", b"POST /c HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\t\r\n\r\n", (501,),
+     LIMITS),
+    ("cl-trailing-tab", b"POST /c HTTP/1.1\r\n" + H + b"Content-Length: 5\t\r\n\r\nhello",
+     ("POST /c",), LIMITS),
+    # --- PRI: the HTTP/2 preface is a version error, PRI / HTTP/1.1 a token method ------
+    ("pri-origin-http11", b"PRI / HTTP/1.1\r\n" + H + b"\r\n", ("PRI /",), LIMITS),
+    ("pri-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (505,), LIMITS),
+    ("pri-star-http11", b"PRI * HTTP/1.1\r\n" + H + b"\r\n", (400,), LIMITS),
+    ("pri-pipelined", b"GET / HTTP/1.1\r\n" + H + b"\r\nPRI /p HTTP/1.1\r\n" + H
+     + b"\r\nGET /n HTTP/1.1\r\n" + H + b"\r\n", ("GET /", "PRI /p", "GET /n"), LIMITS),
+    # --- persistence is the core's call, not the parser's --------------------------------
+    ("proxy-connection-close-pipelined", b"GET /1 HTTP/1.1\r\n" + H
+     + b"Proxy-Connection: close\r\n\r\nGET /2 HTTP/1.1\r\n" + H + b"\r\n",
+     ("GET /1", "GET /2"), LIMITS),
+    ("connection-close-pipelined", b"GET /1 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+     b"PURGEX /2 HTTP/1.1\r\n" + H + b"\r\n", ("GET /1", "PURGEX /2"), LIMITS),
+    # --- chunk-size line (size + extensions) bounded at 4096 bytes ----------------------
+    ("chunk-ext-5000", CHUNKED + b"5;x=" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n",
+     ("POST /c", 400), DEFAULTS),
+    ("chunk-size-line-at-limit", CHUNKED + chunk_size_line(4096) + b"\r\nhello\r\n0\r\n\r\n",
+     ("POST /c",), DEFAULTS),
+    ("chunk-size-line-over-limit", CHUNKED + chunk_size_line(4097)
+     + b"\r\nhello\r\n0\r\n\r\n", ("POST /c", 400), DEFAULTS),
+    ("chunk-size-line-endless", CHUNKED + chunk_size_line(10000), ("POST /c", 400), DEFAULTS),
+    ("chunk-size-line-at-limit-cr-pending", CHUNKED + chunk_size_line(4096) + b"\r",
+     ("POST /c",), DEFAULTS),
+    ("chunk-size-line-over-limit-bare-lf", CHUNKED + chunk_size_line(4097) + b"\nhello\r\n",
+     ("POST /c", 400), DEFAULTS),
+    ("chunk-size-line-no-line-limit", CHUNKED + chunk_size_line(4097) + b"\r\nhello\r\n",
+     ("POST /c", 400), NO_LINE_LIMIT),
+    # --- absolute form: the target names the host --------------------------------------
+    ("absolute-form-port-query", b"GET http://example.com:8080/path?q HTTP/1.1\r\n"
+     b"Host: other.example\r\n\r\n", ("GET http://example.com:8080/path?q",), LIMITS),
+    ("absolute-form-no-path", b"GET http://example.com?x=1 HTTP/1.1\r\n" + H + b"\r\n",
+     ("GET http://example.com?x=1",), LIMITS),
+    ("absolute-form-ipv6", b"GET https://[::1]:8443/ HTTP/1.1\r\n" + H + b"\r\n",
+     ("GET https://[::1]:8443/",), LIMITS),
+]
+
+
+def check_parity(case_id: str, raw: bytes, expected: tuple, limits: dict) -> None:
+    """Both parsers x whole / byte by byte / 3 seeded random splits: the same outcome."""
+    reference = run(raw, "h11", "whole", **limits)
     assert summary(reference) == expected, case_id
     for parser in PARSERS:
         for mode in MODES:
             seeds = range(3) if mode == "random" else (0,)
             for seed in seeds:
-                got = run(raw, parser, mode, seed)
+                got = run(raw, parser, mode, seed, **limits)
                 assert got == reference, (case_id, parser, mode, seed)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case_id,raw,expected", CORPUS, ids=[c[0] for c in CORPUS])
+def test_corpus_parity(case_id: str, raw: bytes, expected: tuple) -> None:
+    check_parity(case_id, raw, expected, LIMITS)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case_id,raw,expected,limits", EDGE_CORPUS,
+                         ids=[c[0] for c in EDGE_CORPUS])
+def test_edge_corpus_parity(case_id: str, raw: bytes, expected: tuple, limits: dict) -> None:
+    check_parity(case_id, raw, expected, limits)
+
+
+@pytest.mark.timeout(10)
+def test_config_zero_means_no_limit() -> None:
+    assert DEFAULTS == {"limit_request_line": 8190, "limit_header_fields": 100,
+                        "limit_header_field_size": 8190, "limit_body": None}
+    assert NO_LINE_LIMIT["limit_request_line"] == 1 << 30
+    assert NO_FIELDS_LIMIT["limit_header_fields"] == 1 << 30
 
 
 @pytest.mark.timeout(10)

@@ -150,9 +150,57 @@ def test_script_name_from_process_environment(monkeypatch) -> None:
 
 @pytest.mark.timeout(5)
 def test_options_star_and_absolute_form() -> None:
-    assert environ_for(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")["PATH_INFO"] == ""
+    env = environ_for(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert env["PATH_INFO"] == "" and env["HTTP_HOST"] == "a"
     env = environ_for(b"GET http://a/p%2Fq?z HTTP/1.1\r\nHost: a\r\n\r\n")
     assert env["PATH_INFO"] == "/p/q" and env["QUERY_STRING"] == "z"
+
+
+def absolute_environ(raw: bytes, parser: str, **where) -> dict:
+    handler = WSGIHandler(lambda e, s: [], HTTPSettings(parser=parser), LOG)
+    info = handler.connection_info(where.get("peer", ("127.0.0.1", 40000)),
+                                   where.get("sockname", ("127.0.0.1", 8000)))
+    return handler.build_environ(parse(raw, parser), info, EMPTY_INPUT)
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_absolute_form_target_names_the_host(parser: str) -> None:
+    # RFC 9112 §3.2.2: the host comes from the target; the Host header is ignored.
+    raw = b"GET http://example.com:8080/path?q HTTP/1.1\r\nHost: other.example\r\n\r\n"
+    env = absolute_environ(raw, parser)
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["PATH_INFO"] == "/path" and env["QUERY_STRING"] == "q"
+    assert env["RAW_URI"] == env["REQUEST_URI"] == "http://example.com:8080/path?q"
+    # On TCP the server address is the socket's, whatever the host (as for origin form).
+    assert env["SERVER_NAME"] == "127.0.0.1" and env["SERVER_PORT"] == "8000"
+    # On a unix socket SERVER_NAME / SERVER_PORT come from the host: the target's.
+    env = absolute_environ(raw, parser, peer="", sockname="/tmp/arbiter.sock")
+    assert env["HTTP_HOST"] == "example.com:8080"
+    assert env["SERVER_NAME"] == "example.com" and env["SERVER_PORT"] == "8080"
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_absolute_form_shapes(parser: str) -> None:
+    env = absolute_environ(b"GET http://example.com?x=1 HTTP/1.1\r\nHost: h\r\n\r\n", parser)
+    assert env["HTTP_HOST"] == "example.com"
+    assert env["PATH_INFO"] == "/" and env["QUERY_STRING"] == "x=1"
+    env = absolute_environ(b"GET HTTPS://Example.COM HTTP/1.1\r\nHost: h\r\n\r\n", parser)
+    assert env["HTTP_HOST"] == "Example.COM" and env["PATH_INFO"] == "/"
+    assert env["QUERY_STRING"] == ""
+    env = absolute_environ(b"GET http://[::1]:8443/a/b HTTP/1.1\r\nHost: h\r\n\r\n", parser,
+                           peer="", sockname="/tmp/arbiter.sock")
+    assert env["HTTP_HOST"] == "[::1]:8443" and env["PATH_INFO"] == "/a/b"
+    assert env["SERVER_NAME"] == "::1" and env["SERVER_PORT"] == "8443"
+    # HTTP/1.0 needs no Host header: the target still names the host.
+    env = absolute_environ(b"GET http://example.com/p HTTP/1.0\r\n\r\n", parser)
+    assert env["HTTP_HOST"] == "example.com" and env["PATH_INFO"] == "/p"
+    # Origin form keeps the Host header.
+    env = absolute_environ(b"GET /p HTTP/1.1\r\nHost: h:81\r\n\r\n", parser,
+                           peer="", sockname="/tmp/arbiter.sock")
+    assert env["HTTP_HOST"] == "h:81"
+    assert env["SERVER_NAME"] == "h" and env["SERVER_PORT"] == "81"
 
 
 # -- wsgi.input ------------------------------------------------------------------------------
