@@ -16,7 +16,12 @@ This package owns everything between bytes and a WSGI app:
 * :mod:`arbiter.http.wsgi` -- :class:`WSGIHandler` (the environ, proxy
   trust, ``run_app`` for blocking drivers, core error responses), inputs and
   observer hooks;
-* :mod:`arbiter.http.server` -- :func:`serve_connection`, the blocking driver.
+* :mod:`arbiter.http.lifecycle` -- :class:`Lifecycle`: one connection's phases,
+  deadlines, keep-alive, drain, linger and what a stop means (sans-IO; the
+  drivers in :mod:`arbiter.io` carry it out);
+* :mod:`arbiter.http.bodies` -- :class:`BodySpool`, a whole body bounded in memory.
+
+Nothing in this package opens or touches a socket.
 
 Drivers without a blocking socket (evented, pooled) use HTTPConnection +
 ``handler.build_environ(request, handler.connection_info(peer, sockname),
@@ -35,7 +40,6 @@ from arbiter.http.protocol import (
     Request,
 )
 from arbiter.http.response import CONTINUE_RESPONSE, error_response, http_date
-from arbiter.http.server import serve_connection
 from arbiter.http.settings import HTTPSettings, resolve_parser
 from arbiter.http.wsgi import (
     EMPTY_INPUT,
@@ -78,5 +82,4 @@ __all__ = [
     "error_response",
     "http_date",
     "resolve_parser",
-    "serve_connection",
 ]

@@ -357,7 +357,7 @@ class Lifecycle:
         self.deadline = _INF
         request = self.request
         assert request is not None
-        self.observer.request_started(request.method, request.path.decode("latin-1"))
+        self.observer.request_started(request.method, request.path.decode("latin-1"), self)
         return RESPOND
 
     def _await(self, now: float) -> int:
@@ -395,7 +395,7 @@ class Lifecycle:
         handler = self.handler
         self.out.append(handler.error_response(error, self.info))
         status = error.status if isinstance(error, ProtocolError) else error
-        self.observer.request_finished(status)
+        self.observer.request_finished(status, self)
         self.answered = True
         self.close_after = self.linger_after = True
         self.request = None
@@ -486,7 +486,7 @@ class Lifecycle:
 
     def response_done(self, outcome: ResponseOutcome, now: float) -> None:
         """The app's response is completely written (or abandoned)."""
-        self.observer.request_finished(outcome.status)
+        self.observer.request_finished(outcome.status, self)
         self.answered = True
         if self.body_input is not None:
             close = getattr(self.body_input, "close", None)

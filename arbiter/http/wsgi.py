@@ -132,9 +132,9 @@ class RequestObserver(Protocol):
 
     def heartbeat(self) -> None: ...
 
-    def request_started(self, method: str, path: str) -> None: ...
+    def request_started(self, method: str, path: str, key: object = None) -> None: ...
 
-    def request_finished(self, status: int) -> None: ...
+    def request_finished(self, status: int, key: object = None) -> None: ...
 
 
 class NullObserver:
@@ -143,10 +143,10 @@ class NullObserver:
     def heartbeat(self) -> None:
         return None
 
-    def request_started(self, method: str, path: str) -> None:
+    def request_started(self, method: str, path: str, key: object = None) -> None:
         return None
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, key: object = None) -> None:
         return None
 
 

@@ -76,7 +76,8 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
         proxy = handler.expects_proxy_header(peer)
         lc = Lifecycle(handler, http, peer, sockname, time.monotonic(), observer=observer,
                        tls=tls is not None, proxy=proxy,
-                       may_keep_alive=may_keep_alive, hold_limit=hold_limit)
+                       may_keep_alive=lambda: may_keep_alive() and not stopping(),
+                       hold_limit=hold_limit)
         if proxy:  # before the TLS handshake: the proxy speaks first, in the clear
             lc.proxy_done(_take_proxy_header(handler.proxy_protocol, sock, lc.deadline,
                                              observer.heartbeat), time.monotonic())

@@ -22,7 +22,8 @@ piece of the response in memory, never the whole of it.
 A strategy provides ``respond(conn)`` and ``resume(conn)`` (return True when
 the reactor should go on driving the connection, False when it was handed
 away), ``after_select()`` (once per turn, before events are dispatched) and
-``on_wakeup()``.
+``on_wakeup()``, ``event_while_away(conn)`` (an event for a connection it
+holds); it may register fds of its own with a callable as their data.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Connection:
 
     __slots__ = ("transport", "lc", "out", "out_size", "response", "segment", "budget",
                  "backlog_since", "events", "deadline", "bucket", "closed", "in_pool",
-                 "taker", "tls_want", "peer")
+                 "taker", "tls_want", "peer", "task", "gone", "action")
 
     def __init__(self, transport: Any, lc: Lifecycle, peer: Any) -> None:
         self.transport = transport
@@ -84,6 +85,9 @@ class Connection:
         self.in_pool = False  # a pool thread owns it (pooled)
         self.taker: ProxyHeaderTaker | None = None
         self.tls_want = 0  # TLS needs this event before it can go on
+        self.task = 0  # pooled: what the pool thread is to do with it
+        self.gone: object = None  # pooled: why a pool thread found the client gone
+        self.action: int | None = None  # the lifecycle's answer a pool thread already got
 
 
 class DeadlineBuckets:
@@ -211,6 +215,8 @@ class Reactor:
                     elif data is None:
                         worker.drain_wakeup()
                         strategy.on_wakeup()
+                    elif callable(data):  # a strategy's own fd (the pool's returns)
+                        data()
                     else:
                         self.accept(data)
                 now = time.monotonic()
@@ -301,7 +307,7 @@ class Reactor:
         if conn.closed:
             return
         if conn.in_pool:  # bytes or EOF while a pool thread owns it: look when it is back
-            self.set_interest(conn, 0)
+            self.strategy.event_while_away(conn)
             return
         self.guard(conn, self._on_event, mask)
 
@@ -369,7 +375,11 @@ class Reactor:
                 if not strategy.resume(conn):
                     return
                 continue
-            action = lc.next(now)
+            action = conn.action
+            if action is None:
+                action = lc.next(now)
+            else:
+                conn.action = None
             if action == READ:
                 if self.draining and not lc.stopping:
                     lc.stop(now)

@@ -146,7 +146,7 @@ class Worker:
                                          json=cfg.log.json, worker=number)
         # Multithreaded workers: the requests running now, by thread (start, method, path).
         self.requests_lock = threading.Lock()
-        self.running: dict[int, tuple[float, str, str]] = {}
+        self.running: dict[object, tuple[float, str, str]] = {}
 
     # -- boot ----------------------------------------------------------------
     def run(self) -> int:
@@ -286,20 +286,24 @@ class Worker:
         else:
             self.slot.show_in_flight(0, 0.0, "", "")
 
-    def request_started(self, method: str, path: str) -> None:
+    def request_started(self, method: str, path: str, key: object = None) -> None:
+        """A request begins. ``key`` names it for a multithreaded worker when another
+        thread may finish it (pooled: the reactor starts, a pool thread finishes)."""
         if not self.multithread:
             self.slot.request_started(method, path)
             return
         with self.requests_lock:
-            self.running[threading.get_ident()] = (time.monotonic(), method, path)
+            self.running[threading.get_ident() if key is None else key] = (
+                time.monotonic(), method, path)
             self._show_running()
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, key: object = None) -> None:
         if not self.multithread:
             self.slot.request_finished(status)
         else:
             with self.requests_lock:
-                started, method, _ = self.running.pop(threading.get_ident(), (0.0, "", ""))
+                started, method, _ = self.running.pop(
+                    threading.get_ident() if key is None else key, (0.0, "", ""))
                 now = time.monotonic()
                 self.slot.count_request(status, method, now - started if started else 0.0)
                 self._show_running()

@@ -116,14 +116,14 @@ class ChildObserver:
     def heartbeat(self) -> None:
         return None  # the worker's own loop beats for it
 
-    def request_started(self, method: str, path: str) -> None:
+    def request_started(self, method: str, path: str, key: object = None) -> None:
         self.counters.started = time.monotonic()
         self.counters.method = method
         _CHILD_ROW.pack_into(self.memory, self.offset, time.monotonic(), self.requests,
                              method.encode("latin-1", "replace")[:16],
                              path.encode("latin-1", "replace")[:96])
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, key: object = None) -> None:
         self.counters.count_request(status, self.counters.method,
                                     time.monotonic() - self.counters.started)
         self.requests += 1

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from arbiter.http import HTTPSettings, WSGIHandler, serve_connection
+from arbiter.http import HTTPSettings, WSGIHandler
+from arbiter.io.blocking import serve_connection
 
 LOG = logging.getLogger("test.http.serve")
 
@@ -22,10 +23,10 @@ class Observer:
     def heartbeat(self) -> None:
         self.beats += 1
 
-    def request_started(self, method: str, path: str) -> None:
+    def request_started(self, method: str, path: str, key: object = None) -> None:
         self.events.append(("start", method, path))
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, key: object = None) -> None:
         self.events.append(("finish", status))
 
 
@@ -360,8 +361,8 @@ def test_keepalive_zero_closes_after_response() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_read_timeout_on_partial_head_is_408() -> None:
-    srv = Server(hello, read_timeout=0.2)
+def test_a_head_not_complete_within_header_timeout_is_408() -> None:
+    srv = Server(hello, header_timeout=0.2)
     srv.send(b"GET / HTTP/1.1\r\nHo")
     status, headers, _ = srv.response()
     assert status.startswith("HTTP/1.1 408") and headers["connection"] == "close"
@@ -386,14 +387,37 @@ def test_stopping_finishes_current_then_closes() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_stopping_while_idle_closes() -> None:
+def test_stopping_while_idle_keeps_the_connection_for_its_next_request() -> None:
+    """A stop never cuts a kept-alive connection under its client (who may be sending
+    right now, like nginx reusing it for a POST): its next request is answered with
+    Connection: close, and then it closes."""
     stop = threading.Event()
     srv = Server(hello, stopping=stop.is_set)
     srv.send(GET % b"1")
     srv.response()
+    beats = srv.observer.beats
     stop.set()
+    deadline = time.monotonic() + 5  # the driver looks at stopping() once per tick:
+    while srv.observer.beats < beats + 2 and time.monotonic() < deadline:  # two beats
+        time.sleep(0.01)
+    assert srv.observer.beats >= beats + 2
+    srv.send(GET % b"2")
+    status, headers, _ = srv.response()
+    assert status.startswith("HTTP/1.1 200") and headers["connection"] == "close"
     assert srv.closed()
     srv.finish()
+
+
+@pytest.mark.timeout(10)
+def test_stopping_while_idle_closes_at_the_keepalive_timeout() -> None:
+    stop = threading.Event()
+    srv = Server(hello, stopping=stop.is_set, keepalive=0.5)
+    srv.send(GET % b"1")
+    srv.response()
+    stop.set()
+    started = time.monotonic()
+    assert srv.closed()
+    assert 0.3 < time.monotonic() - started < 3
 
 
 @pytest.mark.timeout(10)
