@@ -9,9 +9,18 @@ only while nobody else is waiting: before each response it polls the
 listeners, and if a connection is pending the response says
 ``Connection: close`` and the worker goes back to ``accept``. While a
 kept-alive connection idles, the worker also watches the listeners: a client
-arriving ends the idle wait (the idle connection is closed, as HTTP allows)
-instead of queueing behind it for ``keepalive`` seconds. So idle clients get
+arriving ends the idle wait (after a 20 ms grace for the idle client's own
+next request, the idle connection is closed, as HTTP allows) instead of
+queueing behind it for ``keepalive`` seconds. So idle clients get
 keep-alive, and under load every client is served in turn.
+
+A slow client is the same trap in another form: a body trickled a byte at a
+time, or a large response read slowly, would hold the worker from everyone
+else. The lifecycle cuts a trickler by its transfer budget
+(``min_transfer_rate``), and this worker also holds one request's transfers to
+``timeout`` in all (``hold_limit``), as Gunicorn's sync worker does by
+killing a worker silent past ``timeout``: the slow client is cut, the worker
+goes back to ``accept``.
 
 Its other weakness, memory (each process a full copy), is answered by
 ``preload_app`` (copy-on-write sharing of the imported app) and the master's
@@ -22,9 +31,9 @@ from __future__ import annotations
 
 import select
 import selectors
-import socket
 import time
 
+from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.blocking import serve_connection
 from arbiter.workers.base import Worker
 
@@ -65,16 +74,14 @@ class PreforkedWorker(Worker):
                     # Accept and serve while connections are queued, then sleep again.
                     while self.alive:
                         try:
-                            conn, peer = listener.sock.accept()
-                        except (BlockingIOError, InterruptedError):
+                            accepted = accept_one(listener, self.log)
+                        except AcceptPaused:
+                            time.sleep(ACCEPT_BACKOFF)  # the listener stays readable
                             break
-                        except OSError as exc:  # EMFILE, ENOBUFS...: back off a moment
-                            self.log.warning("accept on %s failed: %s", listener.name, exc)
-                            time.sleep(0.1)  # the listener stays readable: don't spin
+                        if accepted is None:
                             break
+                        conn, peer = accepted
                         try:
-                            if conn.family != socket.AF_UNIX:
-                                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                             serve_connection(handler, conn, peer, socknames[listener.fileno],
                                              may_keep_alive=nobody_waiting,
                                              observer=self, stopping=stopping,

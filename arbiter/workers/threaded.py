@@ -24,9 +24,9 @@ clients wait at the bound, responses say ``Connection: close`` so threads
 turn over to the waiting clients instead of staying with the ones they have.
 
 A request stuck in the app cannot be killed in a thread: the master dumps every
-thread's traceback and recycles the worker (``hung_policy = "recycle"``): it
-stops accepting, the other connections finish their current response, and a
-fresh worker takes over.
+thread's traceback and recycles the worker (``hung_policy = "recycle"``) once
+a replacement is ready: it then stops accepting, and every other connection
+finishes as its lifecycle promised.
 """
 
 from __future__ import annotations
@@ -34,19 +34,17 @@ from __future__ import annotations
 import os
 import select
 import selectors
-import socket
 import threading
 import time
 from collections import deque
 from typing import Any
 
+from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.blocking import serve_connection
 from arbiter.workers.base import Worker
 
 # How long a thread whose connection ended waits to be handed the next one.
 THREAD_LINGER_SECONDS = 2.0
-# Pause after a failed accept (out of file descriptors...) so the loop does not spin.
-ACCEPT_ERROR_BACKOFF = 0.1
 # Connections accepted per wakeup before the loop's heartbeat and chores run again.
 ACCEPT_BATCH = 64
 # What the main loop's selector reports besides listeners.
@@ -163,16 +161,13 @@ class ThreadedWorker(Worker):
                     self.pause_listeners()
                     return
             try:
-                conn, peer = listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
+                accepted = accept_one(listener, self.log)
+            except AcceptPaused:
+                time.sleep(ACCEPT_BACKOFF)  # the listener stays readable: no hot loop
                 return
-            except OSError as exc:  # EMFILE, ENOBUFS...: back off, then select again
-                self.log.warning("accept on %s failed: %s", listener.name, exc)
-                time.sleep(ACCEPT_ERROR_BACKOFF)  # the listener stays readable: no hot loop
+            if accepted is None:
                 return
-            if conn.family != socket.AF_UNIX:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.dispatch((conn, peer, sockname))
+            self.dispatch((*accepted, sockname))
 
     def pause_listeners(self) -> None:
         """At the bound (lock held): leave further clients in the backlog."""
