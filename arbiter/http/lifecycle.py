@@ -451,7 +451,7 @@ class Lifecycle:
         at EOF, or None once the body's :class:`TransferBudget` ran out (the
         driver reports its waits and the bytes to it); ``send`` writes the 100 Continue
         owed before the first read. Raises RequestBodyError (a body the core
-        refuses) or ClientDisconnected (gone, or too slow)."""
+        refuses, or one too slow: 408) or ClientDisconnected (the client is gone)."""
         http = self.http
         if self.continue_owed:
             self.continue_owed = False
@@ -470,8 +470,9 @@ class Lifecycle:
                 return b""
             if event is NEED_DATA:
                 data = recv(self.budget)
-                if data is None:
-                    raise ClientDisconnected("the request body arrived too slowly")
+                if data is None:  # the client is there, just too slow: it is told so
+                    raise RequestBodyError(ProtocolError(408, "the request body arrived too "
+                                                              "slowly", self.request))
                 http.receive_data(data)
                 continue
             if etype is ProtocolError:
