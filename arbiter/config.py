@@ -665,10 +665,10 @@ SETTINGS: tuple[Setting, ...] = (
             " (the other is ignored); the client is the rightmost untrusted hop"),
     Setting("proxy_protocol", False, proxy_protocol_mode,
             "false | v1 | v2 | auto: each connection from proxy_allow_ips starts with a PROXY"
-            " protocol header (HAProxy, AWS NLB) naming the client; auto: either version",
-            later=True),
+            " protocol header (HAProxy, AWS NLB) naming the client, else it is closed; auto:"
+            " either version"),
     Setting("proxy_allow_ips", ("127.0.0.1", "::1"), _trusted_ips,
-            'IPs/CIDRs allowed to send a PROXY protocol header, or "*"', later=True),
+            'IPs/CIDRs that send a PROXY protocol header (the others speak plain HTTP), or "*"'),
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
             ("--pidfile",), "FILE", aliases=("-p", "--pid")),

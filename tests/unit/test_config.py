@@ -479,13 +479,12 @@ def test_forwarded_allow_ips_forms(tmp_path: Path) -> None:
     )
 
 
-def test_proxy_protocol_settings_follow_forwarded_headers_and_are_later() -> None:
+def test_proxy_protocol_settings_follow_forwarded_headers_and_take_effect() -> None:
     names = [s.name for s in SETTINGS]
     i = names.index("forwarded_headers")
     assert names[i + 1 : i + 3] == ["proxy_protocol", "proxy_allow_ips"]
     for name in ("proxy_protocol", "proxy_allow_ips"):
-        assert SETTINGS_BY_NAME[name].later, name
-        assert SETTINGS_BY_NAME[name].help.endswith("(later release)")
+        assert not SETTINGS_BY_NAME[name].later, name
     cfg = defaults()
     assert cfg.proxy_protocol is False
     assert cfg.proxy_allow_ips == ("127.0.0.1", "::1")
