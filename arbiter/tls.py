@@ -14,23 +14,20 @@ cipher preference, ALPN ``http/1.1``, OpenSSL's default cipher list unless
 ``ssl.ciphers`` names one. ``ssl.ca_certs`` set -> every client must present a
 certificate signed by one of those CAs (``CERT_REQUIRED``).
 
-The handshake itself is done where the connection is served: by
-:func:`handshake` in the blocking drivers (bounded by ``header_timeout``),
-by the selector in the pooled and evented workers (``do_handshake()`` on each
-readiness event). :func:`close_notify` sends the TLS close alert without
-waiting for the peer's.
+The handshake itself is the transports' (:mod:`arbiter.io.transport`): in
+the serving thread or process for the blocking drivers, step by step on
+readiness events in the reactor, within ``header_timeout`` of the accept
+either way. :func:`wrap` makes the server-side socket; :func:`close_notify`
+sends the TLS close alert without waiting for the peer's.
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
-import time
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["server_context", "handshake", "close_notify", "HANDSHAKE_ERRORS"]
+__all__ = ["server_context", "wrap", "close_notify", "HANDSHAKE_ERRORS"]
 
 # What a failed handshake (or a peer gone before it) raises.
 HANDSHAKE_ERRORS = (OSError, ValueError)
@@ -128,38 +125,6 @@ def wrap(context: ssl.SSLContext, sock: socket.socket) -> ssl.SSLSocket:
     """The accepted socket as a non-blocking server-side SSLSocket, handshake not done."""
     sock.setblocking(False)
     return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-
-
-def handshake(context: ssl.SSLContext, sock: socket.socket, deadline: float,
-              heartbeat: Callable[[], None]) -> ssl.SSLSocket:
-    """Wrap ``sock`` and complete the server handshake by ``deadline`` (monotonic).
-
-    The returned socket is non-blocking. Raises TimeoutError past the deadline,
-    an OSError (``ssl.SSLError``...) or ValueError when the handshake fails; the
-    socket is closed then.
-    """
-    tls_sock = wrap(context, sock)
-    try:
-        poller = select.poll()
-        poller.register(tls_sock, select.POLLIN)
-        while True:
-            try:
-                tls_sock.do_handshake()
-                return tls_sock
-            except ssl.SSLWantReadError:
-                poller.modify(tls_sock, select.POLLIN)
-            except ssl.SSLWantWriteError:
-                poller.modify(tls_sock, select.POLLOUT)
-            while True:
-                heartbeat()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("TLS handshake not complete within header_timeout")
-                if poller.poll(min(remaining, 1.0) * 1000.0):
-                    break
-    except BaseException:
-        tls_sock.close()
-        raise
 
 
 def close_notify(sock: ssl.SSLSocket) -> None:
