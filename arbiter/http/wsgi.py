@@ -15,9 +15,9 @@ Owns :class:`WSGIHandler` (built once per worker) and what it needs:
   small body in one call), ``sendfile`` for ``wsgi.file_wrapper``;
 * ``handler.error_response(error, conn_info)`` -> bytes for a core-generated
   error (:class:`~arbiter.http.protocol.ProtocolError`), access-logged too;
-* request bodies: :class:`StreamInput` (pulls chunks on demand, e.g. from a
-  socket) or any file-like such as ``io.BytesIO(body)`` for drivers that read
-  the whole body before calling the app; ``EMPTY_INPUT`` for no body;
+* ``wsgi.input`` / ``wsgi.errors``: :mod:`arbiter.http.inputs` (a body pulled
+  as it arrives) or a :class:`~arbiter.http.bodies.BodySpool` (read whole
+  first); ``EMPTY_INPUT`` for no body;
 * :class:`RequestObserver` / :class:`NullObserver` (the scoreboard hooks).
 
 Headers with an underscore in their name are dropped (``X_Forwarded_For``
@@ -70,9 +70,8 @@ import itertools
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -85,11 +84,11 @@ from arbiter.http.app_response import (
     ResponseOutcome,
 )
 from arbiter.http.forwarded import ProxyTrust, script_name_prefix
+from arbiter.http.inputs import EMPTY_INPUT, ErrorStream, StreamInput
 from arbiter.http.protocol import ProtocolError, Request
 from arbiter.http.proxy_protocol import ProxyAllowList
 from arbiter.http.response import error_response
 from arbiter.http.settings import HTTPSettings, resolve_parser
-from arbiter.logs import write_app_lines
 
 __all__ = [
     "EMPTY_INPUT",
@@ -153,159 +152,6 @@ class NullObserver:
 NULL_OBSERVER = NullObserver()
 
 
-# -- wsgi.input -------------------------------------------------------------------
-class StreamInput:
-    """``wsgi.input`` over ``pull()``, which returns the next body bytes or b"" at the end."""
-
-    __slots__ = ("_pull", "_buf", "_eof")
-
-    def __init__(self, pull: Callable[[], bytes]) -> None:
-        self._pull = pull
-        self._buf = b""
-        self._eof = False
-
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        data = self._pull()
-        if not data:
-            self._eof = True
-            return False
-        self._buf += data
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            parts = [self._buf]
-            self._buf = b""
-            while not self._eof:
-                data = self._pull()
-                if data:
-                    parts.append(data)
-                else:
-                    self._eof = True
-            return b"".join(parts)
-        while len(self._buf) < size and self._fill():
-            pass
-        data = self._buf[:size]
-        self._buf = self._buf[size:]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = -1 if size is None else size
-        start = 0
-        while True:
-            i = self._buf.find(b"\n", start)
-            if i >= 0:
-                end = i + 1
-                break
-            if 0 <= limit <= len(self._buf):
-                end = limit
-                break
-            start = len(self._buf)
-            if not self._fill():
-                end = len(self._buf)
-                break
-        if 0 <= limit < end:
-            end = limit
-        data = self._buf[:end]
-        self._buf = self._buf[end:]
-        return data
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines = []
-        total = 0
-        while True:
-            line = self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                return lines
-
-    def __iter__(self) -> StreamInput:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-    @property
-    def exhausted(self) -> bool:
-        return self._eof and not self._buf
-
-
-class _EmptyInput:
-    """``wsgi.input`` for a request without a body (stateless, shared)."""
-
-    __slots__ = ()
-
-    def read(self, size: int | None = -1) -> bytes:
-        return b""
-
-    def readline(self, size: int | None = -1) -> bytes:
-        return b""
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        return []
-
-    def __iter__(self) -> _EmptyInput:
-        return self
-
-    def __next__(self) -> bytes:
-        raise StopIteration
-
-
-EMPTY_INPUT = _EmptyInput()
-
-
-class _ErrorStream:
-    """``wsgi.errors``: each line the app writes goes to the error log as written.
-
-    One object per worker, shared by its threads: a partial line waits in a
-    per-thread buffer until its newline (or ``flush()``, or 64 KiB), so lines
-    of concurrent requests never mix; complete lines are handed to
-    :func:`arbiter.logs.write_app_lines` together.
-    """
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-        self._local = threading.local()
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        local = self._local
-        pending = getattr(local, "pending", "")
-        if "\n" not in text:
-            pending += text
-            if len(pending) < _ERRORS_PENDING_MAX:
-                local.pending = pending
-                return len(text)
-            lines = [pending]
-            local.pending = ""
-        else:
-            *lines, local.pending = (pending + text).split("\n")
-        write_app_lines(self._log, lines)
-        return len(text)
-
-    def writelines(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        pending = getattr(self._local, "pending", "")
-        if pending:
-            self._local.pending = ""
-            write_app_lines(self._log, [pending])
-
-
-_ERRORS_PENDING_MAX = 65536
-
-
 # -- per connection ---------------------------------------------------------------------
 class ConnectionInfo:
     """Per-connection environ template and proxy trust."""
@@ -340,7 +186,7 @@ class WSGIHandler:
             "SERVER_SOFTWARE": settings.server_software,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": settings.url_scheme,
-            "wsgi.errors": _ErrorStream(error_log),
+            "wsgi.errors": ErrorStream(error_log),
             "wsgi.multithread": settings.multithread,
             "wsgi.multiprocess": settings.multiprocess,
             "wsgi.run_once": False,

@@ -27,10 +27,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from arbiter.http.app_response import AppResponse, ClientDisconnected, FileSegment
+from arbiter.http.inputs import EMPTY_INPUT, StreamInput
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
-from arbiter.http.wsgi import EMPTY_INPUT, NULL_OBSERVER, RequestObserver, StreamInput, WSGIHandler
+from arbiter.http.wsgi import NULL_OBSERVER, RequestObserver, WSGIHandler
 from arbiter.io.proxy import ProxyHeaderTaker
 from arbiter.io.transport import (
     READABLE,
