@@ -11,6 +11,7 @@ non-2xx answers, and the 502s in nginx's access log.
 
     python scripts/proxy_drops.py                       # every arbiter type, HUP and recycle
     python scripts/proxy_drops.py --types pooled --mode hup --gunicorn
+    python scripts/proxy_drops.py --app flask --mode hup --seconds 60 --hup-every 2
 
 Needs ``nginx`` and ``wrk`` on PATH (Debian: nginx-light, wrk); gunicorn from
 the same interpreter for ``--gunicorn``. Every process is stopped by pid.
@@ -29,6 +30,15 @@ import sys
 import tempfile
 import textwrap
 import time
+
+FLASK_APP = """
+from flask import Flask, request
+app = Flask(__name__)
+
+@app.post("/")
+def index():
+    return f"ok {len(request.get_data())}\\n"
+"""
 
 APP = """
 def app(environ, start_response):
@@ -93,7 +103,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def run_one(name: str, command: list[str], mode: str, seconds: float, work: str) -> dict:
+def run_one(name: str, command: list[str], mode: str, seconds: float, work: str,
+            hup_every: float = 0.0) -> dict:
     upstream, port = free_port(), free_port()
     command = [arg.replace("{upstream}", str(upstream)) for arg in command]
     server = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL,
@@ -112,8 +123,9 @@ def run_one(name: str, command: list[str], mode: str, seconds: float, work: str)
                                 os.path.join(work, "post.lua"), f"http://127.0.0.1:{port}/"],
                                stdout=subprocess.PIPE, text=True)
         if mode == "hup":
-            for _ in range(3):
-                time.sleep(seconds / 4)
+            every = hup_every or seconds / 4
+            for _ in range(max(1, int(seconds / every) - 1) if hup_every else 3):
+                time.sleep(every)
                 os.kill(server.pid, signal.SIGHUP)
         out, _ = wrk.communicate(timeout=seconds + 60)
     finally:
@@ -134,6 +146,9 @@ def main() -> int:
     parser.add_argument("--mode", default="hup,recycle")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--gunicorn", action="store_true", help="gunicorn gthread beside")
+    parser.add_argument("--app", choices=("plain", "flask"), default="plain")
+    parser.add_argument("--hup-every", type=float, default=0.0,
+                        help="seconds between HUPs (default: 3 HUPs in the run)")
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -142,7 +157,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         with open(os.path.join(work, "app.py"), "w") as f:
-            f.write(textwrap.dedent(APP))
+            f.write(textwrap.dedent(FLASK_APP if args.app == "flask" else APP))
         with open(os.path.join(work, "post.lua"), "w") as f:
             f.write(POST_LUA)
         for mode in args.mode.split(","):
@@ -156,7 +171,7 @@ def main() -> int:
                                                "127.0.0.1:{upstream}", "-w", "2", "-k",
                                                "gthread", "--threads", "4", *extra, "app:app"]
             for name, command in servers.items():
-                row = run_one(name, command, mode, args.seconds, work)
+                row = run_one(name, command, mode, args.seconds, work, args.hup_every)
                 rows.append(row)
                 print(f"{row['name']:<20} {row['mode']:<8} requests {row['requests']:>7}  "
                       f"502 {row['502']:>5}  non-2xx {row['non2xx']:>5}  "

@@ -34,8 +34,9 @@ import selectors
 import time
 from typing import Any
 
-from arbiter.http.app_response import ClientDisconnected, FileSegment
+from arbiter.http.app_response import AppResponse, ClientDisconnected, FileSegment
 from arbiter.http.bodies import BodySpool, SpoolMemory
+from arbiter.http.inputs import EMPTY_INPUT
 from arbiter.http.lifecycle import (
     CLOSE,
     HANDSHAKE,
@@ -396,6 +397,24 @@ class Reactor:
             elif action == CLOSE:
                 self.close(conn)
                 return
+
+    def start_response(self, conn: Connection) -> None:
+        """Run the app for the lifecycle's complete request (its body spooled, or none);
+        the response is then pulled with :meth:`pull` (by whoever owns the connection)."""
+        lc = conn.lc
+        request = lc.request
+        assert request is not None
+        handler = self.handler
+        started = time.perf_counter()
+        body = lc.body_input if request.content_length != 0 else None
+        environ = handler.build_environ(request, lc.info, body if body is not None
+                                        else EMPTY_INPUT)
+        response = AppResponse(handler, environ, request, lc.may_keep_alive, started,
+                               files=conn.transport.plain)
+        response.start()
+        conn.response = response
+        conn.budget = lc.writing(time.monotonic())
+        conn.backlog_since = None
 
     def pull(self, conn: Connection, now: float) -> None:
         """Pull the response's next pieces while the output is low (the reactor thread

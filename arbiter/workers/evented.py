@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any
 
-from arbiter.http import EMPTY_INPUT, AppResponse
 from arbiter.io.reactor import Connection, Reactor
 from arbiter.workers.base import Worker
 
@@ -83,22 +81,8 @@ class EventedWorker(Worker):
 
     # -- the strategy: the reactor thread runs the app and pulls the response -----------
     def respond(self, conn: Connection) -> bool:
-        lc = conn.lc
-        request = lc.request
-        assert request is not None
-        handler = self.handler
-        started = time.perf_counter()
-        body: Any = lc.body_input if request.content_length != 0 else EMPTY_INPUT
-        environ = handler.build_environ(request, lc.info, body if body is not None
-                                        else EMPTY_INPUT)
-        response = AppResponse(handler, environ, request, lc.may_keep_alive, started,
-                               files=conn.transport.plain)
-        response.start()
-        now = time.monotonic()
-        conn.response = response
-        conn.budget = lc.writing(now)
-        conn.backlog_since = None
-        self.reactor.pull(conn, now)
+        self.reactor.start_response(conn)
+        self.reactor.pull(conn, time.monotonic())
         return True
 
     def resume(self, conn: Connection) -> bool:

@@ -36,7 +36,7 @@ import selectors
 import threading
 import time
 
-from arbiter.http import EMPTY_INPUT, AppResponse, ClientDisconnected
+from arbiter.http import ClientDisconnected
 from arbiter.http.lifecycle import IDLE, RESPOND
 from arbiter.io.reactor import Connection, Reactor
 from arbiter.io.transport import WouldBlock
@@ -146,7 +146,7 @@ class PooledWorker(Worker):
         """Run the app (and any pipelined request after it) and write without waiting."""
         lc = conn.lc
         if conn.task == _RUN:
-            self.start_response(conn)
+            self.reactor.start_response(conn)
         while True:
             self.reactor.pull(conn, time.monotonic())
             if not self.write_now(conn) or conn.out or conn.segment is not None:
@@ -157,23 +157,7 @@ class PooledWorker(Worker):
             if action != RESPOND:
                 conn.action = action  # the reactor carries it out
                 return
-            self.start_response(conn)  # a pipelined request, already complete
-
-    def start_response(self, conn: Connection) -> None:
-        lc = conn.lc
-        request = lc.request
-        assert request is not None
-        handler = self.handler
-        started = time.perf_counter()
-        body = lc.body_input if request.content_length != 0 else None
-        environ = handler.build_environ(request, lc.info, body if body is not None
-                                        else EMPTY_INPUT)
-        response = AppResponse(handler, environ, request, lc.may_keep_alive, started,
-                               files=conn.transport.plain)
-        response.start()
-        conn.response = response
-        conn.budget = lc.writing(time.monotonic())
-        conn.backlog_since = None
+            self.reactor.start_response(conn)  # a pipelined request, already complete
 
     def write_now(self, conn: Connection) -> bool:
         """Write what the socket takes without waiting; False once the client is gone."""
