@@ -41,7 +41,7 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from arbiter.http.protocol import ProtocolError, Request
 from arbiter.http.response import (
@@ -52,9 +52,6 @@ from arbiter.http.response import (
     http_date,
     serialize_head,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from arbiter.http.wsgi import WSGIHandler
 
 __all__ = ["AppResponse", "ClientDisconnected", "FileSegment", "FileWrapper",
            "RequestBodyError", "ResponseOutcome"]
@@ -148,7 +145,10 @@ _SINGLE_SEND_MAX = 256 * 1024  # head + body copied into one piece below this si
 
 
 class AppResponse:
-    """One run of the app; its response pulled with :meth:`pull` (see the module docstring)."""
+    """One run of the app; its response pulled with :meth:`pull` (see the module docstring).
+
+    ``handler`` is the worker's :class:`~arbiter.http.wsgi.WSGIHandler` (its app,
+    error log, access log and ``server_software``)."""
 
     __slots__ = (
         "handler", "environ", "request", "may_keep_alive", "started", "files",
@@ -157,7 +157,7 @@ class AppResponse:
         "final_headers", "result", "iterator", "pending", "finished", "aborted", "error",
     )
 
-    def __init__(self, handler: WSGIHandler, environ: dict, request: Request,
+    def __init__(self, handler: Any, environ: dict, request: Request,
                  may_keep_alive: Callable[[], bool] | None = None,
                  started: float | None = None, files: bool = False) -> None:
         self.handler = handler
