@@ -65,8 +65,28 @@ def _nothing() -> None:
     return None
 
 
+class _SocketEnds:
+    """What every transport does at the end: half-close, close."""
+
+    __slots__ = ()
+    sock: Any
+
+    def shutdown_write(self) -> None:
+        """Half-close: the last answer is out; a linger reads what the client still sends."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+
 # -- blocking ------------------------------------------------------------------------------
-class BlockingTransport:
+class BlockingTransport(_SocketEnds):
     """A plain socket served by its own thread or process."""
 
     plain = True
@@ -226,19 +246,6 @@ class BlockingTransport:
             budget.moved(sent, time.monotonic())
         return total
 
-    # closing ------------------------------------------------------------------------------
-    def shutdown_write(self) -> None:
-        """Half-close: the last answer is out; a linger reads what the client still sends."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:  # pragma: no cover
-            pass
 
 
 class BlockingTLSTransport(BlockingTransport):
@@ -322,7 +329,7 @@ class BlockingTLSTransport(BlockingTransport):
 
 
 # -- non-blocking ------------------------------------------------------------------------------
-class NonBlockingTransport:
+class NonBlockingTransport(_SocketEnds):
     """A plain non-blocking socket driven by a reactor."""
 
     plain = True
@@ -373,17 +380,6 @@ class NonBlockingTransport:
         except OSError as exc:
             raise ClientDisconnected(f"sendfile failed: {exc}") from None
 
-    def shutdown_write(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:  # pragma: no cover
-            pass
 
 
 class NonBlockingTLSTransport(NonBlockingTransport):
