@@ -85,6 +85,20 @@ class _SocketEnds:
             pass
 
 
+class _TLSEnds(_SocketEnds):
+    """A TLS transport's end: the close alert first, then as any socket."""
+
+    __slots__ = ()
+
+    def shutdown_write(self) -> None:
+        close_notify(self.sock)  # type: ignore[arg-type]
+        super().shutdown_write()
+
+    def close(self) -> None:
+        close_notify(self.sock)  # type: ignore[arg-type]
+        super().close()
+
+
 # -- blocking ------------------------------------------------------------------------------
 class BlockingTransport(_SocketEnds):
     """A plain socket served by its own thread or process."""
@@ -247,8 +261,7 @@ class BlockingTransport(_SocketEnds):
         return total
 
 
-
-class BlockingTLSTransport(BlockingTransport):
+class BlockingTLSTransport(_TLSEnds, BlockingTransport):
     """The same over a non-blocking ``ssl.SSLSocket``: decrypted bytes already buffered
     (``pending()``) are read before any poll, ``SSLWant*Error`` means wait, writes go in
     chunks that must be retried whole, no sendfile, the close alert before closing."""
@@ -319,14 +332,6 @@ class BlockingTLSTransport(BlockingTransport):
     def sendfile(self, file: Any, offset: int, count: int, budget: Any) -> int:
         raise NotImplementedError("TLS: no sendfile")
 
-    def shutdown_write(self) -> None:
-        close_notify(self.sock)  # type: ignore[arg-type]
-        super().shutdown_write()
-
-    def close(self) -> None:
-        close_notify(self.sock)  # type: ignore[arg-type]
-        super().close()
-
 
 # -- non-blocking ------------------------------------------------------------------------------
 class NonBlockingTransport(_SocketEnds):
@@ -381,8 +386,7 @@ class NonBlockingTransport(_SocketEnds):
             raise ClientDisconnected(f"sendfile failed: {exc}") from None
 
 
-
-class NonBlockingTLSTransport(NonBlockingTransport):
+class NonBlockingTLSTransport(_TLSEnds, NonBlockingTransport):
     """A non-blocking ``ssl.SSLSocket`` driven by a reactor; ``handshake_step`` and the
     reads and writes raise :class:`WouldBlock` when TLS needs the other direction."""
 
@@ -450,10 +454,3 @@ class NonBlockingTLSTransport(NonBlockingTransport):
     def sendfile(self, file: Any, offset: int, count: int) -> int:
         raise NotImplementedError("TLS: no sendfile")
 
-    def shutdown_write(self) -> None:
-        close_notify(self.sock)  # type: ignore[arg-type]
-        super().shutdown_write()
-
-    def close(self) -> None:
-        close_notify(self.sock)  # type: ignore[arg-type]
-        super().close()

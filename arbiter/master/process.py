@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any
 
 # Master exit codes (CONTRACT §4).
@@ -77,6 +78,23 @@ def remove_pidfile(path: str, pid: int) -> None:
         os.unlink(path)
     except (OSError, ValueError):
         pass
+
+
+def fork_with_signals_blocked() -> int:
+    """``fork()`` with the master's signals blocked across it, so the child never runs
+    the master's handlers (it unblocks them itself once its own are set); the parent
+    has them unblocked again. Raises OSError (signals unblocked) when fork fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        raise
+    if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    return pid
 
 
 def describe_log_target(error_log: str) -> str:

@@ -34,6 +34,7 @@ from arbiter.master.process import (
     HANDLED_SIGNALS,
     describe_log_target,
     drop_privileges,
+    fork_with_signals_blocked,
 )
 from arbiter.notices import FAILED
 from arbiter.scoreboard import BOOTING, FREE
@@ -105,21 +106,14 @@ class Supervisor:
         if gen.hooks is not None:
             gen.hooks.call("pre_fork", self, {"slot": slot, "number": number,
                                               "generation": gen.number})
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Block signals across fork so the child never runs the master's handlers:
-        # the worker unblocks them once its own handlers are installed.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            pid = os.fork()
+            pid = fork_with_signals_blocked()  # the worker unblocks them with its handlers
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.scoreboard.release(slot)
             self.log.error("cannot fork a worker: %s; trying again in 1 s", exc)
             self.next_spawn_at = time.monotonic() + 1.0
             return
         if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.workers[pid] = WorkerProcess(pid, slot, number, gen, time.monotonic())
             self.log.debug("spawned worker #%d (pid %d, generation %d)", number, pid, gen.number)
             return

@@ -25,6 +25,7 @@ from arbiter import systemd
 from arbiter.master.process import (
     HANDLED_SIGNALS,
     StartupError,
+    fork_with_signals_blocked,
     pid_alive,
     remove_pidfile,
     write_pidfile,
@@ -69,13 +70,9 @@ class Upgrade:
             self.admin.sock.set_inheritable(True)
             env[UPGRADE_ADMIN_ENV] = f"{self.admin.sock.fileno()}={self.admin.bind}"
         argv = [sys.executable, *sys.orig_argv[1:]]
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            pid = os.fork()
+            pid = fork_with_signals_blocked()
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.log.error("USR2 aborted: cannot fork: %s", exc)
             if pidfile:
                 os.replace(pidfile + ".oldbin", pidfile)
@@ -94,7 +91,6 @@ class Upgrade:
                     self.log.error("USR2: cannot exec the new master: %s", exc)
                 finally:
                     os._exit(127)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.upgrade_pid = pid
         self.notify.hand_over()
         self.log.info("upgrade: new master started (pid %d) with %d listener(s); once it serves, "
