@@ -1,8 +1,9 @@
-"""Minimal WSGI hello-world: the app scripts/bench.py serves with arbiter and gunicorn.
+"""Minimal WSGI hello-world: the app scripts/evented_capacity.py serves.
 
 Same app as the peer baseline (shared bench/hello.py): returns b"Hello, World!"
 (13 bytes) with Content-Type: text/plain and an explicit Content-Length, so
-every server can keep the connection alive without chunking.
+every server can keep the connection alive without chunking.  scripts/bench.py
+serves scripts/bench_app.py, whose ``/`` answers the same bytes.
 """
 
 from collections.abc import Callable, Iterable
