@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark arbiter's five worker types against their gunicorn counterparts.
+"""Benchmark arbiter's five worker types against gunicorn and the other peers.
 
-This script owns the arbiter-vs-gunicorn benchmark; it measures, it does not
+This script owns the arbiter-vs-peers benchmark; it measures, it does not
 tune.  It is modelled on the peer baseline (shared bench/README.md, peers.sh).
 
-Pairs -- every arbiter worker type is measured next to the gunicorn worker
+Pairs -- every arbiter worker type is compared with the gunicorn worker
 nearest to it, at equal worker (and thread) counts:
 
 * preforked -- gunicorn sync ``-w W``: one connection at a time per worker;
@@ -14,29 +14,71 @@ nearest to it, at equal worker (and thread) counts:
   nearest peer gunicorn has without extra packages (its event-loop workers
   need gevent/eventlet; it has no thread- or fork-per-connection worker).
 
+Peers -- with ``--servers all`` (the default) the same run also measures,
+when installed: nginx with 1 worker and ``return 200`` (the machine's limit),
+bjoern (1 process), granian WSGI ``--workers W``, uvicorn ASGI ``--workers W``
+with httptools + uvloop, meinheld (1 process, keep-alive on), gunicorn sync
+and gthread.  A peer that is not installed is skipped with a note.  Their
+Python is the venv of ``--peers PATH`` (default: /tmp/peers-venv if it
+exists, else the gunicorn venv).  Installing the peers in a venv::
+
+    python3 -m venv /tmp/peers-venv && . /tmp/peers-venv/bin/activate
+    pip install gunicorn granian uvicorn httptools uvloop
+    pip install --no-deps meinheld greenlet   # meinheld pins a greenlet that
+                                              # does not build on 3.11
+    apt-get install libev-dev && pip install bjoern   # bjoern needs libev
+    apt-get install nginx-light wrk
+
 arbiter runs as ``python -m arbiter -b 127.0.0.1:PORT -w W -k TYPE -t T
---http-parser P --log-level warning --max-connections 1000 hello:app``.
+--http-parser P --log-level warning --max-connections 1000 bench_app:app``
+with this interpreter; every WSGI server serves ``scripts/bench_app.py``
+(uvicorn its ASGI hello; meinheld and bjoern through ``scripts/peer_run.py``).
+
+Loads (``--loads``):
+
+* ``keepalive``, ``close`` -- the hello world (13 bytes), ``wrk -t1 -c50``
+  (``--connections``) for ``--duration`` s, keep-alive or with
+  ``Connection: close``;
+* ``mem1m`` (GET of 1 MiB, one bytes object), ``file1m`` (GET of a 1 MiB
+  file written to the run's temp dir at start, through
+  ``wsgi.file_wrapper``), ``post100k`` (POST of 100,000 bytes, ``wrk -s``
+  with a Lua script in the temp dir, that the app reads whole) -- the bulk
+  loads: keep-alive, 16 connections (``--bulk-connections``), one
+  ``--bulk-duration`` (4) s pass per run, WSGI servers only (not nginx,
+  uvicorn).  They need wrk.
 
 How each number is taken:
 
-* every server is started on 127.0.0.1 on a free port, with ``scripts/hello.py``
-  as the app, and is polled until it answers an HTTP request;
-* the two servers of a pair run side by side and are measured alternately,
-  load by load (which one goes first flips every run and every load), so
-  drift of the machine's speed hits both; pairs are visited in reverse order
-  every other run;
+* every server is started on 127.0.0.1 on a free port and is polled until it
+  answers an HTTP request; then every load's answer is checked once (status
+  200 and the exact body bytes) -- a load a server answers wrongly is not
+  measured and shows "(errors)";
+* with only arbiter and gunicorn (``--servers arbiter,gunicorn``) the two
+  servers of a pair run side by side and are measured alternately, load by
+  load (which one goes first flips every run and every load), so drift of
+  the machine's speed hits both; pairs are visited in reverse order every
+  other run;
+* with peers, the servers are measured one at a time in a fixed order
+  (nginx ... gunicorn, then arbiter), reversed every other run, and ratios
+  are taken between measurements of the same run;
 * per measurement: a warm-up (``--warmup``, same load), then
-  ``wrk -t1 -c50 -dDs --latency`` (``-H "Connection: close"`` for the
+  ``wrk -t1 -cN -dDs --latency`` (``-H "Connection: close"`` for the
   ``close`` load); without wrk, a built-in closed-loop Python load generator
-  (selectors, one thread) runs instead;
-* server CPU per request: utime+stime (+ reaped children's) of the server's
-  whole process tree, read from /proc before and after the measured run,
-  divided by the requests completed;
+  (selectors, one thread) runs the hello-world loads instead;
+* server CPU per request (us/req): utime+stime (+ reaped children's) of the
+  server's whole process tree, read from /proc before and after the
+  measured run, divided by the requests completed;
+* balance, for servers with 2+ worker processes (the master's children that
+  hold the listening socket): during keep-alive loads, at 1/4, 1/2 and 3/4
+  of the run, the ESTABLISHED connections on the server port (sock_diag
+  netlink, else /proc/net/tcp) whose socket inode is open in a worker's
+  process tree, per worker; for every load, each worker tree's CPU ticks
+  during the run.  Shown as shares, largest first ("52/48");
 * "served": a separate probe opens 50 connections at once, each sending
   requests in a loop for ~2 s, and counts the connections that got at least
   one response -- this exposes a one-connection-at-a-time keep-alive worker
   starving the others;
-* the table shows medians over ``--runs``; ratios are arbiter / peer, the
+* the tables show medians over ``--runs``; ratios are arbiter / peer, the
   median of the per-run ratios; the floor column applies the README's noise
   band (0.83-1.17 = the same speed).
 
@@ -51,9 +93,11 @@ Usage::
 
     python scripts/bench.py [--types preforked,pooled,threaded,forked,evented]
         [--workers 2] [--threads 4] [--parsers httptools[,h11]]
-        [--loads keepalive,close] [--duration 8] [--runs 3] [--connections 50]
-        [--servers arbiter,gunicorn] [--gunicorn-venv PATH]
-        [--loadgen auto|wrk|python] [--capacity N [--capacity-only]] [--json]
+        [--loads keepalive,close,mem1m,file1m,post100k] [--duration 8] [--runs 3]
+        [--connections 50] [--bulk-connections 16] [--bulk-duration 4]
+        [--servers all|arbiter,gunicorn,nginx,bjoern,granian,uvicorn,meinheld]
+        [--peers VENV] [--gunicorn-venv PATH] [--loadgen auto|wrk|python]
+        [--capacity N [--capacity-only]] [--json] [--save FILE] [--report FILE]
 """
 
 from __future__ import annotations
@@ -71,20 +115,36 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import venv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPTS_DIR.parent
-APP = "hello:app"
+APP = "bench_app:app"  # scripts/bench_app.py: every load's route
+HELLO_APP = "hello:app"  # scripts/hello.py: arbiter_cmd's default (evented_capacity.py)
+ASGI_APP = "bench_app:asgi_app"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_VENV = Path.home() / ".cache" / "arbiter-bench" / "venv"
+PEERS_VENV = Path("/tmp/peers-venv")
 WORKER_TYPES = ("preforked", "pooled", "threaded", "forked", "evented")
+PEER_NAMES = ("nginx", "bjoern", "granian", "uvicorn", "meinheld")  # the peer table's order
+SERVER_NAMES = ("arbiter", "gunicorn", *PEER_NAMES)
+# peer -> the modules its venv must import (the first is also its distribution's name)
+PEER_MODULES = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools", "uvloop"),
+                "meinheld": ("meinheld", "meinheld.server", "greenlet"), "bjoern": ("bjoern",)}
+STD_LOADS = ("keepalive", "close")
+BULK_LOADS = ("mem1m", "file1m", "post100k")
+LOAD_PATHS = {"keepalive": "/", "close": "/", "mem1m": "/mem1m", "file1m": "/file1m",
+              "post100k": "/post100k"}
+POST_LUA = ('wrk.method = "POST"\nwrk.body = string.rep("x", 100000)\n'
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n')
 NOISE_LOW, NOISE_HIGH = 0.83, 1.17  # README: a server against itself reads 0.83-1.17
 FORK_EXEMPT = ("forked", "close")
 WRK_TIMEOUT_MS = 2000.0  # wrk's default --timeout  # (type, load) exempt from the speed floor
@@ -186,6 +246,132 @@ def loadavg() -> float:
 def alive(pid: int) -> bool:
     st = _proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X")
+
+
+# --------------------------------------------------------------------------- balance
+
+TCP_ESTABLISHED, TCP_LISTEN = 1, 10  # kernel TCP states (include/net/tcp_states.h)
+
+
+def _diag_inodes(port: int, state: int) -> set[int]:
+    """sock_diag (NETLINK_INET_DIAG) dump of IPv4 TCP sockets in *state*; those on *port*.
+
+    The kernel filters by state, so a close load's TIME_WAIT thousands are not
+    read.  Message layouts: linux/inet_diag.h (inet_diag_req_v2 = 56 bytes,
+    inet_diag_msg: sport at 4, inode at 68).
+    """
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << state) + bytes(48)
+    # nlmsghdr: len, type SOCK_DIAG_BY_FAMILY (20), flags NLM_F_REQUEST | NLM_F_DUMP, seq, pid
+    msg = struct.pack("=IHHII", 16 + len(req), 20, 0x301, 1, 0) + req
+    found: set[int] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as nl:  # NETLINK_INET_DIAG
+        nl.settimeout(2)
+        nl.send(msg)
+        while True:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, off)
+                if mtype == 3:  # NLMSG_DONE
+                    return found
+                if mtype == 2 or length < 16:  # NLMSG_ERROR
+                    raise OSError("sock_diag answered an error")
+                body = off + 16
+                if struct.unpack_from("!H", data, body + 4)[0] == port:
+                    found.add(struct.unpack_from("=I", data, body + 68)[0])
+                off += (length + 3) & ~3
+            if not data:
+                raise OSError("sock_diag: end of data without NLMSG_DONE")
+
+
+def _proc_net_inodes(port: int, state: int) -> set[int]:
+    """The same as _diag_inodes, read from /proc/net/tcp (slower when it is long)."""
+    found: set[int] = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if int(cols[3], 16) == state and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                found.add(int(cols[9]))
+    return found
+
+
+def tcp_inodes(port: int, state: int) -> set[int]:
+    """Inodes of the IPv4 TCP sockets in *state* whose local port is *port*."""
+    try:
+        return _diag_inodes(port, state)
+    except OSError:
+        return _proc_net_inodes(port, state)
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets open in process *pid* (its /proc/PID/fd links)."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def worker_pids(root: int, port: int) -> list[int]:
+    """The server's workers: children of *root* that hold a listening socket on *port*.
+
+    A single-process server (bjoern, meinheld) has none; uvicorn's resource
+    tracker and arbiter forked's per-connection children are left out.
+    """
+    listening = tcp_inodes(port, TCP_LISTEN)
+    return sorted(c for c in children_of(root) if socket_inodes(c) & listening)
+
+
+def worker_connections(workers: list[int], port: int) -> list[int]:
+    """Per worker: the ESTABLISHED connections on *port* open in its process tree."""
+    established = tcp_inodes(port, TCP_ESTABLISHED)
+    children = _children_map()
+    counts = []
+    for worker in workers:
+        tree, todo, inodes = [worker], [worker], set()
+        while todo:
+            kids = children.get(todo.pop(), [])
+            tree += kids
+            todo += kids
+        for pid in tree:
+            inodes |= socket_inodes(pid)
+        counts.append(len(inodes & established))
+    return counts
+
+
+class ConnSampler:
+    """Adds up worker_connections() at fractions of a run, in a thread (started at once)."""
+
+    def __init__(self, workers: list[int], port: int, seconds: float,
+                 points: tuple[float, ...] = (0.25, 0.5, 0.75)) -> None:
+        self.counts = [0] * len(workers)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(workers, port, seconds, points),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, workers: list[int], port: int, seconds: float,
+             points: tuple[float, ...]) -> None:
+        start = time.monotonic()
+        for point in points:
+            if self._done.wait(max(0.0, start + point * seconds - time.monotonic())):
+                return
+            for i, n in enumerate(worker_connections(workers, port)):
+                self.counts[i] += n
+
+    def stop(self) -> list[int]:
+        self._done.set()
+        self._thread.join()
+        return self.counts
 
 
 @dataclass
@@ -317,9 +503,9 @@ def version_of(python: str, module: str) -> str:
 
 @dataclass(frozen=True)
 class Spec:
-    """One server configuration: arbiter (kind = worker type) or gunicorn (kind = class)."""
+    """One server configuration: arbiter (kind = worker type), gunicorn (kind = class), a peer."""
 
-    name: str
+    name: str  # "arbiter" | "gunicorn" | one of PEER_NAMES
     kind: str
     parser: str
     workers: int
@@ -330,7 +516,37 @@ class Spec:
         if self.name == "gunicorn":
             shape = f"{self.workers}w" + (f"x{self.threads}t" if self.kind == "gthread" else "")
             return f"gunicorn {self.kind} {shape}"
-        return f"arbiter {self.kind} {self.parser}"
+        if self.name == "arbiter":
+            return f"arbiter {self.kind} {self.parser}"
+        return self.title
+
+    @property
+    def title(self) -> str:
+        """The server's row in the peer table."""
+        w, s = self.workers, "s" if self.workers != 1 else ""
+        if self.name == "arbiter":
+            threads = f" x {self.threads} threads" if self.kind == "pooled" else ""
+            parser = f" ({self.parser})" if self.parser != "httptools" else ""
+            return f"arbiter {self.kind}, {w} worker{s}{threads}{parser}"
+        if self.name == "gunicorn":
+            threads = f" x {self.threads} threads" if self.kind == "gthread" else ""
+            return f"gunicorn {self.kind}, {w} worker{s}{threads}"
+        return {"nginx": f"nginx, {w} worker{s} (the limit)",
+                "granian": f"granian WSGI, {w} worker{s}",
+                "uvicorn": f"uvicorn ASGI, {w} worker{s} (httptools + uvloop)",
+                }.get(self.name, f"{self.name}, 1 process")
+
+    @property
+    def short(self) -> str:
+        """The server's column in the bulk table."""
+        if self.name == "arbiter":
+            return f"arbiter {self.kind}" + (f" {self.parser}" if self.parser != "httptools" else "")
+        return f"gunicorn {self.kind}" if self.name == "gunicorn" else self.name
+
+    @property
+    def wsgi(self) -> bool:
+        """Serves bench_app:app, so it runs the bulk loads too (nginx and uvicorn do not)."""
+        return self.name not in ("nginx", "uvicorn")
 
 
 def peer_spec(worker_type: str, workers: int, threads: int) -> Spec:
@@ -340,32 +556,118 @@ def peer_spec(worker_type: str, workers: int, threads: int) -> Spec:
     return Spec("gunicorn", "gthread", "-", workers, threads)
 
 
+def field_specs(args: argparse.Namespace, peers: list[str]) -> list[Spec]:
+    """Every server of a run with peers, in the table's order: peers, gunicorn, arbiter."""
+    w = args.workers
+    shapes = {"nginx": ("return200", 1), "bjoern": ("wsgi", 1), "granian": ("wsgi", w),
+              "uvicorn": ("asgi", w), "meinheld": ("wsgi", 1)}
+    specs = [Spec(name, shapes[name][0], "-", shapes[name][1], 1)
+             for name in PEER_NAMES if name in peers]
+    if "gunicorn" in args.servers:
+        specs += [Spec("gunicorn", "sync", "-", w, 1), Spec("gunicorn", "gthread", "-", w,
+                                                             args.threads)]
+    if "arbiter" in args.servers:
+        specs += [Spec("arbiter", t, p, w, args.threads) for t in args.types for p in args.parsers]
+    return specs
+
+
+@dataclass
+class Bench:
+    """What measuring needs besides the Spec: options, interpreters, the run's temp dir."""
+
+    args: argparse.Namespace
+    use_wrk: str | None
+    logdir: Path  # the run's temp dir: server logs, nginx confs, the 1 MiB file, post.lua
+    gunicorn_py: str = sys.executable
+    peers_py: str | None = None
+    nginx: str | None = None
+    file1m: Path | None = None
+    post_lua: Path | None = None
+
+
 def arbiter_cmd(port: int, worker_type: str, workers: int, threads: int, parser: str,
-                max_connections: int = 1000, extra: list[str] | None = None) -> list[str]:
+                max_connections: int = 1000, extra: list[str] | None = None,
+                app: str = HELLO_APP) -> list[str]:
     return [sys.executable, "-m", "arbiter", "-b", f"127.0.0.1:{port}", "-w", str(workers),
             "-k", worker_type, "-t", str(threads), "--http-parser", parser,
             "--log-level", "warning", "--max-connections", str(max_connections),
-            *(extra or []), APP]
+            *(extra or []), app]
 
 
 def gunicorn_cmd(python: str, port: int, worker_class: str, workers: int,
-                 threads: int) -> list[str]:
+                 threads: int, app: str = APP) -> list[str]:
     cmd = [python, "-m", "gunicorn", "-w", str(workers), "-k", worker_class]
     if worker_class == "gthread":
         cmd += ["--threads", str(threads)]
     return cmd + ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "--no-control-socket",
-                  "--chdir", str(SCRIPTS_DIR), APP]
+                  "--chdir", str(SCRIPTS_DIR), app]
 
 
-def spawn(name: str, kind: str, parser: str, port: int, cmd: list[str], logdir: Path) -> Server:
+def nginx_conf(directory: Path, port: int, workers: int) -> Path:
+    """An nginx.conf in *directory* (pid, logs, temp paths there): ``return 200`` hello world."""
+    directory.mkdir(parents=True, exist_ok=True)
+    temps = "\n".join(f"    {kind}_temp_path {directory / kind};"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""worker_processes {workers};
+pid {directory / 'nginx.pid'};
+error_log {directory / 'error.log'} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temps}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 "Hello, World!";
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def server_cmd(spec: Spec, port: int, bench: Bench) -> list[str]:
+    if spec.name == "arbiter":
+        return arbiter_cmd(port, spec.kind, spec.workers, spec.threads, spec.parser, app=APP)
+    if spec.name == "gunicorn":
+        return gunicorn_cmd(bench.gunicorn_py, port, spec.kind, spec.workers, spec.threads)
+    if spec.name == "nginx":
+        assert bench.nginx is not None
+        d = bench.logdir / f"nginx-{port}"
+        conf = nginx_conf(d, port, spec.workers)
+        return [bench.nginx, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log"),
+                "-g", "daemon off;"]
+    assert bench.peers_py is not None
+    py = bench.peers_py
+    if spec.name == "granian":
+        return [str(Path(py).parent / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(spec.workers), "--http", "1",
+                "--no-access-log", "--log-level", "warning", "--working-dir", str(SCRIPTS_DIR),
+                APP]
+    if spec.name == "uvicorn":
+        return [py, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers",
+                str(spec.workers), "--http", "httptools", "--loop", "uvloop", "--lifespan", "off",
+                "--no-access-log", "--log-level", "warning", "--app-dir", str(SCRIPTS_DIR),
+                ASGI_APP]
+    if spec.name in ("meinheld", "bjoern"):
+        return [py, str(SCRIPTS_DIR / "peer_run.py"), spec.name, str(port)]
+    raise ValueError(f"unknown server {spec.name!r}")
+
+
+def spawn(name: str, kind: str, parser: str, port: int, cmd: list[str], logdir: Path,
+          env_extra: dict[str, str] | None = None) -> Server:
     """Start *cmd* in its own session (a terminal's Ctrl-C reaches only us) and track it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(SCRIPTS_DIR), str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
     )
     for key in list(env):
-        if key.startswith(("ARBITER_", "GUNICORN_")) or key in ("WEB_CONCURRENCY", "PORT"):
+        if key.startswith(("ARBITER_", "GUNICORN_", "GRANIAN_", "UVICORN_", "BENCH_")) \
+                or key in ("WEB_CONCURRENCY", "PORT"):
             del env[key]  # don't let the caller's environment change what is measured
+    env.update(env_extra or {})
     logfile = logdir / f"{name}-{kind}-{parser}-{port}.log"
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=SCRIPTS_DIR, env=env, stdin=subprocess.DEVNULL,
@@ -376,13 +678,104 @@ def spawn(name: str, kind: str, parser: str, port: int, cmd: list[str], logdir: 
     return server
 
 
-def start_server(spec: Spec, gunicorn_py: str, logdir: Path) -> Server:
+def start_server(spec: Spec, bench: Bench) -> Server:
     port = free_port()
-    if spec.name == "arbiter":
-        cmd = arbiter_cmd(port, spec.kind, spec.workers, spec.threads, spec.parser)
+    env = {"BENCH_FILE1M": str(bench.file1m)} if bench.file1m else None
+    return spawn(spec.name, spec.kind, spec.parser, port, server_cmd(spec, port, bench),
+                 bench.logdir, env)
+
+
+def find_peers(args: argparse.Namespace, wanted: list[str],
+               gunicorn_py: str | None) -> tuple[str | None, str | None, dict, dict]:
+    """(peers' python, nginx, {peer: version}, {peer: why it is skipped}) for *wanted*."""
+    versions: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    nginx = None
+    if "nginx" in wanted:
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx",
+                                                                          os.X_OK) else None)
+        if nginx:
+            out = subprocess.run([nginx, "-v"], capture_output=True, text=True)
+            versions["nginx"] = (out.stderr.strip().rpartition("/")[2]) or "?"
+        else:
+            skipped["nginx"] = "nginx not found (apt-get install nginx-light)"
+    names = [n for n in wanted if n in PEER_MODULES]
+    if not names:
+        return None, nginx, versions, skipped
+    if args.peers:
+        candidates = [Path(args.peers).expanduser()]
     else:
-        cmd = gunicorn_cmd(gunicorn_py, port, spec.kind, spec.workers, spec.threads)
-    return spawn(spec.name, spec.kind, spec.parser, port, cmd, logdir)
+        candidates = [PEERS_VENV]
+        if gunicorn_py:
+            candidates.append(Path(gunicorn_py).parent.parent)
+    venv_dir = next((d for d in candidates if (d / "bin" / "python").exists()), None)
+    if venv_dir is None:
+        for n in names:
+            skipped[n] = f"no venv with python at {' or '.join(map(str, candidates))} (--peers)"
+        return None, nginx, versions, skipped
+    py = str(venv_dir / "bin" / "python")
+    code = ("import importlib, importlib.metadata as md, json, sys\n"
+            "out = {}\n"
+            "for name, mods in json.loads(sys.argv[1]).items():\n"
+            "    try:\n"
+            "        for m in mods: importlib.import_module(m)\n"
+            "        out[name] = [True, md.version(name)]\n"
+            "    except Exception as exc:\n"
+            "        out[name] = [False, f'{type(exc).__name__}: {exc}']\n"
+            "print(json.dumps(out))\n")
+    res = subprocess.run([py, "-c", code, json.dumps({n: PEER_MODULES[n] for n in names})],
+                         capture_output=True, text=True)
+    try:
+        found = json.loads(res.stdout)
+    except ValueError:
+        found = {n: [False, res.stderr.strip()[-200:]] for n in names}
+    for n in names:
+        ok, info = found.get(n, [False, "?"])
+        if ok and n == "granian" and not (venv_dir / "bin" / "granian").exists():
+            ok, info = False, f"no {venv_dir}/bin/granian"
+        if ok:
+            versions[n] = info
+        else:
+            skipped[n] = f"not installed in {venv_dir} ({info})"
+    return py, nginx, versions, skipped
+
+
+def _bench_app():
+    """scripts/bench_app.py, imported here (for the bodies the servers must answer)."""
+    if str(SCRIPTS_DIR) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS_DIR))
+    import bench_app
+
+    return bench_app
+
+
+def check_answer(port: int, load: str) -> str | None:
+    """None if the server answers *load*'s request with 200 and the exact body, else why not."""
+    bench_app = _bench_app()
+    path = LOAD_PATHS[load]
+    method, body, headers = "GET", None, {}
+    expect = bench_app.BODY
+    if load in ("mem1m", "file1m"):
+        expect = bench_app.MEM1M
+    elif load == "post100k":
+        method, body = "POST", b"x" * bench_app.POST_SIZE
+        headers = {"Content-Type": "application/octet-stream"}
+        expect = str(bench_app.POST_SIZE).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{method} {path}: {exc!r}"
+    finally:
+        conn.close()
+    if resp.status != 200:
+        return f"{method} {path}: HTTP {resp.status} {data[:80]!r}"
+    if data != expect:
+        what = "other bytes" if len(data) == len(expect) else f"{len(data)} bytes"
+        return f"{method} {path}: {what}, not the {len(expect)} expected"
+    return None
 
 
 # --------------------------------------------------------------------------- load: wrk
@@ -429,12 +822,15 @@ def parse_wrk(out: str) -> LoadResult:
     return res
 
 
-def run_wrk(wrk: str, port: int, conns: int, seconds: float, close: bool) -> LoadResult:
+def run_wrk(wrk: str, port: int, conns: int, seconds: float, close: bool, path: str = "/",
+            script: Path | None = None) -> LoadResult:
     # wrk takes whole seconds only ("-d0.5s" is a usage error)
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://127.0.0.1:{port}/")
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         msg = (out.stderr.strip() or out.stdout.strip()).splitlines()[:3]
@@ -667,38 +1063,86 @@ class Sample:
     loadgen: str
     loadavg: float  # 1-minute load average right after the measured run
     p99_censored: bool = False  # >= 1% of requests timed out: p99 is a lower bound
+    # balance (servers with 2+ workers, in worker pid order): connections seen in each
+    # worker's tree, summed over the mid-run samples (keep-alive loads), and each worker
+    # tree's CPU ticks during the measured run
+    worker_conns: list[int] = field(default_factory=list)
+    worker_cpu: list[int] = field(default_factory=list)
+
+
+def _load_once(server: Server, load: str, seconds: float, bench: Bench) -> LoadResult:
+    args, close = bench.args, load == "close"
+    conns = args.bulk_connections if load in BULK_LOADS else args.connections
+    if bench.use_wrk:
+        script = bench.post_lua if load == "post100k" else None
+        return run_wrk(bench.use_wrk, server.port, conns, seconds, close, LOAD_PATHS[load],
+                       script)
+    if load in BULK_LOADS:
+        raise RuntimeError(f"the {load} load needs wrk")
+    return run_python_load(server.port, conns, seconds, close)
 
 
 def measure(server: Server, spec: Spec, role: str, pair: tuple[str, str], load: str,
-            args: argparse.Namespace, run: int, use_wrk: str | None) -> Sample:
-    close = load == "close"
+            bench: Bench, run: int) -> Sample:
+    args, close, bulk = bench.args, load == "close", load in BULK_LOADS
+    seconds = args.bulk_duration if bulk else args.duration
     if args.warmup > 0:  # warm-up with the same load
-        if use_wrk:
-            run_wrk(use_wrk, server.port, args.connections, args.warmup, close)
-        else:
-            run_python_load(server.port, args.connections, args.warmup, close)
-    t0 = tree_cpu_ticks(server.proc.pid)
-    if use_wrk:
-        res = run_wrk(use_wrk, server.port, args.connections, args.duration, close)
-    else:
-        res = run_python_load(server.port, args.connections, args.duration, close)
-    t1 = tree_cpu_ticks(server.proc.pid)
-    rss = max((rss_mb(w) for w in children_of(server.proc.pid)), default=float("nan"))
+        _load_once(server, load, args.warmup, bench)
+    root = server.proc.pid
+    workers = worker_pids(root, server.port)
+    if len(workers) < 2:
+        workers = []
+    cpu0 = [tree_cpu_ticks(w) for w in workers]
+    sampler = ConnSampler(workers, server.port, seconds) if workers and not close else None
+    t0 = tree_cpu_ticks(root)
+    try:
+        res = _load_once(server, load, seconds, bench)
+    finally:
+        conns = sampler.stop() if sampler else []
+    t1 = tree_cpu_ticks(root)
+    cpu = [max(0, tree_cpu_ticks(w) - c) for w, c in zip(workers, cpu0, strict=True)]
+    rss = max((rss_mb(w) for w in children_of(root)), default=float("nan"))
     censored = res.timeouts >= 0.01 * (res.requests + res.timeouts) and res.timeouts > 0
     if censored:  # timed-out requests are missing from wrk's latencies: p99 is >= the timeout
         res.p99_ms = max(res.p99_ms if res.p99_ms == res.p99_ms else 0.0, WRK_TIMEOUT_MS)
     cpu_us = (t1 - t0) * 1e6 / CLK_TCK / res.requests if res.requests else float("nan")
-    probe = probe_connections(server.port, args.connections, args.probe_seconds, close)
+    if bulk:  # the served probe is the hello world's
+        probe = ProbeResult(0, 0, float("nan"), 0)
+    else:
+        probe = probe_connections(server.port, args.connections, args.probe_seconds, close)
     sample = Sample(run, pair[0], pair[1], role, spec.name, spec.kind, spec.parser, spec.workers,
                     spec.threads, load, res.rps, res.p99_ms, cpu_us, res.requests,
                     res.socket_errors, res.non2xx, probe.served, probe.connections, probe.max_ms,
-                    rss, "wrk" if use_wrk else "python", loadavg(), censored)
+                    rss, "wrk" if bench.use_wrk else "python", loadavg(), censored, conns, cpu)
+    balance = f"  conns {_split_pct(conns)}" if any(conns) else ""
+    balance += f"  cpu {_split_pct(cpu)}" if any(cpu) else ""
+    served = f"served {probe.served}/{probe.connections}  " if probe.connections else ""
     log(f"  {spec.label:28} {load:9} {res.rps:9.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
-        f"{cpu_us:6.0f} us/req  served {probe.served}/{probe.connections}  "
-        f"errs {res.socket_errors}+{res.non2xx}  rss {rss:.0f} MB  load {sample.loadavg:.1f}")
+        f"{cpu_us:6.0f} us/req  {served}"
+        f"errs {res.socket_errors}+{res.non2xx}  rss {rss:.0f} MB  load {sample.loadavg:.1f}"
+        f"{balance}")
     if server.proc.poll() is not None:
         raise RuntimeError(f"{server.label} died during the run:\n{tail(server.logfile)}")
     return sample
+
+
+def _split_pct(values: list[int]) -> str:
+    """Shares of *values*, largest first: [30, 20] -> "60/40" ("" if all zero)."""
+    total = sum(values)
+    if not total:
+        return ""
+    return "/".join(f"{100 * v / total:.0f}" for v in sorted(values, reverse=True))
+
+
+def check_all(server: Server, loads: list[str]) -> dict[str, str]:
+    """{load: what is wrong} for every load *server* does not answer right (logged)."""
+    bad = {}
+    for load in loads:
+        err = check_answer(server.port, load)
+        if err is not None:
+            bad[load] = err
+            log(f"  {server.label}: {load} answered wrong, not measured: {err}")
+    return bad
 
 
 @dataclass
@@ -728,23 +1172,77 @@ def make_pairs(args: argparse.Namespace) -> list[Pair]:
     return pairs
 
 
-def run_pair(pair: Pair, run: int, flip: bool, args: argparse.Namespace, use_wrk: str | None,
-             gunicorn_py: str, logdir: Path, samples: list[Sample]) -> None:
+def run_pair(pair: Pair, run: int, flip: bool, loads: list[str], bench: Bench,
+             samples: list[Sample]) -> None:
     """Start both servers of *pair*, measure them alternately load by load, stop them."""
     members = pair.members[::-1] if flip else pair.members
     servers: dict[str, Server] = {}
     try:
         for role, spec in members:
-            servers[role] = start_server(spec, gunicorn_py, logdir)
+            servers[role] = start_server(spec, bench)
         for role, _ in members:
             wait_ready(servers[role])
-        for i, load in enumerate(args.loads):
+            if bad := check_all(servers[role], loads):
+                raise RuntimeError(f"{servers[role].label} answers wrong: {bad}")
+        for i, load in enumerate(loads):
             for role, spec in (members if i % 2 == 0 else members[::-1]):
-                samples.append(measure(servers[role], spec, role, pair.key, load, args, run,
-                                       use_wrk))
+                samples.append(measure(servers[role], spec, role, pair.key, load, bench, run))
     finally:
         for server in servers.values():
             stop_server(server)
+
+
+@dataclass
+class Field:
+    """The measurements of a run with peers (or of the bulk loads), as saved."""
+
+    specs: list[Spec]
+    samples: list[Sample] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # spec label -> why
+    load_errors: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> load -> why
+    skipped: dict[str, str] = field(default_factory=dict)  # peer -> why it is not measured
+
+
+def run_field(bench: Bench, result: Field, loads: list[str]) -> None:
+    """Every server of *result*, one at a time, on its *loads*, --runs times.
+
+    Order: the table's, reversed every other run.  A server that fails is
+    recorded and skipped from then on (its samples of that run dropped); a
+    load it answers wrong is skipped for that server.
+    """
+    args = bench.args
+    for run in range(1, args.runs + 1):
+        order = result.specs if run % 2 else result.specs[::-1]
+        for spec in order:
+            if spec.label in result.failures:
+                continue
+            errors = result.load_errors.setdefault(spec.label, {})
+            mine = [ld for ld in loads if (spec.wsgi or ld in STD_LOADS) and ld not in errors]
+            if not mine:
+                continue
+            log(f"run {run}/{args.runs}: {spec.title}")
+            role = "arbiter" if spec.name == "arbiter" else "peer"
+            server = None
+            try:
+                server = start_server(spec, bench)
+                wait_ready(server)
+                errors.update(check_all(server, mine))
+                for load in mine:
+                    if load not in errors:
+                        result.samples.append(measure(server, spec, role, (spec.kind, spec.parser),
+                                                      load, bench, run))
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                result.failures[spec.label] = f"run {run}: {exc}"
+                log(f"  {spec.title} FAILED, skipped from now on: {exc}")
+                result.samples[:] = [s for s in result.samples if not (
+                    _spec_of(s) == spec and s.run == run)]
+            finally:
+                if server is not None:
+                    stop_server(server)
+
+
+def _spec_of(s: Sample) -> Spec:
+    return Spec(s.server, s.kind, s.parser, s.workers, s.threads)
 
 
 # --------------------------------------------------------------------------- report
@@ -900,7 +1398,174 @@ def notes(rows: list[dict], args: argparse.Namespace) -> list[str]:
     return out
 
 
-def environment(gunicorn_py: str | None, loadgen: str) -> dict:
+def pairs_from_field(fld: Field, args: argparse.Namespace
+                     ) -> tuple[list[Sample], dict[tuple[str, str], str]]:
+    """The pair table's samples out of a run with peers: each arbiter measurement next to
+    its gunicorn counterpart's of the same run and load; failures keyed by pair."""
+    out: list[Sample] = []
+    peers = [s for s in fld.samples if s.server == "gunicorn"]
+    for a in fld.samples:
+        if a.server != "arbiter" or a.load not in STD_LOADS:
+            continue
+        out.append(a)
+        want = peer_spec(a.kind, a.workers, a.threads)
+        out += [replace(p, pair_type=a.kind, pair_parser=a.parser) for p in peers
+                if _spec_of(p) == want and p.run == a.run and p.load == a.load]
+    failures: dict[tuple[str, str], str] = {}
+    for spec in fld.specs:
+        if spec.name != "arbiter":
+            continue
+        peer = peer_spec(spec.kind, spec.workers, spec.threads)
+        why = fld.failures.get(spec.label) or fld.failures.get(peer.label)
+        if why:
+            failures[(spec.kind, spec.parser)] = why
+    return out, failures
+
+
+def _field_stats(fld: Field, spec: Spec, load: str) -> list[Sample]:
+    return [s for s in fld.samples if _spec_of(s) == spec and s.load == load]
+
+
+def _run_ratios(fld: Field, spec: Spec, other: Spec, load: str) -> str:
+    """Median over runs of spec's req/s / other's in the same run ("" if none)."""
+    theirs = {s.run: s.rps for s in _field_stats(fld, other, load)}
+    ratios = [s.rps / theirs[s.run] for s in _field_stats(fld, spec, load)
+              if theirs.get(s.run)]
+    return _ratio(_med(ratios)) if ratios else ""
+
+
+def _errs(ss: list[Sample]) -> bool:
+    """wrk counted socket errors or non-2xx answers for > 0.1% of the requests in some run."""
+    return any(s.socket_errors + s.non2xx > 0.001 * max(1, s.requests) for s in ss)
+
+
+def _md_table(head: list[str], lines: list[list[str]], right_from: int = 1) -> str:
+    widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
+
+    def fmt(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < right_from else c.rjust(w) for i, (c, w)
+                                 in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) if i < right_from else "-" * (w + 1) + ":"
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(head), sep, *(fmt(x) for x in lines)])
+
+
+def field_table(fld: Field, loads: list[str]) -> str:
+    """One row per server: req/s and us/req per hello-world load, ratios, balance."""
+    names = {"keepalive": "keep-alive", "close": "close"}
+    head = ["server"]
+    for load in loads:
+        head += [f"{names[load]} req/s", "µs/req"]
+    head += ["vs gunicorn", "vs meinheld", "balance"]
+    meinheld = next((s for s in fld.specs if s.name == "meinheld"), None)
+    lines = []
+    for spec in fld.specs:
+        row = [spec.title]
+        if spec.label in fld.failures:
+            lines.append(row + ["FAILED"] + [""] * (len(head) - 2))
+            continue
+        for load in loads:
+            ss = _field_stats(fld, spec, load)
+            if load in fld.load_errors.get(spec.label, {}):
+                row += ["(errors)", ""]
+            elif not ss:
+                row += ["-", "-"]
+            else:
+                row += [f"{_med([s.rps for s in ss]):,.0f}" + ("*" if _errs(ss) else ""),
+                        f"{_med([s.cpu_us_per_req for s in ss]):.0f}"]
+        vs_g = vs_m = ""
+        g = peer_spec(spec.kind, spec.workers, spec.threads)
+        if spec.name == "arbiter" and g in fld.specs:
+            vs_g = " / ".join(_run_ratios(fld, spec, g, ld) or "-" for ld in loads)
+            vs_g += f" ({g.kind})"
+        if meinheld is not None and spec != meinheld:
+            vs_m = " / ".join(_run_ratios(fld, spec, meinheld, ld) or "-" for ld in loads)
+        row += [vs_g, vs_m, _balance_cell(fld, spec, loads)]
+        lines.append(row)
+    return _md_table(head, lines)
+
+
+def _balance_cell(fld: Field, spec: Spec, loads: list[str]) -> str:
+    """Per run: keep-alive connection split, then the close load's CPU split; starvation."""
+    parts = []
+    ka = sorted(_field_stats(fld, spec, "keepalive"), key=lambda s: s.run)
+    cl = sorted(_field_stats(fld, spec, "close"), key=lambda s: s.run)
+    if splits := [x for x in (_split_pct(s.worker_conns) for s in ka) if x]:
+        parts.append(" ".join(splits))
+    if splits := [x for x in (_split_pct(s.worker_cpu) for s in cl) if x]:
+        parts.append("cpu " + " ".join(splits))
+    starved = [s for s in ka + cl if s.connections and s.served < s.connections]
+    if starved:
+        worst = min(starved, key=lambda s: s.served)
+        parts.append(f"served {worst.served}/{worst.connections} ({worst.load})")
+    return "; ".join(parts)
+
+
+def bulk_table(fld: Field, loads: list[str]) -> str:
+    """Rows = bulk loads, columns = WSGI servers, median req/s."""
+    specs = [s for s in fld.specs if s.wsgi]
+    lines = []
+    for load in loads:
+        row = [load]
+        for spec in specs:
+            ss = _field_stats(fld, spec, load)
+            if load in fld.load_errors.get(spec.label, {}):
+                row.append("(errors)")
+            elif spec.label in fld.failures:
+                row.append("FAILED")
+            elif not ss:
+                row.append("-")
+            else:
+                row.append(f"{_med([s.rps for s in ss]):,.0f}" + ("*" if _errs(ss) else ""))
+        lines.append(row)
+    return _md_table(["load", *(s.short for s in specs)], lines)
+
+
+def field_notes(std: list[str], bulk: list[str], args: argparse.Namespace) -> list[str]:
+    """How the peer table (*std*) or the bulk table (*bulk*) was measured."""
+    out = []
+    if std:
+        out.append(
+            f"hello world, wrk -t1 -c{args.connections} -d{args.duration:g}s after a "
+            f"{args.warmup:g} s warm-up, one server at a time, medians of {args.runs} run(s); "
+            "µs/req = CPU (utime+stime) of the server's process tree / requests; "
+            "vs gunicorn / vs meinheld = req/s ratio per load "
+            f"({' / '.join(std)}), median of the per-run ratios; arbiter's gunicorn "
+            "counterpart is sync for preforked, gthread for the others.")
+        out.append(
+            "balance (2+ workers only): per run, the share of the keep-alive load's "
+            "connections each worker held (sampled at 1/4, 1/2, 3/4 of the run), largest "
+            "first; \"cpu\": each worker's share of the server's CPU during the close load; "
+            "served = a probe's connections that got an answer, when not all did.")
+    if bulk:
+        out.append(
+            f"bulk loads: wrk -t1 -c{args.bulk_connections} -d{args.bulk_duration:g}s "
+            f"keep-alive after a {args.warmup:g} s warm-up, req/s, medians of {args.runs} "
+            "run(s); mem1m = 1 MiB from memory (req/s = MiB/s), file1m = a 1 MiB file through "
+            "wsgi.file_wrapper, post100k = a 100,000-byte POST read whole; (errors) = the "
+            "server's answer to that load was wrong (checked before measuring): not measured.")
+    return out
+
+
+def field_status(fld: Field, loads: list[str]) -> list[str]:
+    """Peers skipped, servers failed, loads answered wrong, error marks."""
+    out = []
+    if any(_errs(_field_stats(fld, s, ld)) for s in fld.specs for ld in loads):
+        out.append("req/s* = wrk counted socket errors or non-2xx answers for > 0.1% of "
+                   "the requests in some run.")
+    for name, why in fld.skipped.items():
+        out.append(f"skipped {name}: {why}")
+    for label, why in fld.failures.items():
+        out.append(f"FAILED {label}: {why.splitlines()[0]}")
+    for label, errs in fld.load_errors.items():
+        for load, why in errs.items():
+            out.append(f"{label} answered {load} wrong: {why}")
+    return out
+
+
+def environment(gunicorn_py: str | None, loadgen: str, peers: dict[str, str] | None = None
+                ) -> dict:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -915,7 +1580,7 @@ def environment(gunicorn_py: str | None, loadgen: str) -> dict:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(), "cpu": cpu,
         "python": platform.python_version(), "arbiter_commit": commit or "?",
         "gunicorn": version_of(gunicorn_py, "gunicorn") if gunicorn_py else None,
-        "loadgen": loadgen, "loadavg_start": round(loadavg(), 2),
+        "peers": peers or {}, "loadgen": loadgen, "loadavg_start": round(loadavg(), 2),
     }
 
 
@@ -948,16 +1613,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="arbiter -t and gunicorn gthread --threads [4]")
     p.add_argument("--parsers", default="httptools", help="arbiter parsers [httptools]; "
                    "httptools,h11 for both")
-    p.add_argument("--loads", default="keepalive,close", help="keepalive,close")
+    p.add_argument("--loads", default="keepalive,close",
+                   help=f"any of {','.join(STD_LOADS + BULK_LOADS)} [keepalive,close]")
     p.add_argument("--duration", type=float, default=8,
                    help="seconds of measured load (whole seconds with wrk) [8]")
     p.add_argument("--warmup", type=float, default=2, help="seconds of warm-up load [2]")
-    p.add_argument("--runs", type=int, default=3, help="passes over every pair [3]")
-    p.add_argument("--connections", type=int, default=50, help="concurrent connections [50]")
+    p.add_argument("--runs", type=int, default=3, help="passes over every server [3]")
+    p.add_argument("--connections", type=int, default=50,
+                   help="concurrent connections of the hello-world loads [50]")
+    p.add_argument("--bulk-connections", type=int, default=16,
+                   help="concurrent connections of the bulk loads [16]")
+    p.add_argument("--bulk-duration", type=float, default=4,
+                   help="seconds of measured load per bulk load and run [4]")
     p.add_argument("--probe-seconds", type=float, default=2,
                    help="length of the connections-served probe [2]")
-    p.add_argument("--servers", default="arbiter,gunicorn",
-                   help="arbiter,gunicorn (leave one out to measure only the other)")
+    p.add_argument("--servers", default="all",
+                   help=f"any of {','.join(SERVER_NAMES)}, 'peers' (= {','.join(PEER_NAMES)}) "
+                        "or 'all'; arbiter,gunicorn alone = side-by-side pairs [all]")
+    p.add_argument("--peers", metavar="VENV", default=None,
+                   help=f"venv with the peers granian, uvicorn, meinheld, bjoern [{PEERS_VENV} "
+                        "if it exists, else the gunicorn venv]")
     p.add_argument("--gunicorn-venv", default=None,
                    help=f"venv with gunicorn (made if missing) [this interpreter if it has "
                         f"gunicorn, else {DEFAULT_VENV}]")
@@ -974,27 +1649,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.types, args.parsers = _split(args.types), _split(args.parsers)
     args.servers, args.loads = _split(args.servers), _split(args.loads)
+    groups = {"all": SERVER_NAMES, "peers": PEER_NAMES}
+    args.servers = list(dict.fromkeys(x for name in args.servers for x in groups.get(name, [name])))
     for name in args.servers:
-        if name not in ("arbiter", "gunicorn"):
-            p.error(f"--servers: unknown server {name!r}")
+        if name not in SERVER_NAMES:
+            p.error(f"--servers: unknown server {name!r} (known: {', '.join(SERVER_NAMES)}, "
+                    "peers, all)")
     for worker_type in args.types:
         if worker_type not in WORKER_TYPES:
             p.error(f"--types: unknown worker type {worker_type!r} (known: "
                     f"{', '.join(WORKER_TYPES)})")
     for load in args.loads:
-        if load not in ("keepalive", "close"):
-            p.error(f"--loads: unknown load {load!r}")
+        if load not in STD_LOADS + BULK_LOADS:
+            p.error(f"--loads: unknown load {load!r} (known: "
+                    f"{', '.join(STD_LOADS + BULK_LOADS)})")
     for parser in args.parsers:
         if parser not in ("httptools", "h11", "auto"):
             p.error(f"--parsers: unknown parser {parser!r}")
     if not (args.types and args.parsers and args.servers and args.loads):
         p.error("--types, --parsers, --servers and --loads must not be empty")
     if args.runs < 1 or args.connections < 1 or args.duration <= 0 or args.workers < 1 \
-            or args.threads < 1 or args.warmup < 0:
-        p.error("--runs, --connections, --duration, --workers and --threads must be positive")
-    if args.loadgen != "python" and (args.duration != int(args.duration)
-                                     or args.warmup != int(args.warmup)):
-        p.error("wrk takes whole seconds: give --duration and --warmup as integers")
+            or args.threads < 1 or args.warmup < 0 or args.bulk_connections < 1 \
+            or args.bulk_duration <= 0:
+        p.error("--runs, --connections, --duration, --workers, --threads, --bulk-connections "
+                "and --bulk-duration must be positive")
+    if args.loadgen != "python" and any(x != int(x) for x in (args.duration, args.warmup,
+                                                              args.bulk_duration)):
+        p.error("wrk takes whole seconds: give --duration, --warmup and --bulk-duration as "
+                "integers")
     if args.capacity_only and args.capacity < 1:
         p.error("--capacity-only needs --capacity N")
     if args.capacity < 0:
@@ -1002,9 +1684,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def compare(args: argparse.Namespace, use_wrk: str | None, gunicorn_py: str | None,
-            logdir: Path) -> tuple[list[Sample], list[Pair], dict[tuple[str, str], str]]:
+def compare(bench: Bench, loads: list[str]
+            ) -> tuple[list[Sample], list[Pair], dict[tuple[str, str], str]]:
     """Every pair, --runs times; a pair whose server fails is recorded and skipped after."""
+    args = bench.args
     samples: list[Sample] = []
     failures: dict[tuple[str, str], str] = {}
     pairs = make_pairs(args)
@@ -1015,8 +1698,7 @@ def compare(args: argparse.Namespace, use_wrk: str | None, gunicorn_py: str | No
                 continue
             log(f"run {run}/{args.runs}: {pair.worker_type} ({pair.parser})")
             try:
-                run_pair(pair, run, bool((run + i) % 2 == 0), args, use_wrk,
-                         gunicorn_py or sys.executable, logdir, samples)
+                run_pair(pair, run, bool((run + i) % 2 == 0), loads, bench, samples)
             except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
                 failures[pair.key] = f"run {run}: {exc}"
                 log(f"  {pair.worker_type} ({pair.parser}) FAILED, skipped from now on: {exc}")
@@ -1024,6 +1706,24 @@ def compare(args: argparse.Namespace, use_wrk: str | None, gunicorn_py: str | No
                 samples[:] = [s for s in samples
                               if not ((s.pair_type, s.pair_parser) == pair.key and s.run == run)]
     return samples, pairs, failures
+
+
+def split_loads(loads: list[str]) -> tuple[list[str], list[str]]:
+    """(hello-world loads, bulk loads) of --loads, in its order."""
+    return [ld for ld in loads if ld in STD_LOADS], [ld for ld in loads if ld in BULK_LOADS]
+
+
+def with_peers(fld: Field, std: list[str]) -> bool:
+    """Whether the hello-world loads ran one server at a time, with peers (else in pairs)."""
+    return bool(std) and any(s.name in PEER_NAMES for s in fld.specs)
+
+
+def write_load_files(bench: Bench) -> None:
+    """The 1 MiB file (file1m) and wrk's POST script (post100k), in the run's temp dir."""
+    bench.file1m = bench.logdir / "file1m.bin"
+    bench.file1m.write_bytes(_bench_app().MEM1M)
+    bench.post_lua = bench.logdir / "post.lua"
+    bench.post_lua.write_text(POST_LUA)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1036,24 +1736,42 @@ def main(argv: list[str] | None = None) -> int:
         log("wrk not found")
         return 1
     use_wrk = wrk if args.loadgen != "python" else None
+    std, bulk = split_loads(args.loads)
     if use_wrk is None and not args.capacity_only:
         log("using the built-in Python load generator (numbers are not comparable with wrk's)")
+        if bulk:
+            log(f"the bulk loads ({', '.join(bulk)}) need wrk: not measured")
+            bulk = []
     need_gunicorn = "gunicorn" in args.servers and not args.capacity_only
     gunicorn_py = gunicorn_python(args.gunicorn_venv) if need_gunicorn else None
-    env = environment(gunicorn_py, "wrk" if use_wrk else "python")
+    wanted = [] if args.capacity_only else [n for n in args.servers if n in PEER_NAMES]
+    if not std:  # nginx and uvicorn run only the hello world
+        wanted = [n for n in wanted if Spec(n, "", "", 1, 1).wsgi]
+    peers_py, nginx, versions, skipped = find_peers(args, wanted, gunicorn_py)
+    for name, why in skipped.items():
+        log(f"skipping {name}: {why}")
+    fld = Field(field_specs(args, [n for n in wanted if n not in skipped]), skipped=skipped)
+    env = environment(gunicorn_py, "wrk" if use_wrk else "python", versions)
     log(f"environment: {env}")
     if env["loadavg_start"] > (os.cpu_count() or 1):
         log(f"the machine is busy (load average {env['loadavg_start']:.1f} on "
             f"{os.cpu_count()} CPUs): expect noisy numbers, trust the ratios more")
     logdir = Path(tempfile.mkdtemp(prefix="arbiter-bench-"))
     log(f"server logs in {logdir}")
+    bench = Bench(args, use_wrk, logdir, gunicorn_py or sys.executable, peers_py, nginx)
     samples: list[Sample] = []
     pairs: list[Pair] = []
     failures: dict[tuple[str, str], str] = {}
     capacity: dict | None = None
     try:
         if not args.capacity_only:
-            samples, pairs, failures = compare(args, use_wrk, gunicorn_py, logdir)
+            if bulk:
+                write_load_files(bench)
+            if std and not with_peers(fld, std):
+                samples, pairs, failures = compare(bench, std)
+            field_loads = (std if with_peers(fld, std) else []) + bulk
+            if field_loads:
+                run_field(bench, fld, field_loads)
         if args.capacity:
             sys.path.insert(0, str(SCRIPTS_DIR))
             import evented_capacity  # the concurrency benchmark, in its own script
@@ -1065,51 +1783,97 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all()
+        if bench.file1m is not None:
+            bench.file1m.unlink(missing_ok=True)
+    if with_peers(fld, std):
+        pair_samples, pair_failures = pairs_from_field(fld, args)
+    else:
+        pair_samples, pair_failures = samples, failures
     cmd = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = jsonable({
         "command": cmd, "environment": env, "samples": [asdict(s) for s in samples],
-        "summary": summarize(samples, pairs, args.loads, failures),
-        "failures": {f"{k[0]}/{k[1]}": v for k, v in failures.items()}, "capacity": capacity})
+        "summary": summarize(pair_samples, make_pairs(args), std, pair_failures),
+        "failures": {f"{k[0]}/{k[1]}": v for k, v in failures.items()},
+        "field": asdict(fld), "capacity": capacity})
     if args.save:
         Path(args.save).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
         log(f"results saved to {args.save} (python scripts/bench.py --report {args.save})")
     return emit(data, args)
 
 
+def _sample(d: dict) -> Sample:
+    return Sample(**{k: float("nan") if v is None else v for k, v in d.items()})
+
+
+def load_field(data: dict) -> Field:
+    """The Field of saved *data* (an empty one for runs saved before peers existed)."""
+    d = data.get("field") or {"specs": []}
+    return Field([Spec(**x) for x in d["specs"]], [_sample(x) for x in d.get("samples", [])],
+                 d.get("failures", {}), d.get("load_errors", {}), d.get("skipped", {}))
+
+
 def emit(data: dict, args: argparse.Namespace) -> int:
-    """Print *data* (as saved) as JSON or as the table; the exit status: 1 if anything failed."""
-    samples = [Sample(**{k: float("nan") if v is None else v for k, v in s.items()})
-               for s in data["samples"]]
-    failures = {(k.split("/", 1)[0], k.split("/", 1)[-1]): v
-                for k, v in data["failures"].items()}
-    rows = summarize(samples, make_pairs(args), args.loads, failures)
+    """Print *data* (as saved) as JSON or as the tables; the exit status: 1 if anything failed."""
+    std, bulk = split_loads(args.loads)
+    fld = load_field(data)
+    peers = with_peers(fld, std)
+    if peers:
+        samples, failures = pairs_from_field(fld, args)
+    else:
+        samples = [_sample(s) for s in data["samples"]]
+        failures = {(k.split("/", 1)[0], k.split("/", 1)[-1]): v
+                    for k, v in data["failures"].items()}
+    rows = summarize(samples, make_pairs(args), std, failures) if std else []
     capacity, env = data.get("capacity"), data["environment"]
     if args.json:
         print(json.dumps(data, indent=2, allow_nan=False))
     else:
+        every = samples + fld.samples
+        versions = ", ".join(f"{k} {v}" for k, v in env.get("peers", {}).items())
         print(f"\n{data['command']}")
         print(f"{env['date']}  nproc={env['nproc']}  {env['cpu']}  Python {env['python']}  "
-              f"arbiter {env['arbiter_commit']}  gunicorn {env['gunicorn']}  load: {env['loadgen']}"
-              f" -t1 -c{args.connections} -d{args.duration:g}s (warm-up {args.warmup:g}s), "
+              f"arbiter {env['arbiter_commit']}  gunicorn {env['gunicorn']}"
+              f"{'  ' + versions if versions else ''}  load: {env['loadgen']}"
+              + (f" -t1 -c{args.connections} -d{args.duration:g}s" if std else "")
+              + (f" (bulk -c{args.bulk_connections} -d{args.bulk_duration:g}s)" if bulk else "")
+              + f" (warm-up {args.warmup:g}s), "
               f"medians of {args.runs} run(s); load average {env['loadavg_start']:.1f} at the "
-              f"start, {_med([s.loadavg for s in samples]):.1f} median during the runs\n")
-        if samples or failures:
+              f"start, {_med([s.loadavg for s in every]):.1f} median during the runs\n")
+        if peers:
+            print(field_table(fld, std))
+            print()
+            for line in field_notes(std, [], args):
+                print(f"* {line}")
+            print()
+        if rows and (samples or failures):
             print(table(rows))
             print()
             for line in notes(rows, args):
                 print(f"* {line}")
+            print()
+        if bulk and any(s.wsgi for s in fld.specs):
+            print(bulk_table(fld, bulk))
+            print()
+            for line in field_notes([], bulk, args):
+                print(f"* {line}")
+            print()
+        for line in field_status(fld, std + bulk):
+            print(f"* {line}")
         if capacity is not None:
             sys.path.insert(0, str(SCRIPTS_DIR))
             import evented_capacity
 
             print()
             print(evented_capacity.report(capacity))
-    bad = any(r["failure"] for r in rows) or (capacity is not None and not capacity["ok"])
+    ours = {s.label for s in fld.specs if s.name in ("arbiter", "gunicorn")}
+    bad = any(r["failure"] for r in rows) or (capacity is not None and not capacity["ok"]) \
+        or any(label in ours for label in fld.failures) \
+        or any(errs for label, errs in fld.load_errors.items() if label in ours)
     return 1 if bad else 0
 
 
 def report_saved(path: str, json_out: bool) -> int:
-    """``--report FILE``: the table of a run saved with --save (or printed with --json)."""
+    """``--report FILE``: the tables of a run saved with --save (or printed with --json)."""
     data = json.loads(Path(path).read_text())
     argv = shlex.split(data["command"])[2:]  # "python scripts/bench.py ARGS..."
     args = parse_args(argv)
