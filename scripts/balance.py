@@ -14,10 +14,16 @@ the point):
   admin ``/status`` until all N workers of the generation are ready;
 * ``wrk -t1 -cC -dDs`` (keep-alive, C >= 10 x N, default max(50, 10 x N))
   runs against it; at 1/4, 1/2 and 3/4 of the run the ESTABLISHED server-side
-  connections (``/proc/net/tcp`` and ``tcp6``, local port = the server's port,
-  state 01) are matched by socket inode against each worker's ``/proc/PID/fd``;
+  connections (local port = the server's port, state 01) are matched by socket
+  inode against each worker's ``/proc/PID/fd``. The socket table is the
+  kernel's, read by default through a sock_diag netlink dump asking for
+  ESTABLISHED sockets only: ``/proc/net/tcp`` also lists every TIME_WAIT
+  socket, and with tens of thousands of them (a box that benchmarks) one read
+  costs ~0.5 s of CPU in the middle of the measured run. ``--socket-table
+  proc`` reads ``/proc/net/tcp`` and ``tcp6`` instead (the same sockets);
   the half-way sample is the verdict's (the others show whether connections
-  moved);
+  moved); a sample not both begun and ended while wrk still ran is dropped
+  (a starved machine can be that late), and the verdict takes an earlier one;
 * each worker's ``requests`` in ``/status`` is read before and after the load;
 * a run passes when every worker holds C/N +- 25 % of the connections and
   served total/N +- 25 % of the requests;
@@ -35,7 +41,8 @@ start/stop and the /proc helpers come from ``scripts/bench.py``.
 Usage::
 
     python scripts/balance.py [--types evented,pooled,threaded] [--workers 2]
-        [--connections 50] [--duration 5] [--runs 10] [--tolerance 0.25] [--json]
+        [--connections 50] [--duration 5] [--runs 10] [--tolerance 0.25]
+        [--socket-table netlink|proc] [--json]
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -247,22 +256,84 @@ def wait_until(when: float, wrk: Wrk) -> None:
 # --------------------------------------------------------------------------- /proc sockets
 
 
-def established_inodes(port: int) -> set[int]:
-    """Inodes of ESTABLISHED TCP sockets (v4 and v6) whose local port is *port*."""
+def established_inodes_proc(port: int) -> set[int]:
+    """Inodes of ESTABLISHED TCP sockets (v4 and v6) whose local port is *port*, from the text
+    tables ``/proc/net/tcp`` and ``/proc/net/tcp6``."""
     inodes: set[int] = set()
+    needle = b":%04X " % port  # the port as the tables write it; exact fields checked below
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            with open(table) as f:
-                next(f)  # header
-                for line in f:
-                    fields = line.split()
-                    if len(fields) < 10 or fields[3] != TCP_ESTABLISHED:
-                        continue
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(int(fields[9]))
+            with open(table, "rb") as f:
+                data = f.read()
         except OSError:
             continue
+        for line in data.split(b"\n")[1:]:
+            if needle not in line:
+                continue
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == TCP_ESTABLISHED.encode() \
+                    and int(fields[1].rsplit(b":", 1)[1], 16) == port:
+                inodes.add(int(fields[9]))
     return inodes
+
+
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h): the same table /proc/net/tcp prints, asked
+# for ESTABLISHED sockets only, so the kernel skips the TIME_WAIT ones
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSG_HDR = struct.Struct("=IHHII")
+INET_DIAG_REQ_V2 = struct.Struct("=BBBBI48s")  # family, protocol, ext, pad, states, sockid
+INET_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # ... sport, dport, ..., uid, inode
+
+
+def established_inodes_netlink(port: int) -> set[int]:
+    """Inodes of ESTABLISHED TCP sockets (v4 and v6) whose local port is *port*, from a
+    NETLINK_SOCK_DIAG dump. Raises OSError where netlink is not available."""
+    inodes: set[int] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            req = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0,
+                                        1 << int(TCP_ESTABLISHED, 16), b"\0" * 48)
+            nl.send(NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY,
+                                   NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
+            done = False
+            while not done:
+                data = nl.recv(1 << 16)
+                offset = 0
+                while offset + NLMSG_HDR.size <= len(data):
+                    length, kind, _, _, _ = NLMSG_HDR.unpack_from(data, offset)
+                    if length < NLMSG_HDR.size:
+                        raise OSError("sock_diag: malformed netlink message")
+                    if kind == NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, offset + NLMSG_HDR.size)[0]
+                        raise OSError(code, f"sock_diag: {os.strerror(code)}")
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        msg = INET_DIAG_MSG.unpack_from(data, offset + NLMSG_HDR.size)
+                        if int.from_bytes(msg[4], "big") == port:
+                            inodes.add(msg[-1])
+                    offset += (length + 3) & ~3
+    return inodes
+
+
+SOCKET_TABLE = "netlink"  # or "proc"; --socket-table
+
+
+def established_inodes(port: int) -> set[int]:
+    """Inodes of ESTABLISHED TCP sockets whose local port is *port* (the server's side of the
+    connections), from sock_diag or, with ``--socket-table proc`` or without netlink, from
+    /proc/net/tcp and tcp6."""
+    global SOCKET_TABLE
+    if SOCKET_TABLE == "netlink":
+        try:
+            return established_inodes_netlink(port)
+        except OSError as exc:
+            log(f"sock_diag failed ({exc}): reading /proc/net/tcp and tcp6 instead")
+            SOCKET_TABLE = "proc"
+    return established_inodes_proc(port)
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -309,8 +380,9 @@ class Run:
     socket_errors: int = 0
     non2xx: int = 0
     pids: list[int] = field(default_factory=list)  # by worker number
-    conn_samples: list[list[int]] = field(default_factory=list)  # at 1/4, 1/2, 3/4
+    conn_samples: list[list[int]] = field(default_factory=list)  # at 1/4, 1/2, 3/4 (while wrk ran)
     unowned: list[int] = field(default_factory=list)  # per sample
+    sampled_at: list[float] = field(default_factory=list)  # seconds after wrk started
     conn_split: list[int] = field(default_factory=list)  # the half-way sample
     req_split: list[int] = field(default_factory=list)  # /status requests during the load
     conn_ok: bool = True
@@ -350,9 +422,14 @@ def measure(worker_type: str, run: int, workers: int, args: argparse.Namespace, 
         length = max(1, round(args.duration))
         for fraction in (0.25, 0.5, 0.75):
             wait_until(wrk.started + fraction * length, wrk)
+            if not wrk.running():
+                break  # the load is over: no sample (connections are being closed)
             counts, unowned = connections_by_pid(arb.port, res.pids)
+            if not wrk.running():
+                break  # wrk ended while /proc was read: the sample may mix both states
             res.conn_samples.append([counts[p] for p in res.pids])
             res.unowned.append(unowned)
+            res.sampled_at.append(round(time.monotonic() - wrk.started, 3))
         load = wrk.finish()
         after = status(arb)
     finally:
@@ -361,14 +438,18 @@ def measure(worker_type: str, run: int, workers: int, args: argparse.Namespace, 
     res.socket_errors, res.non2xx = load.socket_errors, load.non2xx
     final = {w["pid"]: w["requests"] for w in after["workers"]}
     res.req_split = [final.get(p, 0) - start_requests[p] for p in res.pids]
-    res.conn_split = res.conn_samples[1]
+    # the half-way sample; if the machine was too slow to take it while wrk ran, an earlier one
+    res.conn_split = res.conn_samples[min(1, len(res.conn_samples) - 1)] \
+        if res.conn_samples else []
     if workers > 1:
         res.conn_ok = within(res.conn_split, args.tolerance) and sum(res.conn_split) > 0
         res.req_ok = within(res.req_split, args.tolerance)
     moved = "" if all(s == res.conn_split for s in res.conn_samples) else \
         f" (samples {' '.join('/'.join(map(str, s)) for s in res.conn_samples)})"
+    late = "" if len(res.conn_samples) == 3 else f" ({len(res.conn_samples)}/3 samples in time)"
     log(f"  {worker_type} {workers}w run {run + 1}: {load.rps:.0f} req/s, connections "
-        f"{'/'.join(map(str, res.conn_split))}{moved}, unheld {res.unowned[1]}, requests "
+        f"{'/'.join(map(str, res.conn_split)) or '-'}{moved}{late}, "
+        f"unheld {max(res.unowned, default=0)}, requests "
         f"{'/'.join(map(str, res.req_split))}, errors {load.socket_errors}, "
         f"non-2xx {load.non2xx}" + ("" if res.ok else "  UNBALANCED"))
     return res
@@ -398,8 +479,9 @@ def summarize(worker_type: str, runs: list[Run], workers: int) -> dict:
         "worst_req_split": worst_req.req_split if worst_req else [],
         "conn_splits": [r.conn_split for r in multi],
         "req_splits": [r.req_split for r in multi],
-        "max_unheld": max((max(r.unowned) for r in multi), default=0),
+        "max_unheld": max((max(r.unowned, default=0) for r in multi), default=0),
         "moved_runs": sum(any(s != r.conn_split for s in r.conn_samples) for r in multi),
+        "late_runs": sum(len(r.conn_samples) < 3 for r in multi),
         "zero_workers": sum(0 in r.conn_split for r in multi),
         "socket_errors": sum(r.socket_errors for r in runs),
         "non2xx": sum(r.non2xx for r in runs),
@@ -436,7 +518,10 @@ def table(rows: list[dict], workers: int, connections: int) -> str:
 
 def notes(rows: list[dict], args: argparse.Namespace) -> list[str]:
     cpus = os.cpu_count() or 1
-    out = [f"{args.workers} workers, wrk -t1 -c{args.connections} -d{round(args.duration)}s "
+    out = [f"Load average {args.load_before:.1f} before, {bench.loadavg():.1f} after, on {cpus} "
+           f"CPU(s)" + (" (other work was running: noisy numbers)"
+                        if max(args.load_before, bench.loadavg()) > cpus else "") + ".",
+           f"{args.workers} workers, wrk -t1 -c{args.connections} -d{round(args.duration)}s "
            f"keep-alive, {args.runs} fresh servers per type; pass = every worker within "
            f"+-{100 * args.tolerance:.0f}% of the fair share of connections (half-way sample) "
            f"and of requests (/status)."]
@@ -447,6 +532,9 @@ def notes(rows: list[dict], args: argparse.Namespace) -> list[str]:
     for r in rows:
         if r["zero_workers"]:
             out.append(f"{r['type']}: a worker held 0 connections in {r['zero_workers']} run(s).")
+        if r["late_runs"]:
+            out.append(f"{r['type']}: in {r['late_runs']} run(s) a sample came too late (wrk "
+                       f"had ended; the machine was slow) and was dropped.")
         if r["moved_runs"]:
             out.append(f"{r['type']}: connections moved between samples in "
                        f"{r['moved_runs']} run(s) (reconnects).")
@@ -474,6 +562,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=10, help="fresh servers per type (default 10)")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="allowed distance from the fair share (default 0.25 = +-25%%)")
+    p.add_argument("--socket-table", choices=("netlink", "proc"), default="netlink",
+                   help="where the ESTABLISHED sockets are read: a sock_diag netlink dump "
+                        "(default; the kernel filters by state) or /proc/net/tcp and tcp6 "
+                        "(slow when many TIME_WAIT sockets are around)")
     p.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     args = p.parse_args(argv)
     args.types = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -495,7 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     if wrk_bin is None:
         log("wrk is not installed (Debian: apt-get install wrk)")
         return 2
+    global SOCKET_TABLE
+    SOCKET_TABLE = args.socket_table
     bench.install_signal_handlers()
+    args.load_before = bench.loadavg()
     logdir = Path(tempfile.mkdtemp(prefix="arbiter-balance-"))
     log(f"server configs and logs in {logdir}")
     rows: list[dict] = []
@@ -523,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         data = {"command": "python scripts/balance.py " + " ".join(sys.argv[1:]),
                 "cpus": os.cpu_count(), "workers": args.workers,
                 "connections": args.connections, "duration": round(args.duration),
-                "tolerance": args.tolerance, "summary": rows,
+                "tolerance": args.tolerance, "loadavg_before": args.load_before,
+                "loadavg_after": bench.loadavg(), "summary": rows,
                 "runs": [asdict(r) | {"ok": r.ok} for r in runs]}
         print(json.dumps(bench.jsonable(data), indent=2, allow_nan=False))
     else:
