@@ -593,7 +593,9 @@ SETTINGS: tuple[Setting, ...] = (
             "listen() queue length per listener",
             ("--backlog",), "N"),
     Setting("reuse_port", False, boolean,
-            "SO_REUSEPORT: one socket per worker, kernel balances",
+            "SO_REUSEPORT on each listener, so another server (a blue/green twin) may bind "
+            "the same port; arbiter's own workers share one socket and deal out connections "
+            "by load",
             ("--reuse-port",)),
     Setting("workers", 2, workers_count,
             'integer >= 1, or "auto" (= CPU count)',

@@ -8,8 +8,10 @@ later ``arbiter ctl status`` and metrics. No files, no pipes.
 
 Row layout (little-endian, see ``_ROW``): pid, generation, worker number,
 state, boot time, heartbeat, requests served, requests in flight, the running
-request's start time, method and path. Times are ``time.monotonic()`` values,
-which on Linux (CLOCK_MONOTONIC) are comparable across processes.
+request's start time, method and path; then the connections it holds open
+(what its peers read to share the load, :mod:`arbiter.io.balance`). Times
+are ``time.monotonic()`` values, which on Linux (CLOCK_MONOTONIC) are
+comparable across processes.
 """
 
 from __future__ import annotations
@@ -57,12 +59,15 @@ assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 # Offsets of the fields a worker updates on its hot path.
 _OFF_STATE = 12
 _OFF_RECYCLE = 13  # one byte in the row's padding: 1 = "replace me" (max_requests)
+_OFF_DEFERRING = 14  # one byte: 1 = leaving the accept queue to its peers for a moment
 _OFF_HEARTBEAT = 24
 _OFF_REQUESTS = 32
 _OFF_IN_FLIGHT = 40
 _OFF_REQ_START = 48
 _OFF_METHOD = 56
 _OFF_PATH = _OFF_METHOD + METHOD_SIZE
+_OFF_CONNECTIONS = _ROW.size  # u32 after the row: connections the worker holds open
+assert _OFF_CONNECTIONS % 4 == 0 and _OFF_CONNECTIONS + 4 <= _OFF_COUNTERS
 
 
 DEFAULT_SLOTS = 1024
@@ -84,6 +89,7 @@ class WorkerRow:
     request_started: float
     method: str
     path: str
+    connections: int = 0  # connections held open (the reactor and thread workers)
 
     @property
     def state_name(self) -> str:
@@ -129,6 +135,8 @@ class Scoreboard:
         now = time.monotonic()
         _ROW.pack_into(self.memory, slot * ROW_SIZE, 0, generation, number, BOOTING,
                        now, now, 0, 0, 0.0, b"", b"")
+        base = slot * ROW_SIZE + _OFF_CONNECTIONS
+        self.memory[base:base + 4] = bytes(4)
 
     def counters(self, slot: int) -> Counters:
         values = _COUNTERS.unpack_from(self.memory, slot * ROW_SIZE + _OFF_COUNTERS)
@@ -146,10 +154,12 @@ class Scoreboard:
     def read(self, slot: int) -> WorkerRow:
         (pid, generation, number, state, boot_time, heartbeat, requests, in_flight,
          started, method, path) = _ROW.unpack_from(self.memory, slot * ROW_SIZE)
+        base = slot * ROW_SIZE + _OFF_CONNECTIONS
         return WorkerRow(slot, pid, generation, number, state, boot_time, heartbeat,
                          requests, in_flight, started,
                          method.rstrip(b"\0").decode("latin-1"),
-                         path.rstrip(b"\0").decode("latin-1"))
+                         path.rstrip(b"\0").decode("latin-1"),
+                         int.from_bytes(self.memory[base:base + 4], "little"))
 
     def close(self) -> None:
         self.memory.close()
@@ -171,8 +181,9 @@ class SlotWriter:
     """
 
     __slots__ = ("memory", "base", "requests", "counts", "duration_sum", "started", "method",
+                 "path", "method_shown",
                  "_bytes", "_i32", "_f64", "_u64", "_heartbeat", "_state", "_in_flight",
-                 "_req_start", "_requests", "_duration_sum", "_qbase")
+                 "_req_start", "_requests", "_duration_sum", "_qbase", "_connections")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
@@ -182,6 +193,8 @@ class SlotWriter:
         self.duration_sum = 0.0
         self.started = 0.0
         self.method = "GET"
+        self.path: str | None = None  # what the row shows now
+        self.method_shown: str | None = None
         view = memoryview(memory)
         self._bytes = view
         self._i32 = view.cast("i")
@@ -194,8 +207,13 @@ class SlotWriter:
         self._requests = (base + _OFF_REQUESTS) // 8
         self._duration_sum = (base + _OFF_DURATION_SUM) // 8
         self._qbase = base // 8
+        self._connections = (base + _OFF_CONNECTIONS) // 4
 
     def _write_request(self, method: str, path: str) -> None:
+        if path == self.path and method == self.method_shown:
+            return  # the same request line as the last one (already in the row)
+        self.path = path
+        self.method_shown = method
         base = self.base + _OFF_METHOD
         self._bytes[base:base + METHOD_SIZE] = \
             method.encode("latin-1", "replace")[:METHOD_SIZE].ljust(METHOD_SIZE, b"\0")
@@ -221,6 +239,18 @@ class SlotWriter:
 
     def set_pid(self, pid: int) -> None:
         self._i32[self.base // 4] = pid
+
+    @property
+    def slots(self) -> int:
+        """How many rows the table has."""
+        return len(self.memory) // ROW_SIZE
+
+    def set_deferring(self, deferring: bool) -> None:
+        self._bytes[self.base + _OFF_DEFERRING] = deferring
+
+    def set_connections(self, count: int) -> None:
+        """The connections this worker holds open now (read by its peers to share load)."""
+        self._i32[self._connections] = count
 
     def set_state(self, state: int) -> None:
         self._bytes[self._state] = state
@@ -287,3 +317,41 @@ class SlotWriter:
         self._u64[self._requests] = self.requests
         self._f64[self._heartbeat] = now
         self._bytes[self._state] = IDLE
+
+
+class PeerLoads:
+    """What one worker reads of its peers' rows to share the load (arbiter.io.balance):
+    for each row in the first ``slots`` slots but its own, serving (idle or busy) and
+    not stuck in one long request, the connections it holds."""
+
+    __slots__ = ("_i32", "_f64", "_bytes", "_own", "_slots")
+
+    def __init__(self, writer: SlotWriter, slots: int) -> None:
+        self._bytes = writer._bytes
+        self._i32 = writer._i32
+        self._f64 = writer._f64
+        self._own = writer.base // ROW_SIZE
+        self._slots = slots
+
+    def others(self, now: float, stuck_after: float) -> tuple[int | None, int, bool]:
+        """(the fewest connections a serving peer holds -- None: no serving peer,
+        the connections all serving peers hold, whether that least loaded peer is
+        itself leaving the queue to others for a moment)."""
+        i32, f64, raw = self._i32, self._f64, self._bytes
+        least = None
+        total = 0
+        least_defers = False
+        for slot in range(self._slots):
+            base = slot * ROW_SIZE
+            if slot == self._own or raw[base + _OFF_STATE] not in (IDLE, BUSY) \
+                    or not i32[base // 4] or raw[base + _OFF_RECYCLE]:
+                continue
+            if i32[(base + _OFF_IN_FLIGHT) // 4] and \
+                    now - f64[(base + _OFF_REQ_START) // 8] > stuck_after:
+                continue  # busy with one long request: it is not accepting now
+            count = i32[(base + _OFF_CONNECTIONS) // 4]
+            total += count
+            if least is None or count < least:
+                least = count
+                least_defers = bool(raw[base + _OFF_DEFERRING])
+        return least, total, least_defers

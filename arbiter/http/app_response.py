@@ -128,6 +128,12 @@ _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 _CL, _DROP, _CONNECTION, _DATE, _SERVER = range(5)
+_PLAIN = -1  # an ordinary response header
+# Response headers already checked, (name, value) -> their kind; and statuses already
+# checked, status -> (status as sent, code). Most apps send the same few again and again.
+_CHECKED_HEADERS: dict[tuple[str, str], int] = {}
+_CHECKED_STATUSES: dict[str, tuple[str, int]] = {}
+_CHECKED_MAX = 4096
 _RESPONSE_SPECIAL = {
     "content-length": _CL,
     "connection": _CONNECTION,
@@ -142,6 +148,38 @@ _RESPONSE_SPECIAL = {
 }
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 _SINGLE_SEND_MAX = 256 * 1024  # head + body copied into one piece below this size
+
+
+def _check_status(status: Any) -> tuple[str, int]:
+    """A WSGI status, checked: (the status line's text, its code); remembered."""
+    match = _STATUS_RE.fullmatch(status) if type(status) is str else None
+    if match is None:
+        raise _AppError(f"invalid status {status!r}")
+    code = int(match.group(1))
+    if code < 200:
+        raise _AppError(f"status {status!r} is an interim (1xx) response; a WSGI app must "
+                        f"answer with a final status")
+    checked = (status if match.group(2) else f"{code} {REASONS.get(code, 'Unknown')}", code)
+    if len(_CHECKED_STATUSES) >= _CHECKED_MAX:
+        _CHECKED_STATUSES.clear()
+    _CHECKED_STATUSES[status] = checked
+    return checked
+
+
+def _check_header(item: tuple) -> int:
+    """A response header (a tuple), checked: its kind (``_PLAIN`` or special); remembered."""
+    if len(item) != 2:
+        raise _AppError(f"invalid response header {item!r}")
+    name, value = item
+    if type(name) is not str or type(value) is not str:
+        raise _AppError(f"response header names and values must be str: {item!r}")
+    if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
+        raise _AppError(f"invalid response header {item!r}")
+    kind = _RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
+    if len(_CHECKED_HEADERS) >= _CHECKED_MAX:
+        _CHECKED_HEADERS.clear()
+    _CHECKED_HEADERS[item] = kind
+    return kind
 
 
 class AppResponse:
@@ -190,31 +228,27 @@ class AppResponse:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        match = _STATUS_RE.fullmatch(status) if type(status) is str else None
-        if match is None:
-            raise _AppError(f"invalid status {status!r}")
-        code = int(match.group(1))
-        if code < 200:
-            raise _AppError(f"status {status!r} is an interim (1xx) response; a WSGI app must "
-                            f"answer with a final status")
-        if not match.group(2):
-            status = f"{code} {REASONS.get(code, 'Unknown')}"
+        checked = _CHECKED_STATUSES.get(status) if type(status) is str else None
+        if checked is None:
+            checked = _check_status(status)
+        status, code = checked
         if type(headers) is not list:
             raise _AppError(f"response headers must be a list, not {type(headers).__name__}")
         content_length = None
         close = has_date = has_server = drop = False
         lengths = 0
         for item in headers:
-            if type(item) is not tuple or len(item) != 2:
+            if type(item) is not tuple:
                 raise _AppError(f"invalid response header {item!r}")
-            name, value = item
-            if type(name) is not str or type(value) is not str:
-                raise _AppError(f"response header names and values must be str: {item!r}")
-            if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
-                raise _AppError(f"invalid response header {item!r}")
-            kind = _RESPONSE_SPECIAL.get(name.lower())
+            try:
+                kind = _CHECKED_HEADERS.get(item)
+            except TypeError:  # something unhashable in it: not a pair of str
+                kind = None
             if kind is None:
+                kind = _check_header(item)
+            if kind == _PLAIN:
                 continue
+            value = item[1]
             if kind == _CL:
                 value = value.strip()
                 if _DIGITS_RE.fullmatch(value) is None or (
@@ -235,7 +269,7 @@ class AppResponse:
             kept = []
             seen_length = no_length  # 204/304: none at all; else the first one only
             for header in headers:
-                kind = _RESPONSE_SPECIAL.get(header[0].lower(), -1)
+                kind = _RESPONSE_SPECIAL.get(header[0].lower(), _PLAIN)
                 if kind == _DROP or kind == _CONNECTION:
                     continue
                 if kind == _CL:

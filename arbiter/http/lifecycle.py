@@ -418,7 +418,7 @@ class Lifecycle:
         self.giving_way = False
         # Even when stopping: the response promised keep-alive, so the client may be
         # sending its next request now; that one gets Connection: close.
-        if self.http.trailing_data:
+        if self.http.has_trailing_data:
             # A pipelined request already buffered: its head clock starts now.
             self.phase = HEAD
             self.deadline = now + self.header_timeout
@@ -504,13 +504,15 @@ class Lifecycle:
         if not outcome.keep_alive:
             self.close_after = True
             self.linger_after = outcome.status == 0 or not http.message_complete or bool(
-                http.trailing_data)
+                http.has_trailing_data)
             return
         # Drain what the app left unread (if anything) so the next request starts at its
-        # head; a complete body leaves only the EndOfMessage bookkeeping.
+        # head; a complete body leaves only the EndOfMessage bookkeeping (no wait, so no
+        # transfer budget).
         self.phase = DRAIN
         self.drained = 0
-        self._begin_transfer(now)
+        if not http.message_complete:
+            self._begin_transfer(now)
 
     @property
     def idle(self) -> bool:

@@ -289,6 +289,11 @@ class HTTPConnection:
         return None
 
     @property
+    def has_trailing_data(self) -> bool:
+        """Bytes received but not consumed (e.g. a pipelined next request) -- without a copy."""
+        return bool(self._buf)
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received but not consumed (e.g. a pipelined next request)."""
         return bytes(self._buf)

@@ -129,9 +129,16 @@ def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
            stopping: Callable[[], bool]) -> None:
     """Carry out the lifecycle's answers until it says CLOSE."""
     now = time.monotonic()
+    fresh = transport.plain  # a new client has usually sent its request already: read first
     while True:
         action = lc.next(now)
         if action == READ:
+            if fresh:
+                fresh = False
+                data = transport.recv()
+                if data is not None:
+                    lc.received(data, now)
+                    continue
             if not lc.stopping and stopping():
                 lc.stop(now)
             state = transport.wait_readable(lc.deadline, watch=lc.may_give_way)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import selectors
 import time
 from typing import Any
 
@@ -50,6 +49,10 @@ from arbiter.http.lifecycle import (
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
+from arbiter.io.balance import AcceptShare
+from arbiter.io.poller import READ as _READ
+from arbiter.io.poller import WRITE as _WRITE
+from arbiter.io.poller import Poller
 from arbiter.io.proxy import ProxyHeaderTaker
 from arbiter.io.transport import NonBlockingTLSTransport, NonBlockingTransport, WouldBlock
 from arbiter.tls import HANDSHAKE_ERRORS
@@ -57,8 +60,6 @@ from arbiter.tls import HANDSHAKE_ERRORS
 __all__ = ["Connection", "DeadlineBuckets", "OUTPUT_HIGH", "Reactor"]
 
 OUTPUT_HIGH = 64 * 1024  # pull the next response piece only below this much pending output
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
 _INF = float("inf")
 
 
@@ -157,7 +158,7 @@ class Reactor:
         self.log = worker.log
         self.tls = worker.tls
         self.max_open = max_open
-        self.selector = selectors.DefaultSelector()
+        self.selector = Poller()
         self.timers = DeadlineBuckets()
         self.connections: set[Connection] = set()
         self.spool_memory = SpoolMemory()
@@ -167,6 +168,7 @@ class Reactor:
         self.paused_until = 0.0
         self.draining = False
         self.parser_name = self.handler.parser_name
+        self.share = AcceptShare(worker.slot, int(worker.cfg.workers))
         for listener in self.listeners:
             listener.sock.setblocking(False)
         self.selector.register(worker.wakeup_r, _READ, None)
@@ -207,10 +209,9 @@ class Reactor:
                     wait = due - now
                 if self.paused_until > now and not self.listening:
                     wait = min(wait, self.paused_until - now)
-                events = selector.select(max(wait, 0.0))
+                events = selector.wait(max(wait, 0.0))
                 strategy.after_select()
-                for key, mask in events:
-                    data = key.data
+                for data, mask in events:
                     if type(data) is Connection:
                         self.on_event(data, mask)
                     elif data is None:
@@ -247,6 +248,8 @@ class Reactor:
         if watch == self.listening or (watch and self.draining):
             return
         self.listening = watch
+        if watch:
+            self.share.deferring(False)
         for listener in self.listeners:
             try:
                 if watch:
@@ -271,7 +274,12 @@ class Reactor:
     def accept(self, listener: Any) -> None:
         handler, tls, log = self.handler, self.tls, self.log
         sockname = self.socknames[listener.fileno]
-        while len(self.connections) < self.max_open:
+        connections, share = self.connections, self.share
+        while len(connections) < self.max_open:
+            if share.should_defer(len(connections), time.monotonic()):
+                self.watch_listeners(False)  # a less loaded peer takes the next clients
+                self.paused_until = share.deferred_until
+                return
             try:
                 accepted = accept_one(listener, log)
             except AcceptPaused:
@@ -298,7 +306,8 @@ class Reactor:
             conn = Connection(transport, lc, peer)
             if proxy:
                 conn.taker = ProxyHeaderTaker(handler.proxy_protocol)
-            self.connections.add(conn)
+            connections.add(conn)
+            share.publish(len(connections))
             self.set_interest(conn, _READ)
             self.timers.schedule(conn, lc.deadline)
         self.watch_listeners(False)  # at the bound: further clients wait in the backlog
@@ -532,6 +541,7 @@ class Reactor:
             return
         self.timers.cancel(conn)
         self.connections.discard(conn)
+        self.share.publish(len(self.connections))
         self.set_interest(conn, 0)
         conn.closed = True
         conn.transport.close()

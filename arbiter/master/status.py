@@ -107,7 +107,7 @@ class StatusReport:
                 "pid": worker.pid, "number": worker.number,
                 "generation": worker.generation.number, "age": round(now - worker.spawned_at, 3),
                 "state": state, "ready": worker.ready, "requests": row.requests,
-                "in_flight": row.in_flight, "current": current,
+                "in_flight": row.in_flight, "connections": row.connections, "current": current,
                 "rss": memory[0], "uss": memory[1],
                 "last_heartbeat": round(now - row.heartbeat, 3),
             })

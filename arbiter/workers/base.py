@@ -15,6 +15,7 @@ through :mod:`arbiter.http`; the scoreboard row is written through the
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import random
@@ -174,6 +175,10 @@ class Worker:
             self.app, http_settings(self.cfg, self.worker_type, self.multithread,
                                     tls=self.tls is not None),
             self.log, self.access_log if self.access_log.enabled else None)
+        # Everything alive now (what the master had, the app and its imports) lives as
+        # long as the worker: the collector need not walk it again on the request path,
+        # and pages shared with the master stay shared.
+        gc.freeze()
         self.slot.heartbeat()
         self.slot.set_state(IDLE)  # the master counts this worker as ready from here
         self.notify(READY)

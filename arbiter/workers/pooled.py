@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import collections
 import os
-import selectors
 import threading
 import time
 
 from arbiter.http import ClientDisconnected
 from arbiter.http.lifecycle import IDLE, RESPOND
+from arbiter.io.poller import READ, WRITE
 from arbiter.io.reactor import Connection, Reactor
 from arbiter.io.transport import WouldBlock
 from arbiter.workers.base import Worker
@@ -64,7 +64,7 @@ class PooledWorker(Worker):
         self.returns_r, self.returns_w = os.pipe()
         os.set_blocking(self.returns_r, False)
         os.set_blocking(self.returns_w, False)
-        reactor.selector.register(self.returns_r, selectors.EVENT_READ, self.drain_returns)
+        reactor.selector.register(self.returns_r, READ, self.drain_returns)
         for number in range(max(1, int(self.cfg.threads))):
             threading.Thread(target=self.pool_thread, name=f"pool-{number}",
                              daemon=True).start()
@@ -89,7 +89,7 @@ class PooledWorker(Worker):
     def dispatch(self, conn: Connection, task: int) -> None:
         """Hand a connection to the pool. Its fd stays watched for reading (no epoll_ctl
         on the hot path); an event meanwhile unwatches it until it comes back."""
-        if conn.events != selectors.EVENT_READ:
+        if conn.events != READ:
             self.reactor.set_interest(conn, 0)
         conn.task = task
         conn.in_pool = True
@@ -179,7 +179,7 @@ class PooledWorker(Worker):
                 if not segment.count:
                     conn.segment = segment = None
         except WouldBlock as exc:
-            conn.tls_want = selectors.EVENT_WRITE if exc.want_write else selectors.EVENT_READ
+            conn.tls_want = WRITE if exc.want_write else READ
         except ClientDisconnected as exc:
             conn.gone = exc
             return False
@@ -191,7 +191,7 @@ class PooledWorker(Worker):
         next event on it included). Anything else wakes the reactor."""
         with self.handback_lock:
             hot = (conn.gone is None and conn.response is None and not conn.out
-                   and conn.lc.phase == IDLE and conn.events == selectors.EVENT_READ)
+                   and conn.lc.phase == IDLE and conn.events == READ)
             self.returned.append(conn)
         if hot or self.wake_pending:
             return

@@ -36,12 +36,12 @@ import select
 import selectors
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
-from arbiter.io.blocking import serve_connection
+from arbiter.io.balance import AcceptShare
 from arbiter.workers.base import Worker
+from arbiter.workers.connection_thread import ConnectionThread
 
 # How long a thread whose connection ended waits to be handed the next one.
 THREAD_LINGER_SECONDS = 2.0
@@ -50,38 +50,6 @@ ACCEPT_BATCH = 64
 # What the main loop's selector reports besides listeners.
 SIGNAL_ARRIVED = "signal arrived"
 THREAD_FREED = "a connection thread finished while at the bound"
-
-
-class ConnectionThread:
-    """A thread serving connections handed to it, one at a time, until it idles out."""
-
-    __slots__ = ("worker", "handoff", "handed", "thread")
-
-    def __init__(self, worker: ThreadedWorker) -> None:
-        self.worker = worker
-        # The next connection, (socket, peer, sockname), put there by the main thread.
-        self.handoff: deque = deque()
-        # Signalled (under the worker's lock) when a connection is handed over.
-        self.handed = threading.Condition(worker.lock)
-        self.thread = threading.Thread(target=self.run, name="arbiter-conn", daemon=True)
-
-    def run(self) -> None:
-        worker = self.worker
-        handler = worker.handler
-        observer = worker
-        stopping = worker.stopping
-        job: tuple | None = self.handoff.popleft()
-        while job is not None:
-            conn, peer, sockname = job
-            try:
-                serve_connection(handler, conn, peer, sockname, observer=observer,
-                                 stopping=stopping, may_keep_alive=worker.nobody_waiting,
-                                 tls=worker.tls)  # TLS: the handshake is done in this thread
-            except BaseException:  # serve_connection logs; never let a thread die noisily
-                worker.log.exception("connection thread failed serving %r", peer)
-            finally:
-                conn.close()
-            job = worker.connection_done(self)
 
 
 class ThreadedWorker(Worker):
@@ -107,6 +75,8 @@ class ThreadedWorker(Worker):
         os.set_blocking(self.freed_r, False)
         os.set_blocking(self.freed_w, False)
 
+        self.share = AcceptShare(self.slot, int(self.cfg.workers))  # see arbiter.io.balance
+        self.deferring = self.watching = False
         selector = self.selector = selectors.DefaultSelector()
         for listener in self.listeners:
             listener.sock.setblocking(False)
@@ -116,7 +86,8 @@ class ThreadedWorker(Worker):
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
         try:
             while self.between_requests():
-                for key, _ in selector.select(self.tick):
+                wait = self.share.deferred_until - time.monotonic() if self.deferring else 1.0
+                for key, _ in selector.select(max(0.0, min(self.tick, wait))):
                     data = key.data
                     if data is SIGNAL_ARRIVED:
                         self.drain_wakeup()
@@ -130,6 +101,9 @@ class ThreadedWorker(Worker):
                         resume = True
                     else:
                         resume = False
+                if self.deferring and time.monotonic() >= self.share.deferred_until:
+                    self.deferring = False
+                    resume = not self.paused
                 if resume:
                     self.watch_listeners(selector)
                 elif self.paused:
@@ -144,8 +118,17 @@ class ThreadedWorker(Worker):
 
     # -- accepting --------------------------------------------------------------
     def watch_listeners(self, selector: selectors.BaseSelector) -> None:
-        for listener in self.listeners:
-            selector.register(listener.sock, selectors.EVENT_READ, listener)
+        if not self.watching and not self.deferring:
+            self.watching = True
+            self.share.deferring(False)
+            for listener in self.listeners:
+                selector.register(listener.sock, selectors.EVENT_READ, listener)
+
+    def unwatch_listeners(self) -> None:
+        if self.watching:
+            self.watching = False
+            for listener in self.listeners:
+                self.selector.unregister(listener.sock)
 
     def accept_from(self, listener: Any, sockname: Any) -> None:
         """Accept what is queued, up to the bound; at the bound stop watching.
@@ -159,6 +142,10 @@ class ThreadedWorker(Worker):
             with self.lock:
                 if self.active >= self.limit:
                     self.pause_listeners()
+                    return
+                if self.share.should_defer(self.active, time.monotonic()):
+                    self.deferring = True  # a less loaded peer takes the next clients
+                    self.unwatch_listeners()
                     return
             try:
                 accepted = accept_one(listener, self.log)
@@ -175,16 +162,13 @@ class ThreadedWorker(Worker):
             return
         self.paused = True
         self.clients_waiting = bool(self.pending.poll(0))
-        for listener in self.listeners:
-            try:
-                self.selector.unregister(listener.sock)
-            except (KeyError, ValueError):
-                pass
+        self.unwatch_listeners()
 
     def dispatch(self, job: tuple) -> None:
         """Hand a connection to a waiting thread, or start a new one."""
         with self.lock:
             self.active += 1
+            self.share.publish(self.active)
             if self.idle_threads:
                 worker_thread = self.idle_threads.pop()
                 worker_thread.handoff.append(job)
@@ -197,6 +181,7 @@ class ThreadedWorker(Worker):
         except RuntimeError as exc:  # can't start a new thread: resources exhausted
             with self.lock:
                 self.active -= 1
+                self.share.publish(self.active)
             self.log.error("cannot start a connection thread: %s", exc)
             job[0].close()
 
@@ -205,6 +190,7 @@ class ThreadedWorker(Worker):
         """Called by a thread whose connection ended: its next job, or None to exit."""
         with self.lock:
             self.active -= 1
+            self.share.publish(self.active)
             if self.paused:
                 try:
                     os.write(self.freed_w, b"\0")
