@@ -307,6 +307,8 @@ class HTTPConnection:
     # -- head -------------------------------------------------------------------
     def _next_head(self):
         buf = self._buf
+        if not buf and not self._eof:
+            return NEED_DATA  # between requests, nothing received yet
         if self._rl is None and self._scan == 0:
             while buf.startswith(b"\r\n"):
                 del buf[:2]
