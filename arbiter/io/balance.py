@@ -7,9 +7,12 @@ own, whichever worker wakes first accepts the whole queue, and two workers
 split 50 connections 50/0 as often as 25/25. So each worker publishes how
 many connections it holds (its scoreboard row), and before accepting asks
 ``should_defer(mine, now)``: when it holds more than ``SLACK`` connections more
-than the least loaded serving peer, it stops watching the listeners for
+than the least loaded serving peer, it stops watching the listeners for up to
 ``DEFER`` seconds, leaving the queued clients to that peer (which the same
-readiness woke). A peer that is stopping, recycling, booting, or stuck in one
+readiness woke), and looks every ``RECHECK`` seconds whether the peers have
+caught up (``caught_up``): then it accepts again at once. (Without that, two
+workers under ``Connection: close`` load deferred to each other in turn and
+served a tenth of what one worker does.) A peer that is stopping, recycling, booting, or stuck in one
 request for over ``STUCK_AFTER`` seconds does not count. When the deferral ends
 the worker asks again: if the peers took connections meanwhile, it may defer
 again; if they took none (every peer is busy, or asleep in a long call), it
@@ -36,6 +39,7 @@ SLACK = 1  # connections a worker may hold above the least loaded peer and still
 DEFER = 0.01  # seconds a worker over its share leaves the queue to its peers
 FORCED = 0.05  # after a deferral: accept without asking, for this long
 STUCK_AFTER = 0.05  # a peer in one request for longer is not accepting
+RECHECK = 0.001  # while deferring: how often to look whether the peers have caught up
 
 
 class AcceptShare:
@@ -80,6 +84,12 @@ class AcceptShare:
         self.peers_free = not least_defers
         self.deferring(True)
         return True
+
+    def caught_up(self, held: int, now: float) -> bool:
+        """While deferring: the peers took enough (this worker is no longer over the least
+        loaded one), so it accepts again without waiting out ``DEFER``."""
+        least = self.peers.others(now, STUCK_AFTER)[0]
+        return least is None or held <= least + SLACK
 
     def deferring(self, deferring: bool) -> None:
         """Tell the peers whether this worker is leaving the queue to them now."""

@@ -65,6 +65,14 @@ class Poller:
         self._objects.pop(fd, None)
         self._poll.unregister(fd)
 
+    def forget(self, target: Any) -> None:
+        """``target`` is about to be closed, which ends its registration in the kernel
+        (the fd is not shared with another process): only the mapping goes."""
+        if self._ms:  # pragma: no cover - poll() keeps watching a closed fd
+            self.unregister(target)
+            return
+        self._objects.pop(_fd(target), None)
+
     def wait(self, timeout: float) -> list[tuple[Any, int]]:
         """What became ready within ``timeout`` seconds (0: just look)."""
         if self._ms:  # pragma: no cover - not Linux

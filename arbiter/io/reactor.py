@@ -49,7 +49,7 @@ from arbiter.http.lifecycle import (
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
-from arbiter.io.balance import AcceptShare
+from arbiter.io.balance import RECHECK, AcceptShare
 from arbiter.io.poller import READ as _READ
 from arbiter.io.poller import WRITE as _WRITE
 from arbiter.io.poller import Poller
@@ -166,6 +166,7 @@ class Reactor:
         self.socknames = {lst.fileno: lst.sock.getsockname() for lst in self.listeners}
         self.listening = False
         self.paused_until = 0.0
+        self.deferring = False  # paused to leave the accept queue to less loaded peers
         self.draining = False
         self.parser_name = self.handler.parser_name
         self.share = AcceptShare(worker.slot, int(worker.cfg.workers))
@@ -200,15 +201,17 @@ class Reactor:
                                          "connection(s) still open; closing them",
                                          worker.number, len(self.connections))
                         return
-                elif not self.listening and now >= self.paused_until \
-                        and len(self.connections) < self.max_open:
+                elif not self.listening and len(self.connections) < self.max_open and (
+                        now >= self.paused_until or self.deferring
+                        and self.share.caught_up(len(self.connections), now)):
+                    self.deferring = False
                     self.watch_listeners(True)
                 wait = next_beat - now
                 due = timers.next_due()
                 if due is not None and due - now < wait:
                     wait = due - now
                 if self.paused_until > now and not self.listening:
-                    wait = min(wait, self.paused_until - now)
+                    wait = min(wait, self.paused_until - now, RECHECK if self.deferring else wait)
                 events = selector.wait(max(wait, 0.0))
                 strategy.after_select()
                 for data, mask in events:
@@ -279,6 +282,7 @@ class Reactor:
             if share.should_defer(len(connections), time.monotonic()):
                 self.watch_listeners(False)  # a less loaded peer takes the next clients
                 self.paused_until = share.deferred_until
+                self.deferring = True
                 return
             try:
                 accepted = accept_one(listener, log)
@@ -542,7 +546,9 @@ class Reactor:
         self.timers.cancel(conn)
         self.connections.discard(conn)
         self.share.publish(len(self.connections))
-        self.set_interest(conn, 0)
+        if conn.events:  # closing the socket ends its epoll registration: no epoll_ctl
+            self.selector.forget(conn.transport.sock)
+            conn.events = 0
         conn.closed = True
         conn.transport.close()
         response = conn.response

@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
-from arbiter.io.balance import AcceptShare
+from arbiter.io.balance import RECHECK, AcceptShare
 from arbiter.workers.base import Worker
 from arbiter.workers.connection_thread import ConnectionThread
 
@@ -86,8 +86,8 @@ class ThreadedWorker(Worker):
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
         try:
             while self.between_requests():
-                wait = self.share.deferred_until - time.monotonic() if self.deferring else 1.0
-                for key, _ in selector.select(max(0.0, min(self.tick, wait))):
+                wait = RECHECK if self.deferring else self.tick
+                for key, _ in selector.select(wait):
                     data = key.data
                     if data is SIGNAL_ARRIVED:
                         self.drain_wakeup()
@@ -101,7 +101,9 @@ class ThreadedWorker(Worker):
                         resume = True
                     else:
                         resume = False
-                if self.deferring and time.monotonic() >= self.share.deferred_until:
+                now = time.monotonic()
+                if self.deferring and (now >= self.share.deferred_until
+                                       or self.share.caught_up(self.active, now)):
                     self.deferring = False
                     resume = not self.paused
                 if resume:
