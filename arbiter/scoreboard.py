@@ -60,6 +60,7 @@ assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 _OFF_STATE = 12
 _OFF_RECYCLE = 13  # one byte in the row's padding: 1 = "replace me" (max_requests)
 _OFF_DEFERRING = 14  # one byte: 1 = leaving the accept queue to its peers for a moment
+_OFF_CLOSED = 15  # one byte: 1 = accepts no more connections (stopping, draining)
 _OFF_HEARTBEAT = 24
 _OFF_REQUESTS = 32
 _OFF_IN_FLIGHT = 40
@@ -245,6 +246,10 @@ class SlotWriter:
         """How many rows the table has."""
         return len(self.memory) // ROW_SIZE
 
+    def set_closed(self) -> None:
+        """This worker accepts no more connections (it drains what it has)."""
+        self._bytes[self.base + _OFF_CLOSED] = 1
+
     def set_deferring(self, deferring: bool) -> None:
         self._bytes[self.base + _OFF_DEFERRING] = deferring
 
@@ -321,8 +326,9 @@ class SlotWriter:
 
 class PeerLoads:
     """What one worker reads of its peers' rows to share the load (arbiter.io.balance):
-    for each row in the first ``slots`` slots but its own, serving (idle or busy) and
-    not stuck in one long request, the connections it holds."""
+    for each row in the first ``slots`` slots but its own, serving (idle or busy, not
+    recycling, still accepting) and not stuck in one long request, the connections it
+    holds."""
 
     __slots__ = ("_i32", "_f64", "_bytes", "_own", "_slots")
 
@@ -344,7 +350,8 @@ class PeerLoads:
         for slot in range(self._slots):
             base = slot * ROW_SIZE
             if slot == self._own or raw[base + _OFF_STATE] not in (IDLE, BUSY) \
-                    or not i32[base // 4] or raw[base + _OFF_RECYCLE]:
+                    or not i32[base // 4] or raw[base + _OFF_RECYCLE] \
+                    or raw[base + _OFF_CLOSED]:
                 continue
             if i32[(base + _OFF_IN_FLIGHT) // 4] and \
                     now - f64[(base + _OFF_REQ_START) // 8] > stuck_after:

@@ -267,6 +267,7 @@ class Reactor:
         as its lifecycle promised (none is cut)."""
         self.watch_listeners(False)
         self.draining = True
+        self.worker.slot.set_closed()  # its peers stop counting on it
         for listener in self.listeners:
             listener.sock.close()
         for conn in list(self.connections):

@@ -110,6 +110,7 @@ class ThreadedWorker(Worker):
                     self.watch_listeners(selector)
                 elif self.paused:
                     self.clients_waiting = bool(self.pending.poll(0))
+            self.slot.set_closed()  # its peers stop counting on it
             self.log.debug("worker #%d (pid %d) stops accepting; %d connection(s) to finish",
                            self.number, os.getpid(), self.active)
         finally:
