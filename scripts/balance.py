@@ -336,21 +336,7 @@ def established_inodes(port: int) -> set[int]:
     return established_inodes_proc(port)
 
 
-def socket_inodes(pid: int) -> set[int]:
-    """Inodes of the sockets *pid* has open (empty if it is gone)."""
-    out: set[int] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            out.add(int(target[8:-1]))
-    return out
+socket_inodes = bench.socket_inodes  # inodes of the sockets a pid has open
 
 
 def connections_by_pid(port: int, pids: list[int]) -> tuple[dict[int, int], int]:

@@ -36,6 +36,7 @@ from arbiter.http.app_response import AppResponse  # noqa: E402
 from arbiter.http.inputs import EMPTY_INPUT  # noqa: E402
 from arbiter.http.lifecycle import READ, RESPOND, Lifecycle  # noqa: E402
 from arbiter.http.parsers import make_head_parser  # noqa: E402
+from arbiter.http.wsgi import NULL_OBSERVER  # noqa: E402
 from arbiter.logs import AccessLog  # noqa: E402
 
 REQUEST = (b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n"
@@ -49,26 +50,13 @@ def hello(environ, start_response):
     return [BODY]
 
 
-class Observer:
-    """The scoreboard hooks a worker passes, doing nothing (as NullObserver)."""
-
-    def heartbeat(self) -> None:
-        return None
-
-    def request_started(self, method: str, path: str, key: object = None) -> None:
-        return None
-
-    def request_finished(self, status: int, key: object = None) -> None:
-        return None
-
-
 def make_connection(parser: str, access_log: bool) -> Lifecycle:
     log = logging.getLogger("core_bench")
     access = AccessLog(os.devnull) if access_log else None
     handler = WSGIHandler(hello, HTTPSettings(parser=parser), log, access)
     return Lifecycle(handler, HTTPConnection(handler.settings, make_head_parser(parser)),
                      ("127.0.0.1", 50000), ("127.0.0.1", 8000), time.monotonic(),
-                     observer=Observer())
+                     observer=NULL_OBSERVER)
 
 
 def serve(lc: Lifecycle, count: int) -> int:
