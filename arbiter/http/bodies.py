@@ -9,10 +9,11 @@ such bodies is held in memory at once. Like nginx's
 its cap (``WORKER_BODY_MEMORY``); past either, it goes on in an anonymous
 temporary file (``tempfile.TemporaryFile``: in ``$TMPDIR``, gone when closed,
 and nothing of it is in the worker's memory). So 100 clients each sending a
-30 MB body cost the worker at most 16 MiB of memory, and a body that
-the transfer budget cuts short is dropped with its connection. (256 KiB per
-body: at 64 KiB, every 100 KB upload went through a temporary file -- a
-create, a write and a read-back per request, which halved the upload rate.)
+30 MB body cost the worker at most 8 MiB of memory, and a body that the
+transfer budget cuts short is dropped with its connection. (128 KiB per body:
+at 64 KiB, every 100 KB upload went through a temporary file -- a create, a
+write and a read-back per request, which halved the upload rate; the worker's
+cap went from 16 to 8 MiB, so the worst case holds less than before.)
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 __all__ = ["BODY_MEMORY", "WORKER_BODY_MEMORY", "BodySpool", "SpoolMemory"]
 
-BODY_MEMORY = 256 * 1024  # bytes of one body held in memory before it spills to a file
-WORKER_BODY_MEMORY = 16 * 1024 * 1024  # bytes of all bodies held in memory, per worker
+BODY_MEMORY = 128 * 1024  # bytes of one body held in memory before it spills to a file
+WORKER_BODY_MEMORY = 8 * 1024 * 1024  # bytes of all bodies held in memory, per worker
 
 
 class SpoolMemory:
