@@ -1,8 +1,10 @@
 """The reactor: one selector thread that owns every connection while it waits.
 
-Owns, for the evented and pooled workers alike: the selector, the listeners
-(watched, paused at ``max_connections``, rested after an accept error through
-:func:`~arbiter.io.accept.accept_one`), the signal wakeup fd, the deadline
+Owns, for the evented and pooled workers alike: the selector (an epoll
+:class:`~arbiter.io.poller.Poller`), the listeners (watched, paused at
+``max_connections``, rested after an accept error through
+:func:`~arbiter.io.accept.accept_one`, left for a moment to less loaded peer
+workers through :class:`~arbiter.io.balance.AcceptShare`), the signal wakeup fd, the deadline
 buckets (:class:`DeadlineBuckets`), and the engine that carries out each
 connection's :class:`~arbiter.http.lifecycle.Lifecycle` over a non-blocking
 transport: the PROXY header and the TLS handshake, reads, a whole request

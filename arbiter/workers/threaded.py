@@ -11,7 +11,9 @@ the GIL and the scheduler. This worker runs at most ``max_connections``
 connection threads. At the bound the main thread stops watching the listeners,
 so further clients wait in the kernel's listen backlog (they are neither
 refused nor failed) until a connection thread finishes and wakes the main
-thread through a pipe.
+thread through a pipe. Below the bound, a worker holding more connections
+than its least loaded peer leaves the next clients to that peer for a moment
+(:mod:`arbiter.io.balance`), so N workers share a burst of clients.
 
 A thread whose connection has ended waits a moment for the next one before it
 exits, so under steady load a connection does not pay a thread start (about
