@@ -567,11 +567,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def find_wrk() -> str | None:
+    """wrk's path, or None (said in the log) when it is not installed."""
     wrk_bin = shutil.which("wrk")
     if wrk_bin is None:
         log("wrk is not installed (Debian: apt-get install wrk)")
+    return wrk_bin
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk_bin = find_wrk()
+    if wrk_bin is None:
         return 2
     global SOCKET_TABLE
     SOCKET_TABLE = args.socket_table

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -299,9 +298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk_bin = shutil.which("wrk")
+    wrk_bin = balance.find_wrk()
     if wrk_bin is None:
-        log("wrk is not installed (Debian: apt-get install wrk)")
         return 2
     bench.install_signal_handlers()
     logdir = Path(tempfile.mkdtemp(prefix="arbiter-reload-cost-"))
