@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from dataclasses import dataclass, field
 
 # A unix socket a local proxy (nginx's workers run as another user) can connect to;
@@ -74,9 +75,18 @@ class Listener:
     sock: socket.socket
     created_path: str | None = None  # a unix socket file we made (unlinked on close)
     fileno: int = field(init=False)
+    # Accepted sockets come with TCP_NODELAY already set: Linux copies it from the
+    # listener, which saves a setsockopt per connection.
+    nodelay_inherited: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.fileno = self.sock.fileno()
+        if self.sock.family != socket.AF_UNIX and sys.platform.startswith("linux"):
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.nodelay_inherited = True
+            except OSError:
+                pass
 
     @property
     def name(self) -> str:

@@ -1,7 +1,10 @@
 """Accepting a connection: one function and one back-off policy for every worker type.
 
 Owns :func:`accept_one`. An accepted TCP socket gets ``TCP_NODELAY`` (a
-response head and its small body are one write; nothing waits for Nagle).
+response head and its small body are one write; nothing waits for Nagle) --
+on Linux from its listener (see :class:`~arbiter.sockets.Listener`), with no
+call per connection. The socket is left in blocking mode: the transports read
+and write with ``MSG_DONTWAIT``, which saves the ``ioctl`` per connection.
 When the process or the system is out of descriptors or buffers
 (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``) the listener stays readable,
 so accepting again at once would spin: :class:`AcceptPaused` tells the caller
@@ -61,7 +64,7 @@ def accept_one(listener: Any, log: logging.Logger) -> tuple[socket.socket, Any] 
         log.debug("accept on %s failed: %s", listener.name, exc)
         return None  # a client gone before we took it; the listener stays readable
     sock = socket.socket(family, kind, proto, fd)
-    if family != socket.AF_UNIX:
+    if family != socket.AF_UNIX and not listener.nodelay_inherited:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:

@@ -28,6 +28,7 @@ from arbiter.http.proxy_protocol import (
 __all__ = ["ProxyHeaderTaker"]
 
 _PEEK = 16 + MAX_V2_LENGTH  # the longest header there can be
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # the socket may be in blocking mode
 
 
 class ProxyHeaderTaker:
@@ -43,7 +44,7 @@ class ProxyHeaderTaker:
         """The header once it is complete; None while more must arrive. Raises
         ClientDisconnected for a malformed header, or a peer gone before it ended."""
         try:
-            peeked = sock.recv(_PEEK - len(self.taken), socket.MSG_PEEK)
+            peeked = sock.recv(_PEEK - len(self.taken), socket.MSG_PEEK | _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
@@ -59,7 +60,7 @@ class ProxyHeaderTaker:
             raise ClientDisconnected("the peer closed before sending a PROXY header")
         wanted = len(peeked) if result is NEED_MORE else len(peeked) - len(result.rest)
         try:
-            data = sock.recv(wanted)  # what was peeked is there: this takes exactly it
+            data = sock.recv(wanted, _MSG_DONTWAIT)  # what was peeked: exactly it
         except OSError as exc:
             raise ClientDisconnected(f"recv failed: {exc}") from None
         self.taken += data

@@ -111,7 +111,8 @@ class BlockingTransport(_SocketEnds):
                  watch_fds: tuple[int, ...] | list[int] = ()) -> None:
         """``watch_fds``: descriptors that end an idle wait when readable (a preforked
         worker's listeners and wakeup fd: someone else waits, or a signal came)."""
-        sock.setblocking(False)
+        if not self.plain or not _MSG_DONTWAIT:
+            sock.setblocking(False)  # else every read and write says MSG_DONTWAIT itself
         self.sock = sock
         self.heartbeat = heartbeat
         self._rpoll = select.poll()
@@ -244,6 +245,7 @@ class BlockingTransport(_SocketEnds):
     def sendfile(self, file: Any, offset: int, count: int, budget: Any) -> int:
         """Zero-copy ``count`` bytes of ``file`` from ``offset``; the bytes sent."""
         fd = file.fileno()
+        self.sock.setblocking(False)  # sendfile takes no MSG_DONTWAIT
         out = self.sock.fileno()
         total = 0
         while total < count:
@@ -342,7 +344,8 @@ class NonBlockingTransport(_SocketEnds):
     __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+        if not _MSG_DONTWAIT:
+            sock.setblocking(False)  # else every read and write says MSG_DONTWAIT itself
         self.sock = sock
 
     def fileno(self) -> int:
@@ -358,7 +361,7 @@ class NonBlockingTransport(_SocketEnds):
     def recv(self) -> bytes | None:
         """Bytes, b"" at EOF, None if the socket has nothing now."""
         try:
-            return self.sock.recv(RECV_SIZE)
+            return self.sock.recv(RECV_SIZE, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
@@ -368,8 +371,8 @@ class NonBlockingTransport(_SocketEnds):
         """Write what the socket takes of ``buffers`` now (one writev); the count."""
         try:
             if len(buffers) == 1:
-                return self.sock.send(buffers[0])
-            return self.sock.sendmsg(buffers[:64])
+                return self.sock.send(buffers[0], _MSG_DONTWAIT)
+            return self.sock.sendmsg(buffers[:64], (), _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
@@ -377,6 +380,7 @@ class NonBlockingTransport(_SocketEnds):
 
     def sendfile(self, file: Any, offset: int, count: int) -> int:
         """What the socket takes of the file segment now (0: would block)."""
+        self.sock.setblocking(False)  # sendfile takes no MSG_DONTWAIT
         try:
             return os.sendfile(self.sock.fileno(), file.fileno(), offset,
                                min(count, SENDFILE_CHUNK))

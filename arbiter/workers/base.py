@@ -50,6 +50,7 @@ EXIT_APP_NOT_WSGI = 4  # the app loaded but is not a WSGI callable (an ASGI app)
 
 # The signal the master sends before killing a hung worker: dump tracebacks.
 TRACEBACK_SIGNAL = signal.SIGUSR2
+PARENT_CHECK_INTERVAL = 0.5  # seconds between getppid() checks (PR_SET_PDEATHSIG is the main guard)
 
 
 def http_settings(cfg: Any, worker_type: str, multithread: bool = False,
@@ -130,6 +131,7 @@ class Worker:
         # Blocking drivers pass it to serve_connection, which does the handshake.
         self.tls = tls
         self.alive = True
+        self.parent_checked_at = 0.0  # when getppid() last said the master lives
         self.reopen_requested = False
         self.requests_served = 0
         self.recycle_asked = False
@@ -270,10 +272,13 @@ class Worker:
             logs.reopen_log_files()
             faulthandler.register(TRACEBACK_SIGNAL, file=error_log_fileno(self.log),
                                   all_threads=True, chain=False)
-        if os.getppid() != self.master_pid:
-            self.log.warning("worker #%d (pid %d): master is gone, exiting",
-                             self.number, os.getpid())
-            self.alive = False
+        now = time.monotonic()
+        if now >= self.parent_checked_at + PARENT_CHECK_INTERVAL:  # not once per connection
+            self.parent_checked_at = now
+            if os.getppid() != self.master_pid:
+                self.log.warning("worker #%d (pid %d): master is gone, exiting",
+                                 self.number, os.getpid())
+                self.alive = False
         return self.alive
 
     def stopping(self) -> bool:

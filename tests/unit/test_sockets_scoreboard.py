@@ -88,6 +88,38 @@ def test_failed_open_listeners_closes_what_it_opened():
         taken.close()
 
 
+@pytest.mark.timeout(10)
+def test_accepted_tcp_sockets_have_nodelay_and_read_without_blocking():
+    """Nagle off on every accepted connection (from the listener on Linux, with no call
+    per connection); the blocking-mode socket never blocks a transport's read."""
+    import logging
+
+    from arbiter.io.accept import accept_one
+    from arbiter.io.transport import BlockingTransport, NonBlockingTransport
+
+    listener = open_listener(parse_address("127.0.0.1:0"), 16)
+    listener.sock.setblocking(False)
+    client = socket.create_connection(listener.sock.getsockname()[:2], timeout=5)
+    try:
+        accepted = None
+        for _ in range(1000):
+            accepted = accept_one(listener, logging.getLogger("test"))
+            if accepted is not None:
+                break
+        assert accepted is not None
+        sock, _peer = accepted
+        with sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert BlockingTransport(sock).recv() is None  # nothing sent yet: no wait
+            assert NonBlockingTransport(sock).recv() is None
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            transport = BlockingTransport(sock)
+            assert transport.recv_until(float("inf")) == b"GET / HTTP/1.1\r\n\r\n"
+    finally:
+        client.close()
+        listener.close()
+
+
 def test_scoreboard_rows_are_shared_with_a_forked_writer():
     board = Scoreboard(slots=4)
     board.claim(2, generation=5, number=3)
