@@ -1,9 +1,15 @@
-"""Loading the WSGI application named by the ``app`` setting.
+"""Loading the application named by the ``app`` setting, and telling WSGI from ASGI.
 
 Owns the forms ``module:attr``, ``module:attr.sub`` and ``module:factory()``
 (a factory called with no arguments), plus ``module`` alone, which looks for
 ``application`` then ``app``. Failures raise AppLoadError carrying the full
 import traceback, so the master can print it and exit 3.
+
+Also owns the one rule that matches an app to a worker type
+(:func:`serving_worker_type`): an ASGI app (3, or 2 "double callable") is served
+by ``asgi``, picked by itself when ``worker_type`` is unset; an ASGI app on a
+WSGI type, or a WSGI app on ``asgi``, is an :class:`AppKindError` -- the same
+words at ``arbiter check``, at start, on reload and in a worker.
 """
 
 from __future__ import annotations
@@ -191,10 +197,51 @@ def asgi_reason(app: Any) -> str | None:
     return None
 
 
-def asgi_not_supported_message(spec: str, reason: str) -> str:
-    """What the user is told when ``app`` is ASGI (``reason`` from :func:`asgi_reason`);
-    ``arbiter check`` and the server's start say the same words."""
-    return (f"app {spec!r} is {reason}, not a WSGI callable: arbiter's worker types "
-            f"(forked, preforked, threaded, pooled, evented) serve WSGI; ASGI "
-            f"(worker_type: asgi) is not supported yet. Give arbiter a WSGI app, or serve "
-            f"this one with an ASGI server for now")
+def asgi2_reason(app: Any) -> str | None:
+    """Why ``app`` is an ASGI 2 ("double callable") application; None when it isn't one.
+
+    ASGI 2: a class called with the scope, whose instance is then awaited with
+    ``(receive, send)`` -- its ``__call__`` is a coroutine function. A class that
+    is awaitable itself (``__await__``) is not one, and neither is a WSGI class
+    (called with ``(environ, start_response)``, iterated).
+    """
+    if not inspect.isclass(app) or hasattr(app, "__await__"):
+        return None
+    call = inspect.getattr_static(app, "__call__", None)
+    if inspect.iscoroutinefunction(call):
+        return f"an ASGI 2 application (class {app.__qualname__}, async __call__(receive, send))"
+    return None
+
+
+class AppKindError(Exception):
+    """The app's kind (WSGI or ASGI) does not fit the worker type the config names;
+    ``str()`` is the message ``arbiter check`` and the start both print."""
+
+
+def serving_worker_type(spec: str, app: Any, worker_type: str, chosen: bool) -> str:
+    """The worker type that serves ``app``: ``worker_type``, or ``asgi`` for an ASGI app
+    when the config did not choose one (``chosen`` False). Raises AppKindError when a
+    chosen type cannot serve the app: an ASGI app on a WSGI type, a WSGI app on asgi."""
+    reason = asgi_reason(app) or asgi2_reason(app)
+    if reason is not None:
+        if worker_type == "asgi":
+            return worker_type
+        if not chosen:
+            return "asgi"
+        raise AppKindError(
+            f"app {spec!r} is {reason}, not a WSGI callable, but worker_type is "
+            f"{worker_type!r}, which serves WSGI apps: set worker_type: asgi (or leave "
+            f"worker_type unset and arbiter picks asgi for an ASGI app)")
+    if worker_type == "asgi":
+        raise AppKindError(
+            f"app {spec!r} is not an ASGI application (no async def (scope, receive, send), "
+            f"no async __call__), but worker_type is 'asgi': serve a WSGI app with one of the "
+            f"WSGI worker types (forked, preforked, threaded, pooled, evented), or point "
+            f"app at the ASGI application")
+    return worker_type
+
+
+def worker_type_chosen(cfg: Any) -> bool:
+    """Did the config file, the environment or the command line set ``worker_type``?"""
+    origin = getattr(cfg, "origin", None)
+    return origin is None or origin("worker_type") != "default"

@@ -92,11 +92,12 @@ def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
         description = ("Check a config as the start would, without starting: load it, then "
                        "the TLS files, log paths, user/group, pidfile and control socket "
                        "directories, bind addresses (parsed and resolved, not bound), hooks, "
-                       "worker type and the app (imported; an ASGI app is refused). Exit 0 "
+                       "worker type and the app (imported; WSGI or ASGI, it must fit the worker "
+                       "type). Exit 0 "
                        "with an OK line, or 1 with every problem, one per line. Settings "
                        "that would have no effect are warnings (still exit 0).")
     else:
-        description = "Run a WSGI app under a supervising master process."
+        description = "Run a WSGI or ASGI app under a supervising master process."
     parser = _Parser(prog=prog, description=description,
                      epilog=None if checking else _EPILOG)
     parser.add_argument("app_spec", nargs="?", metavar="APP",
@@ -184,7 +185,7 @@ def check(ns: argparse.Namespace, prog: str = "arbiter check") -> int:
         return 1
     where = cfg.source or "defaults"
     print(f"{prog}: OK: config {where}; app {cfg.app} loads; "
-          f"{cfg.workers} {cfg.worker_type} worker(s) on {', '.join(cfg.bind)}")
+          f"{cfg.workers} {problems.worker_type} worker(s) on {', '.join(cfg.bind)}")
     return 0
 
 

@@ -206,6 +206,13 @@ def choice(*options: str) -> Converter:
     return convert
 
 
+def lifespan_mode(value: Any, text: bool) -> str:
+    """auto | on | off -- YAML reads a bare on/off as a boolean, which means the same."""
+    if value is True or value is False:
+        return "on" if value else "off"
+    return choice("auto", "on", "off")(value, text)
+
+
 def string(value: Any, text: bool) -> str:
     """A non-empty string."""
     if isinstance(value, str) and value.strip():
@@ -529,7 +536,8 @@ SECTIONS: Mapping[str, str] = MappingProxyType(
 _opt_str = optional(string)
 _opt_hook = optional(hook_spec)
 
-WORKER_TYPES: tuple[str, ...] = ("forked", "preforked", "threaded", "pooled", "evented")
+WORKER_TYPES: tuple[str, ...] = ("forked", "preforked", "threaded", "pooled", "evented", "asgi")
+WSGI_WORKER_TYPES: tuple[str, ...] = WORKER_TYPES[:-1]
 
 # Gunicorn's worker classes (its -k/--worker-class) that have an arbiter worker type.
 GUNICORN_WORKER_CLASSES: Mapping[str, str] = MappingProxyType({
@@ -543,8 +551,7 @@ _GUNICORN_WITHOUT_EQUIVALENT: Mapping[str, str] = MappingProxyType({
               "(the app must never block) or pooled (threads for blocking I/O)",
     "eventlet": "arbiter does not monkey-patch; for many idle or slow clients use evented "
                 "(the app must never block) or pooled (threads for blocking I/O)",
-    "tornado": "arbiter serves WSGI apps only",
-    "asgi": "ASGI (worker_type: asgi) is not supported yet; arbiter serves WSGI apps",
+    "tornado": "arbiter serves WSGI and ASGI apps only",
 })
 _GUNICORN_WITHOUT_EQUIVALENT_ALIASES = {"gevent_wsgi": "gevent", "gevent_pywsgi": "gevent"}
 
@@ -560,6 +567,8 @@ def gunicorn_worker_class(value: str) -> tuple[str, str]:
     word = value.strip()
     ours = ", ".join(WORKER_TYPES)
     key = word.lower()
+    if key == "asgi":
+        return key, ""
     if key in GUNICORN_WORKER_CLASSES:
         mapped = GUNICORN_WORKER_CLASSES[key]
         return mapped, (f"gunicorn's {key!r} worker class is arbiter's {mapped!r} worker type; "
@@ -570,11 +579,12 @@ def gunicorn_worker_class(value: str) -> tuple[str, str]:
                          f"{_GUNICORN_WITHOUT_EQUIVALENT[key]}. arbiter's worker types: "
                          f"{ours} (gunicorn's sync = preforked, gthread = pooled)")
     if "." in word:
-        what = "an ASGI worker: ASGI (worker_type: asgi) is not supported yet" \
-            if "uvicorn" in key or "asgi" in key else "a worker class path"
-        raise ValueError(f"{word!r} is {what}. arbiter has no pluggable worker classes; its "
-                         f"worker types: {ours} (gunicorn's sync = preforked, "
-                         f"gthread = pooled)")
+        if "uvicorn" in key or "asgi" in key:
+            return "asgi", (f"{word!r} is an ASGI worker class: arbiter's own is worker_type "
+                            f"asgi; serving with asgi")
+        raise ValueError(f"{word!r} is a worker class path. arbiter has no pluggable worker "
+                         f"classes; its worker types: {ours} (gunicorn's sync = preforked, "
+                         f"gthread = pooled, uvicorn's worker = asgi)")
     return word, ""
 
 SETTINGS: tuple[Setting, ...] = (
@@ -601,19 +611,24 @@ SETTINGS: tuple[Setting, ...] = (
             'integer >= 1, or "auto" (= CPU count)',
             ("-w", "--workers"), "N"),
     Setting("worker_type", "preforked", choice(*WORKER_TYPES),
-            "forked | preforked | threaded | pooled | evented",
+            "forked | preforked | threaded | pooled | evented | asgi; unset, an ASGI app"
+            " gets asgi",
             ("-k", "--worker-type"), "TYPE", aliases=("--worker-class",),
             translate_cli=gunicorn_worker_class),
+    Setting("lifespan", "auto", lifespan_mode,
+            "auto | on | off (asgi): the app's lifespan startup runs before a worker serves,"
+            " its shutdown on stop; auto: skipped when the app does not support it",
+            ("--lifespan",), "MODE", applies_to=("asgi",)),
     Setting("threads", 4, integer(1),
             "pooled: threads per worker",
             ("-t", "--threads"), "N", applies_to=("pooled",)),
     Setting("max_connections", 1000, integer(1),
-            "forked/threaded/pooled/evented: open connections per worker",
+            "forked/threaded/pooled/evented/asgi: open connections per worker",
             ("--max-connections",), "N", aliases=("--worker-connections",),
-            applies_to=("forked", "threaded", "pooled", "evented")),
+            applies_to=("forked", "threaded", "pooled", "evented", "asgi")),
     Setting("timeout", 30, number(0),
             "a worker stuck this long is killed (threaded/pooled: recycled; forked: the stuck"
-            " child), with its traceback (0 = off)",
+            " child; asgi: the request is cancelled, 504), with its traceback (0 = off)",
             ("--timeout",), "SECONDS"),
     Setting("graceful_timeout", 30, number(0),
             "seconds to finish in-flight requests on stop/reload/scale-down",

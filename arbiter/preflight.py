@@ -5,7 +5,7 @@ fails on what ``arbiter -c FILE`` would fail on: the TLS context, every log
 target, ``user``/``group``, the pidfile's and the control socket's
 directories, every bind address and ``admin_bind`` (parsed and resolved,
 never bound), ``chdir``, the hooks, the worker type, and the app itself
-(imported; an ASGI app is refused). Each problem is one message that starts
+(imported; its kind, WSGI or ASGI, must fit the worker type). Each problem is one message that starts
 with the setting it is about, in the words the server's start uses where it
 has words for it; every problem is reported, not just the first.
 
@@ -167,25 +167,35 @@ def _hook_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def _app_problem(cfg: Config) -> str | None:
+class Problems(list):
+    """The problems :func:`find_problems` found; ``worker_type`` is the type that would
+    serve the app (asgi for an ASGI app when the config sets none)."""
+
+    worker_type: str = ""
+
+
+def _app_problem(cfg: Config, problems: Problems) -> str | None:
     from arbiter.appload import (
+        AppKindError,
         AppLoadError,
-        asgi_not_supported_message,
-        asgi_reason,
         load_app,
+        serving_worker_type,
+        worker_type_chosen,
     )
 
     try:
         app: Any = load_app(cfg.app)
     except AppLoadError as exc:
         return f"app: {exc}"
-    reason = asgi_reason(app)
-    if reason:
-        return asgi_not_supported_message(cfg.app, reason)
+    try:
+        problems.worker_type = serving_worker_type(cfg.app, app, cfg.worker_type,
+                                                   worker_type_chosen(cfg))
+    except AppKindError as exc:
+        return str(exc)
     return None
 
 
-def find_problems(cfg: Config) -> list[str]:
+def find_problems(cfg: Config) -> Problems:
     """Everything a valid ``cfg`` would still fail on at start; [] when it would start.
 
     Runs in the order the server meets them. It changes into ``chdir`` and
@@ -197,7 +207,8 @@ def find_problems(cfg: Config) -> list[str]:
     from arbiter.tls import server_context
     from arbiter.workers import worker_class
 
-    problems: list[str] = []
+    problems = Problems()
+    problems.worker_type = cfg.worker_type
 
     def note(problem: str | None) -> None:
         if problem:
@@ -233,7 +244,7 @@ def find_problems(cfg: Config) -> list[str]:
         message = str(exc)
         note(message if message.startswith(("worker_type", "unknown worker_type"))
              else f"worker_type: {message}")
-    note(_app_problem(cfg))
+    note(_app_problem(cfg, problems))
     return problems
 
 

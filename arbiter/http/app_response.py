@@ -498,6 +498,40 @@ class AppResponse:
         return ResponseOutcome(self.code if self.head_sent else 0, self.keep_alive,
                                self.body_bytes, self.aborted)
 
+    # -- an app that sends its response itself (the ASGI adapter) ----------------------
+    def send_body(self, data: bytes, more: bool) -> None:
+        """Body bytes from an app that sends its response itself, after
+        :meth:`start_response`: the head goes out with the first piece (an empty one
+        too), a whole body sent in one piece gets a Content-Length, and the last piece
+        (``more`` False) ends the response. Raises for a body that is not bytes."""
+        if self.finished:
+            return
+        if not more and not self.head_sent:
+            if type(data) is not bytes:
+                self.write(data)  # raises for what is not bytes-like
+                data = bytes(data)
+            self._whole(data)
+            self.finished = True
+            return
+        if data:
+            self.write(data)
+        elif not self.head_sent:
+            self.pending.append(self._head(None))
+            self.head_sent = True
+        if not more:
+            self._end()
+
+    def take_pending(self) -> list[bytes]:
+        """The pieces ready to be written now (for a driver that does not :meth:`pull`)."""
+        pending = self.pending
+        self.pending = []
+        return pending
+
+    def fail(self, exc: Exception) -> None:
+        """The app failed: a 500 (or the RequestBodyError's status) if the head has not
+        gone out, else the connection is cut; the error is logged."""
+        self._failed(exc)
+
     def _failed(self, exc: Exception) -> None:
         """The app (or its iterable, or the body it read) failed."""
         request = self.request
@@ -512,6 +546,12 @@ class AppResponse:
             log.error("Error handling request %s %s", request.method,
                       request.target.decode("latin-1"), exc_info=exc)
             code = 500
+        self.answer_instead(code)
+
+    def answer_instead(self, code: int) -> None:
+        """The response cannot be completed (the app failed, or ran out of time): the
+        client gets ``code`` if the head has not gone out, else a cut connection."""
+        request = self.request
         self.finished = True
         self.done = True
         if self.head_sent:

@@ -6,7 +6,7 @@ must have moved (whole-phase deadlines), whether to send ``100 Continue``,
 whether the connection may be kept alive, how much unread body to drain,
 when to linger before closing, the core's own error answers (400/408/413/
 431/…) and what a stop request means in each phase. Drivers (the blocking
-one, the reactor, later asyncio) only move bytes and wait; none of them
+one, the reactor, the asyncio one) only move bytes and wait; none of them
 decides any of this.
 
 Phases (``Lifecycle.phase``)::
@@ -30,7 +30,8 @@ The driver's loop::
                     or lc.timed_out(now) when the deadline passes
         WRITE    -> write lc.take_output() (a 100 Continue, a core error answer)
         RESPOND  -> run the app for lc.request (lc.body_input when bodies are buffered,
-                    else pull the body with lc.read_body); then lc.response_done(outcome)
+                    else pull the body with lc.read_body, or lc.next_body_piece from a
+                    driver that must not block); then lc.response_done(outcome)
         LINGER   -> shut the write side; READ until lc.deadline, discarding; then close
         CLOSE    -> close the connection
 
@@ -207,7 +208,7 @@ class Lifecycle:
         self.continue_owed = False
         self.request_start = now
         self.budget = self.new_budget(now)
-        self.wait_start = now  # buffered body: waiting for the client since
+        self.wait_start: float | None = now  # waiting for the client's body since
         self.drained = 0  # unread body discarded after the response
         self.lingered = 0
         self.answered = False  # the current request has been answered (or refused)
@@ -244,9 +245,10 @@ class Lifecycle:
             return
         if phase == BODY or phase == DRAIN:  # the reactor waits for the client all along
             budget = self.budget
-            budget.waited(now - self.wait_start)
+            if self.wait_start is not None:  # None: nobody waits (the app has not asked)
+                budget.waited(now - self.wait_start)
+                self.wait_start = now
             budget.moved(len(data), now)
-            self.wait_start = now
             self.deadline = budget.wait_deadline(now)
             if phase == DRAIN:
                 self.drained += len(data)
@@ -471,13 +473,53 @@ class Lifecycle:
             if event is NEED_DATA:
                 data = recv(self.budget)
                 if data is None:  # the client is there, just too slow: it is told so
-                    raise RequestBodyError(ProtocolError(408, "the request body arrived too "
-                                                              "slowly", self.request))
+                    raise self.body_too_slow()
                 http.receive_data(data)
                 continue
             if etype is ProtocolError:
                 raise RequestBodyError(event)
             raise ClientDisconnected("connection closed inside the request body")
+
+    def next_body_piece(self, now: float) -> bytes | None:
+        """The next piece of the request body for a driver that must not block (asyncio):
+        bytes, ``b""`` at its end, or None when the client has to send more. Then the
+        driver waits until ``self.deadline`` (the body's transfer budget: only the time
+        the app waits for the client counts), hands what arrives to :meth:`received`
+        and asks again; when the deadline passes first it raises :meth:`body_too_slow`.
+        The ``100 Continue`` owed before the first read is queued for
+        :meth:`take_output`. Raises RequestBodyError (a body the core refuses) or
+        ClientDisconnected (the client closed inside the body)."""
+        http = self.http
+        if self.continue_owed:
+            self.continue_owed = False
+            if not http.message_complete:
+                self.out.append(CONTINUE_RESPONSE)
+        if self.phase == APP:  # the app's first read: the body's budget starts
+            self.phase = BODY
+            self.budget = self.new_budget(now)
+            self.wait_start = None
+        event = http.next_event()
+        etype = type(event)
+        if etype is Data:
+            self.wait_start = None  # the app has bytes: its own pace is not the client's
+            return event.data
+        if etype is EndOfMessage:
+            self.phase = APP
+            self.deadline = _INF
+            return b""
+        if event is NEED_DATA:
+            if self.wait_start is None:
+                self.wait_start = now
+            self.deadline = self.budget.wait_deadline(now)
+            return None
+        if etype is ProtocolError:
+            raise RequestBodyError(event)
+        raise ClientDisconnected("connection closed inside the request body")
+
+    def body_too_slow(self) -> RequestBodyError:
+        """The error for a body whose transfer budget ran out (the client is told 408)."""
+        return RequestBodyError(ProtocolError(408, "the request body arrived too slowly",
+                                              self.request))
 
     def writing(self, now: float) -> TransferBudget:
         """A response (or a core answer) starts to go out: its budget, for the driver to

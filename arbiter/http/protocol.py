@@ -294,6 +294,11 @@ class HTTPConnection:
         return bool(self._buf)
 
     @property
+    def buffered(self) -> int:
+        """How many received bytes wait to be parsed (a driver bounds its reads by it)."""
+        return len(self._buf)
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received but not consumed (e.g. a pipelined next request)."""
         return bytes(self._buf)

@@ -28,12 +28,13 @@ from typing import Any
 
 from arbiter import logs
 from arbiter.appload import (
+    AppKindError,
     AppLoadError,
-    asgi_not_supported_message,
-    asgi_reason,
     forget_project_modules,
     load_app,
     prepare_import_path,
+    serving_worker_type,
+    worker_type_chosen,
 )
 from arbiter.hooks import HookError, load_hooks
 from arbiter.master.process import describe_log_target
@@ -99,11 +100,15 @@ class ReloadTransaction:
                 self.reload_aborted(f"the app cannot be loaded: {exc.summary} (traceback in the "
                                     f"error log, {describe_log_target(self.cfg.log.error_log)})")
                 return
-            asgi = asgi_reason(app)
-            if asgi is not None:
+            try:
+                serving = serving_worker_type(new_cfg.app, app, new_cfg.worker_type,
+                                              worker_type_chosen(new_cfg))
+            except AppKindError as exc:
                 self.forget_listeners(opened)
-                self.reload_aborted(asgi_not_supported_message(new_cfg.app, asgi))
+                self.reload_aborted(str(exc))
                 return
+            if serving != new_cfg.worker_type:
+                cls = worker_class(serving)
         try:
             hooks = load_hooks(new_cfg.hooks, self.log)
         except HookError as exc:

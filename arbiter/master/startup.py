@@ -23,11 +23,12 @@ from typing import Any
 
 from arbiter import logs, systemd
 from arbiter.appload import (
+    AppKindError,
     AppLoadError,
-    asgi_not_supported_message,
-    asgi_reason,
     load_app,
     prepare_import_path,
+    serving_worker_type,
+    worker_type_chosen,
 )
 from arbiter.control import ControlServer, default_socket_path
 from arbiter.hooks import HookError, load_hooks
@@ -94,9 +95,14 @@ class Startup:
                 app = load_app(cfg.app)
             except AppLoadError as exc:
                 raise StartupError(EXIT_APP, f"the app cannot be loaded: {exc}") from None
-            asgi = asgi_reason(app)
-            if asgi is not None:
-                raise StartupError(EXIT_CONFIG, asgi_not_supported_message(cfg.app, asgi))
+            try:
+                serving = serving_worker_type(cfg.app, app, cfg.worker_type,
+                                              worker_type_chosen(cfg))
+            except AppKindError as exc:
+                raise StartupError(EXIT_CONFIG, str(exc)) from None
+            if serving != cfg.worker_type:
+                self.log.info("app %s is an ASGI app: serving it with asgi workers", cfg.app)
+                cls = worker_class(serving)
         inherited = decode_inherited(os.environ.pop(UPGRADE_FDS_ENV, ""))
         self.upgraded_from = int(os.environ.pop(UPGRADE_FROM_ENV, "0") or 0) or None
         try:
@@ -180,8 +186,11 @@ class Startup:
                           cfg.admin_bind)
         for lst in listeners:
             self.log.info("listening on %s", lst.name)
+        kind = cls.worker_type
+        if app is None and not worker_type_chosen(cfg):
+            kind += " (asgi if the app is ASGI)"
         self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
-                      self.pid, self.target, cfg.worker_type, cfg.app)
+                      self.pid, self.target, kind, cfg.app)
 
     def daemonize(self) -> None:
         """--daemon: detach from the terminal (python-daemon), keeping listeners and logs.

@@ -120,7 +120,7 @@ class StatusReport:
         return {
             "master": {
                 "pid": self.pid, "uptime": round(time.time() - self.started_at, 3),
-                "config": cfg.source, "worker_type": cfg.worker_type, "app": cfg.app,
+                "config": cfg.source, "worker_type": self.current.worker_type, "app": cfg.app,
                 "listeners": [lst.name for lst in self.listeners.values()],
                 "generation": self.current.number, "target_workers": self.target,
                 "reloading": self.pending is not None, "stopping": self.stop_mode,
@@ -161,7 +161,7 @@ class StatusReport:
         if gen is None:
             return "starting"
         ready = sum(1 for w in self.live_workers(gen) if w.ready)
-        text = (f"generation {gen.number}: {ready}/{self.target} {gen.cfg.worker_type} "
+        text = (f"generation {gen.number}: {ready}/{self.target} {gen.worker_type} "
                 f"worker(s) ready")
         if self.pending is not None:
             new = sum(1 for w in self.live_workers(self.pending.generation) if w.ready)
@@ -177,7 +177,7 @@ class StatusReport:
         ready = sum(1 for w in self.live_workers(self.current) if w.ready)
         if ready >= self.target:
             self.announced_ready = True
-            self.log.info("ready: %d %s worker(s) serving", ready, self.current.cfg.worker_type)
+            self.log.info("ready: %d %s worker(s) serving", ready, self.current.worker_type)
             if self.upgraded_from:
                 self.notify.mainpid(ready=True, status=self.status_line())
             else:

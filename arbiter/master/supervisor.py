@@ -36,10 +36,10 @@ from arbiter.master.process import (
     drop_privileges,
     fork_with_signals_blocked,
 )
-from arbiter.notices import FAILED
+from arbiter.notices import FAILED, READY
 from arbiter.scoreboard import BOOTING, FREE
 from arbiter.sockets import Listener
-from arbiter.workers.base import EXIT_APP_LOAD_FAILED, EXIT_APP_NOT_WSGI
+from arbiter.workers.base import EXIT_APP_KIND_MISMATCH, EXIT_APP_LOAD_FAILED
 
 # Why workers were replaced, as `ctl status` and the metrics count them.
 RESTART_REASONS = {"timed out": "timeout", "max_worker_memory": "memory",
@@ -62,6 +62,13 @@ class Generation:
     app: Any = None  # the preloaded app, when preload_app
     tls: Any = None  # the ssl.SSLContext every listener serves with (None: plain HTTP)
     hooks: Hooks | None = None
+    # The worker type its workers said they serve as (their ready notice): asgi for an
+    # ASGI app when worker_type is unset and the master did not import the app itself.
+    serving_type: str = ""
+
+    @property
+    def worker_type(self) -> str:
+        return self.serving_type or self.worker_cls.worker_type
 
 
 @dataclass
@@ -92,6 +99,8 @@ class Supervisor:
             worker = self.workers.get(notice.pid)
             if worker is not None and notice.kind == FAILED:
                 worker.failure = notice.text
+            elif worker is not None and notice.kind == READY and notice.text:
+                worker.generation.serving_type = notice.text
 
     def spawn_worker(self, gen: Generation) -> None:
         assert self.scoreboard is not None
@@ -224,7 +233,7 @@ class Supervisor:
         self.count_restart("crash")
         # Died before it was ready: a boot failure.
         why = f"a new worker failed to boot ({how})"
-        if worker.failure and code == EXIT_APP_NOT_WSGI:
+        if worker.failure and code == EXIT_APP_KIND_MISMATCH:
             why += f": {worker.failure}"
         elif worker.failure:
             why += f": {worker.failure} (traceback in the error log, "
@@ -233,9 +242,9 @@ class Supervisor:
             self.abort_reload(why)
             return
         self.mark_ready_workers()  # a sibling may have booted since the last turn
-        if code in (EXIT_APP_LOAD_FAILED, EXIT_APP_NOT_WSGI) and not self.ever_ready:
-            if code == EXIT_APP_NOT_WSGI:
-                self.log.error("%s; exiting", worker.failure or "the app is not a WSGI app")
+        if code in (EXIT_APP_LOAD_FAILED, EXIT_APP_KIND_MISMATCH) and not self.ever_ready:
+            if code == EXIT_APP_KIND_MISMATCH:
+                self.log.error("%s; exiting", worker.failure or "the app does not fit the worker type")
                 self.exit_code = EXIT_CONFIG
             else:
                 self.log.error("the app cannot be loaded at first start (see the traceback "

@@ -17,6 +17,7 @@ WORKER_CLASSES = {
     "threaded": "arbiter.workers.threaded:ThreadedWorker",
     "pooled": "arbiter.workers.pooled:PooledWorker",
     "evented": "arbiter.workers.evented:EventedWorker",
+    "asgi": "arbiter.workers.asgi:AsgiWorker",
 }
 
 

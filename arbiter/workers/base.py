@@ -27,7 +27,13 @@ import time
 from typing import Any
 
 from arbiter import logs, workers
-from arbiter.appload import AppLoadError, asgi_not_supported_message, asgi_reason, load_app
+from arbiter.appload import (
+    AppKindError,
+    AppLoadError,
+    load_app,
+    serving_worker_type,
+    worker_type_chosen,
+)
 from arbiter.http import HTTPSettings, WSGIHandler
 from arbiter.notices import FAILED, READY, RECYCLE, NoticePipe
 from arbiter.scoreboard import DRAINING, IDLE, SlotWriter
@@ -46,7 +52,8 @@ except ImportError:  # pragma: no cover - a hard dependency, but never fatal
 # Exit codes a worker reports to the master.
 EXIT_OK = 0
 EXIT_APP_LOAD_FAILED = 3  # the app could not be imported/created at boot
-EXIT_APP_NOT_WSGI = 4  # the app loaded but is not a WSGI callable (an ASGI app)
+EXIT_APP_KIND_MISMATCH = 4  # the app loaded, but the worker type cannot serve it (WSGI/ASGI)
+EXIT_APP_NOT_WSGI = EXIT_APP_KIND_MISMATCH  # its name before the asgi worker type
 
 # The signal the master sends before killing a hung worker: dump tracebacks.
 TRACEBACK_SIGNAL = signal.SIGUSR2
@@ -166,24 +173,35 @@ class Worker:
                                self.number, os.getpid(), exc)
                 self.notify(FAILED, exc.summary)
                 return EXIT_APP_LOAD_FAILED
-        asgi = asgi_reason(self.app)
-        if asgi is not None:
-            message = asgi_not_supported_message(self.cfg.app, asgi)
-            self.log.error("worker #%d (pid %d): %s", self.number, os.getpid(), message)
-            self.notify(FAILED, message)
-            return EXIT_APP_NOT_WSGI
+        try:
+            serving = serving_worker_type(self.cfg.app, self.app, self.worker_type,
+                                          worker_type_chosen(self.cfg))
+        except AppKindError as exc:
+            self.log.error("worker #%d (pid %d): %s", self.number, os.getpid(), exc)
+            self.notify(FAILED, str(exc))
+            return EXIT_APP_KIND_MISMATCH
+        if serving != self.worker_type:
+            # worker_type unset and the app is ASGI: this process serves it as the asgi
+            # worker type does (same constructor state; only the strategy differs).
+            self.__class__ = workers.worker_class(serving)
         workers.current_worker_type = self.worker_type
-        self.handler = WSGIHandler(
-            self.app, http_settings(self.cfg, self.worker_type, self.multithread,
-                                    tls=self.tls is not None),
-            self.log, self.access_log if self.access_log.enabled else None)
+        self.handler = self.make_handler(
+            http_settings(self.cfg, self.worker_type, self.multithread,
+                          tls=self.tls is not None),
+            self.access_log if self.access_log.enabled else None)
+        failure = self.start_app()
+        if failure is not None:
+            self.log.error("worker #%d (pid %d) could not start the app: %s",
+                           self.number, os.getpid(), failure)
+            self.notify(FAILED, failure)
+            return EXIT_APP_LOAD_FAILED
         # Everything alive now (what the master had, the app and its imports) lives as
         # long as the worker: the collector need not walk it again on the request path,
         # and pages shared with the master stay shared.
         gc.freeze()
         self.slot.heartbeat()
         self.slot.set_state(IDLE)  # the master counts this worker as ready from here
-        self.notify(READY)
+        self.notify(READY, self.worker_type)
         self.log.debug("worker #%d (pid %d) booted", self.number, os.getpid())
         try:
             self.serve()
@@ -192,6 +210,15 @@ class Worker:
             if self.access_log is not None:
                 self.access_log.close()
         return EXIT_OK
+
+    def make_handler(self, settings: HTTPSettings, access_log: Any) -> WSGIHandler:
+        """The per-worker handler the HTTP core calls (the asgi type builds its own)."""
+        return WSGIHandler(self.app, settings, self.log, access_log)
+
+    def start_app(self) -> str | None:
+        """Before the worker reports ready: start the app (the asgi type runs the ASGI
+        lifespan startup). None when it is ready; else why not (a failed boot)."""
+        return None
 
     def serve(self) -> None:
         raise NotImplementedError

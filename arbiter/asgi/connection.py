@@ -1,0 +1,455 @@
+"""One client connection on an asyncio loop: the lifecycle driven, the ASGI app called.
+
+Owns :class:`HTTPProtocol` (an ``asyncio.Protocol`` per connection) and
+:class:`RequestCycle` (one request's ``receive`` / ``send``). The protocol
+only carries out what the connection's
+:class:`~arbiter.http.lifecycle.Lifecycle` answers -- read until its
+deadline, write its bytes, start the app, shut the write side and linger,
+close -- so keep-alive, deadlines, ``100 Continue``, drains, pipelining, the
+core's error answers and what a stop means are decided there, as for every
+other worker type.
+
+Bounded memory: while the app has the request, reading goes on (so a client
+that goes away is noticed) only until ``READ_HIGH`` bytes wait unparsed; then
+the transport is paused until the app asks for more body (``receive``) or the
+response is done. Output: ``send`` returns at once while the transport's
+write buffer is below its high-water mark, else waits for it to drain, that
+wait bounded by the response's transfer budget (a client that does not read
+is cut).
+
+``receive``: ``http.request`` messages with the body as it arrives (the
+lifecycle's non-blocking :meth:`~arbiter.http.lifecycle.Lifecycle.next_body_piece`
+owes the ``100 Continue`` and keeps the body's budget; a body the core
+refuses or one too slow raises
+:class:`~arbiter.http.app_response.RequestBodyError` into the app, which is
+answered 4xx as a WSGI app's would be), then ``http.disconnect`` once the
+client is gone or the response is complete. ``send``: ``http.response.start``
+and ``http.response.body`` go through an
+:class:`~arbiter.http.app_response.AppResponse`, so framing (Content-Length,
+chunked, close), HEAD, 204/304 and the checks on status and headers are the
+WSGI rules; app errors before the head went out are a 500, after it a cut.
+After the client is gone, ``send`` does nothing (ASGI spec 2.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from typing import Any
+
+from arbiter.http.app_response import AppResponse, ClientDisconnected
+from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
+from arbiter.http.parsers import make_head_parser
+from arbiter.http.protocol import HTTPConnection
+
+__all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle"]
+
+READ_HIGH = 64 * 1024  # unparsed bytes held while the app has the request; then pause reading
+CLOSE_FLUSH_LIMIT = 5.0  # seconds a closing connection may take to flush what it still holds
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """One connection, its lifecycle carried out from asyncio's callbacks.
+
+    ``host`` is the worker: ``handler``, ``log``, ``connections`` (a set),
+    ``draining``, ``request_timeout``, ``may_keep_alive()`` and the observer
+    methods (``request_started`` / ``request_finished``)."""
+
+    def __init__(self, host: Any, tls: bool) -> None:
+        self.host = host
+        self.tls = tls
+        self.transport: Any = None
+        self.lc: Lifecycle | None = None
+        self.sockname: Any = None
+        self.peer: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.cycle: RequestCycle | None = None
+        self.closed = False
+        self.reading = True
+        self.write_paused = False
+        self.drained: asyncio.Future | None = None
+
+    # -- asyncio's callbacks -----------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        host = self.host
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername") or ""
+        self.sockname = transport.get_extra_info("sockname") or ""
+        handler = host.handler
+        now = time.monotonic()
+        http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
+        self.lc = Lifecycle(handler, http, self.peer, self.sockname, now, observer=host,
+                            tls=self.tls, may_keep_alive=host.may_keep_alive)
+        if self.tls:  # asyncio finished the handshake before calling us
+            self.lc.handshake_done(now)
+        host.connections.add(self)
+        self.guard(self.drive)
+
+    def data_received(self, data: bytes) -> None:
+        self.lc.received(data, time.monotonic())
+        self.after_input()
+
+    def eof_received(self) -> bool:
+        self.lc.received(b"", time.monotonic())
+        self.after_input(eof=True)
+        return True  # keep the write side: the lifecycle decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.cancel_timer()
+        self.host.forget(self)
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        if self.cycle is not None:
+            self.cycle.client_gone(exc or "connection closed")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    # -- the engine --------------------------------------------------------------------
+    def guard(self, step: Any) -> None:
+        """Run a step of the engine; anything unexpected closes this connection only."""
+        try:
+            step()
+        except ClientDisconnected as exc:
+            self.host.log.debug("connection from %r ended: %s", self.peer, exc)
+            self.abort()
+        except Exception:
+            self.host.log.exception("unexpected error on a connection from %r", self.peer)
+            self.abort()
+
+    def after_input(self, eof: bool = False) -> None:
+        cycle = self.cycle
+        if cycle is None:
+            self.guard(self.drive)
+            return
+        if eof:
+            cycle.client_eof()
+        cycle.wake()
+        if self.lc.http.buffered >= READ_HIGH:
+            self.set_reading(False)
+
+    def drive(self) -> None:
+        """Carry out the lifecycle until it waits for the client, or the app has it."""
+        lc, host = self.lc, self.host
+        while not self.closed:
+            now = time.monotonic()
+            action = lc.next(now)
+            if action == READ:
+                if host.draining and not lc.stopping:
+                    lc.stop(now)
+                self.set_reading(True)
+                self.schedule(lc.deadline)
+                return
+            if action == WRITE:
+                lc.writing(now)
+                self.transport.write(lc.take_output())
+            elif action == RESPOND:
+                self.cancel_timer()
+                self.cycle = RequestCycle(self)
+                self.cycle.start()
+                return
+            elif action == LINGER_THEN_CLOSE:
+                if not self.transport.can_write_eof():
+                    self.close()
+                    return
+                self.transport.write_eof()
+            elif action == CLOSE:
+                self.close()
+                return
+
+    def cycle_done(self, outcome: Any) -> None:
+        """The request's response is written (or abandoned): the lifecycle goes on."""
+        self.cycle = None
+        self.lc.response_done(outcome, time.monotonic())
+        if not self.closed:
+            self.guard(self.drive)
+
+    def stop(self) -> None:
+        """The worker stops: the lifecycle is told (an idle connection keeps its keep-alive
+        deadline, the next response says Connection: close)."""
+        if self.lc is not None and not self.lc.stopping:
+            self.lc.stop(time.monotonic())
+
+    # -- timers, reading, closing ------------------------------------------------------
+    def schedule(self, deadline: float) -> None:
+        if self.timer is not None:
+            if self.timer_at == deadline:
+                return
+            self.timer.cancel()
+            self.timer = None
+        if deadline != float("inf"):
+            self.timer_at = deadline
+            self.timer = asyncio.get_running_loop().call_later(
+                max(deadline - time.monotonic(), 0.0), self.on_deadline)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_deadline(self) -> None:
+        self.timer = None
+        if self.closed or self.cycle is not None:
+            return
+        now = time.monotonic()
+        if now < self.lc.deadline:  # moved later since
+            self.schedule(self.lc.deadline)
+            return
+        self.lc.timed_out(now)
+        self.guard(self.drive)
+
+    def set_reading(self, reading: bool) -> None:
+        if reading == self.reading or self.closed:
+            return
+        self.reading = reading
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.cancel_timer()
+        self.host.forget(self)
+        transport = self.transport
+        transport.close()
+        if transport.get_write_buffer_size():  # a client that never reads: not forever
+            asyncio.get_running_loop().call_later(CLOSE_FLUSH_LIMIT, transport.abort)
+
+    def abort(self) -> None:
+        self.closed = True
+        self.cancel_timer()
+        self.host.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def awaiting_stack(task: asyncio.Task) -> str:
+    """Where a suspended task waits: every coroutine in its chain of awaits, outermost
+    first, as traceback lines (``Task.print_stack`` shows only the outermost)."""
+    frames = []
+    coro: Any = task.get_coro()
+    for _ in range(256):  # a chain of awaits is finite, but be sure
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if coro is None:
+            break
+    return "".join(traceback.format_list(traceback.StackSummary.extract(frames))).rstrip()
+
+
+class RequestCycle:
+    """One request on a connection: the scope, ``receive``, ``send``, the app's task."""
+
+    def __init__(self, conn: HTTPProtocol) -> None:
+        self.conn = conn
+        lc = conn.lc
+        self.request = request = lc.request
+        handler = conn.host.handler
+        started = time.perf_counter()
+        self.scope, environ = handler.build_scope(request, lc.info, conn.sockname)
+        self.response = AppResponse(handler, environ, request, lc.may_keep_alive, started)
+        self.budget = lc.writing(time.monotonic())
+        self.body_done = False  # the last http.request message was received
+        self.started = False
+        self.complete = False  # the last body message was sent
+        self.gone = False  # the client went away
+        self.eof = False
+        self.timed_out = False
+        self.waiters: list[asyncio.Future] = []
+        self.task: asyncio.Task | None = None
+        self.timeout_handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self.run())
+        timeout = self.conn.host.request_timeout
+        if timeout:
+            self.timeout_handle = loop.call_later(timeout, self.on_timeout)
+
+    async def run(self) -> None:
+        response = self.response
+        try:
+            await self.conn.host.handler.asgi_app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.timed_out:
+                response.client_gone("the worker stopped")
+                raise
+            response.answer_instead(504)
+        except Exception as exc:  # noqa: BLE001 -- the app's failure becomes a response
+            if self.gone:
+                response.client_gone(exc)
+            else:
+                response.fail(exc)
+        else:
+            if not response.finished and not self.gone:
+                response.fail(RuntimeError(
+                    "the ASGI app returned without sending http.response.start"
+                    if not self.started else
+                    "the ASGI app returned before its response was complete"))
+        finally:
+            if self.timeout_handle is not None:
+                self.timeout_handle.cancel()
+            self.write_pending()
+            self.complete = True
+            self.wake()
+            self.conn.cycle_done(response.finish())
+
+    def on_timeout(self) -> None:
+        """The request ran longer than ``timeout``: its stack to the error log, cancelled;
+        the client gets a 504 (or a cut, if its response had started)."""
+        task = self.task
+        if task is None or task.done():
+            return
+        request = self.request
+        self.conn.host.log.error(
+            "request %s %s ran longer than timeout (%g s): cancelled; its stack (most recent "
+            "call last):\n%s", request.method, request.target.decode("latin-1"),
+            self.conn.host.request_timeout, awaiting_stack(task))
+        self.timed_out = True
+        task.cancel()
+
+    # -- the app's side ----------------------------------------------------------------
+    async def receive(self) -> dict:
+        if not self.body_done and not self.gone:
+            return await self.receive_body()
+        while not (self.gone or self.complete or self.eof):
+            await self.wait()
+        return {"type": "http.disconnect"}
+
+    async def receive_body(self) -> dict:
+        conn = self.conn
+        lc = conn.lc
+        if self.request.content_length == 0:
+            self.body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while True:
+            try:
+                piece = lc.next_body_piece(time.monotonic())
+            except ClientDisconnected:  # the client closed inside the body
+                self.body_done = self.eof = True
+                return {"type": "http.disconnect"}
+            if lc.out:  # the 100 Continue owed before the body
+                conn.transport.write(lc.take_output())
+            if piece is not None:
+                break
+            conn.set_reading(True)
+            if not await self.wait(lc.deadline):
+                raise lc.body_too_slow()
+            if self.gone:
+                return {"type": "http.disconnect"}
+        more = bool(piece)
+        if more and lc.http.body_remaining == 0:  # the end is known: say so now
+            more = lc.next_body_piece(time.monotonic()) is None
+        self.body_done = not more
+        return {"type": "http.request", "body": piece, "more_body": more}
+
+    async def send(self, message: dict) -> None:
+        response = self.response
+        if self.gone or response.finished:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            status = message["status"]
+            if type(status) is not int:
+                raise TypeError(f"http.response.start status must be an int, not {status!r}")
+            headers = []
+            for name, value in message.get("headers", ()):
+                if not isinstance(name, bytes | bytearray) or not isinstance(
+                        value, bytes | bytearray):
+                    raise TypeError(f"response header names and values must be bytes: "
+                                    f"{(name, value)!r}")
+                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            response.start_response(str(status), headers)
+            self.started = True
+        elif kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            more = bool(message.get("more_body", False))
+            response.send_body(message.get("body", b""), more)
+            self.write_pending()
+            if not more:
+                self.complete = True
+                self.wake()
+            if self.conn.write_paused and not self.gone:
+                await self.drain()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+    # -- the server's side -------------------------------------------------------------
+    def write_pending(self) -> None:
+        pieces = self.response.take_pending()
+        if pieces and not self.gone and not self.conn.closed:
+            transport = self.conn.transport
+            for piece in pieces:
+                transport.write(piece)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken the output below the high-water mark, within
+        the response's transfer budget; a client too slow is cut."""
+        conn = self.conn
+        loop = asyncio.get_running_loop()
+        since = time.monotonic()
+        size = conn.transport.get_write_buffer_size()
+        budget = self.budget
+        if conn.drained is None or conn.drained.done():
+            conn.drained = loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.drained),
+                                   max(budget.wait_deadline(since) - since, 0.0))
+        except TimeoutError:
+            conn.host.log.debug("connection from %r: response read too slowly", conn.peer)
+            conn.abort()
+            self.client_gone("response read too slowly")
+            return
+        now = time.monotonic()
+        budget.waited(now - since)
+        if not conn.closed:
+            budget.moved(size - conn.transport.get_write_buffer_size(), now)
+
+    async def wait(self, deadline: float = float("inf")) -> bool:
+        """Until :meth:`wake` (True) or ``deadline`` (False)."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        try:
+            if deadline == float("inf"):
+                await future
+                return True
+            await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.0))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if future in self.waiters:
+                self.waiters.remove(future)
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    def client_eof(self) -> None:
+        """The client closed its side: once the body is in, that is a disconnect."""
+        if self.body_done:
+            self.eof = True
+
+    def client_gone(self, why: object) -> None:
+        self.gone = True
+        if not self.response.finished:
+            self.response.client_gone(why)
+        self.wake()

@@ -1,0 +1,111 @@
+"""The asgi worker's handler: the HTTP ``scope`` of a request, and the app as ASGI 3.
+
+Owns :class:`ASGIHandler`. It is a :class:`~arbiter.http.wsgi.WSGIHandler`
+for everything the core and the response framing ask of a handler (settings,
+``connection_info``, proxy trust, ``error_response``, the access log), so an
+ASGI request is judged, answered and logged exactly as a WSGI one; what it
+adds is :meth:`ASGIHandler.build_scope`.
+
+The scope is derived from the environ the WSGI layer builds for the same
+request (the access log needs that environ anyway), so forwarded headers,
+``forwarded_allow_ips``, ``SCRIPT_NAME`` (the process environment variable or
+a trusted proxy's header) and the request id mean the same for both kinds of
+app:
+
+* ``scheme`` is ``wsgi.url_scheme``; ``client`` is ``REMOTE_ADDR`` with the
+  peer's port (port 0 when a trusted proxy named the client), None for a
+  unix-socket peer that has no address; ``server`` the listener's address
+  (``[path, None]`` for a unix socket);
+* ``root_path`` is ``SCRIPT_NAME``; ``path`` is the mount prefix plus the
+  rest of the path (``SCRIPT_NAME + PATH_INFO``, percent-decoded, UTF-8),
+  as the ASGI spec and Starlette's routing expect; ``raw_path`` the path as
+  sent, without the query;
+* ``headers`` are the request's, names lower-cased; ``x-request-id`` is the
+  environ's (the client's when fit, else a new one), once;
+* ``state`` is a shallow copy of the lifespan state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arbiter.http.inputs import EMPTY_INPUT
+from arbiter.http.protocol import Request
+from arbiter.http.settings import HTTPSettings
+from arbiter.http.wsgi import ConnectionInfo, WSGIHandler
+
+__all__ = ["ASGIHandler", "as_asgi3"]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+
+
+def as_asgi3(app: Any, asgi2: bool) -> Any:
+    """An ASGI 2 ("double callable") app as an ASGI 3 one; an ASGI 3 app as it is."""
+    if not asgi2:
+        return app
+
+    async def asgi2_app(scope: dict, receive: Any, send: Any) -> None:
+        instance = app(scope)
+        await instance(receive, send)
+
+    return asgi2_app
+
+
+def _text(value: str) -> str:
+    """An environ string (bytes as latin-1) as the UTF-8 text it encodes, if it does."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+class ASGIHandler(WSGIHandler):
+    """The asgi worker's handler (see the module docstring). Built once per worker."""
+
+    def __init__(self, app: Any, settings: HTTPSettings, error_log: logging.Logger,
+                 access_log: Any = None, asgi2: bool = False) -> None:
+        super().__init__(app, settings, error_log, access_log)
+        self.asgi_app = as_asgi3(app, asgi2)
+        self.state: dict[str, Any] = {}  # the lifespan state, copied into every scope
+
+    def build_scope(self, request: Request, info: ConnectionInfo,
+                    sockname: Any) -> tuple[dict, dict]:
+        """The HTTP scope for ``request`` on the connection ``info`` (its listener's
+        address ``sockname``), and the environ it was derived from (for the access log)."""
+        environ = self.build_environ(request, info, EMPTY_INPUT)
+        root_path = _text(environ["SCRIPT_NAME"])
+        headers = []
+        for name, value in request.headers:
+            name = name.lower()
+            if name != b"x-request-id":
+                headers.append((name, value))
+        headers.append((b"x-request-id", environ["HTTP_X_REQUEST_ID"].encode("latin-1")))
+        peer = info.environ
+        remote = environ["REMOTE_ADDR"]
+        if not info.unix or remote != peer["REMOTE_ADDR"]:
+            port = peer["REMOTE_PORT"] if remote == peer["REMOTE_ADDR"] else ""
+            client: Any = (remote, int(port) if port.isdigit() else 0)
+        else:
+            client = (remote, 0) if remote else None
+        if isinstance(sockname, tuple):
+            server: Any = (str(sockname[0]), int(sockname[1]))
+        else:
+            server = (sockname.decode("latin-1") if isinstance(sockname, bytes)
+                      else str(sockname or ""), None)
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": environ["wsgi.url_scheme"],
+            "path": root_path + _text(environ["PATH_INFO"]),
+            "raw_path": request.path,
+            "query_string": request.query,
+            "root_path": root_path,
+            "headers": headers,
+            "client": client,
+            "server": server,
+            "state": self.state.copy(),
+        }
+        return scope, environ

@@ -1,0 +1,210 @@
+"""The ``asgi`` worker: one asyncio event loop per process serving an ASGI 3 (or 2) app.
+
+The coroutine pattern: like ``evented``, one thread holds every connection,
+but the app is a coroutine that awaits its body and its client instead of
+being called once the request is complete. The loop is uvloop's when it
+imports (``pip install arbiter[uvloop]``), else asyncio's own. What a
+connection does is its :class:`~arbiter.http.lifecycle.Lifecycle`'s call,
+carried out by :class:`~arbiter.asgi.connection.HTTPProtocol`; this module is
+only the strategy around it:
+
+* **Accepting**: the inherited listeners are watched by the loop; each
+  accepted socket becomes a protocol (through asyncio's TLS when ``ssl`` is
+  set, its handshake within ``header_timeout``). At ``max_connections`` open
+  connections the listeners are unwatched and clients wait in the backlog.
+* **Boot**: the ``lifespan`` startup (:mod:`arbiter.asgi.lifespan`) runs
+  before the worker reports ready; one that fails is a failed boot (exit 3),
+  so a first start exits and a reload rolls back.
+* **Heartbeat**: a loop callback beats every half ``tick``; an app that blocks
+  the loop stops it, and the master kills the worker after ``timeout``
+  (``hung_policy = "self"``: a slow request is this worker's business).
+* **timeout**: a request still running after ``timeout`` seconds is
+  cancelled, its stack logged; the client gets a 504, or a cut if its
+  response had started. The worker goes on serving.
+* **Stop** (TERM, a recycle, a scale-down): the listeners close, every
+  connection is told and finishes as its lifecycle promised, within
+  ``graceful_timeout`` (then what is left is cut), then the lifespan
+  shutdown runs (given what is left of ``graceful_timeout``, at least a
+  second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from typing import Any
+
+from arbiter.appload import asgi2_reason
+from arbiter.asgi.connection import HTTPProtocol
+from arbiter.asgi.handler import ASGIHandler
+from arbiter.asgi.lifespan import Lifespan, LifespanFailed
+from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
+from arbiter.workers.base import Worker
+from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
+
+__all__ = ["AsgiWorker", "new_event_loop"]
+
+SHUTDOWN_AT_LEAST = 1.0  # seconds the lifespan shutdown gets even after a long drain
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it imports, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class AsgiWorker(Worker):
+    """One event loop serving an ASGI app (see the module docstring)."""
+
+    worker_type = "asgi"
+    multithread = True  # many requests in flight: the scoreboard shows count and oldest
+    hung_policy = "self"
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def make_handler(self, settings: Any, access_log: Any) -> ASGIHandler:
+        return ASGIHandler(self.app, settings, self.log, access_log,
+                           asgi2=asgi2_reason(self.app) is not None)
+
+    def start_app(self) -> str | None:
+        cfg = self.cfg
+        if cfg.proxy_protocol:
+            return "proxy_protocol is not supported by worker_type asgi yet"
+        self.connections: set[HTTPProtocol] = set()
+        self.opening = 0  # accepted, handshake under way
+        self.draining = False
+        self.accepting = False
+        self.request_timeout = float(cfg.timeout)
+        self.max_open = cfg.max_connections
+        soft = raise_open_files_limit(cfg.max_connections + FD_SLACK)
+        if soft != resource.RLIM_INFINITY and soft < cfg.max_connections + FD_SLACK:
+            self.max_open = max(1, soft - FD_SLACK)
+        self.loop = loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.stop_requested = asyncio.Event()
+        self.all_closed = asyncio.Event()
+        self.lifespan = Lifespan(self.handler.asgi_app, cfg.lifespan, self.handler.state,
+                                 self.log)
+        try:
+            loop.run_until_complete(self.lifespan.startup(float(cfg.boot_timeout)))
+        except LifespanFailed as exc:
+            loop.close()
+            return str(exc)
+        self.log.debug("worker #%d: %s event loop", self.number, type(loop).__module__)
+        return None
+
+    def serve(self) -> None:
+        assert self.loop is not None
+        try:
+            self.loop.run_until_complete(self.main())
+        finally:
+            for listener in self.listeners:
+                listener.sock.close()
+            self.loop.close()
+
+    async def main(self) -> None:
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+        self.watch_listeners(True)
+        self.beat()
+        await self.stop_requested.wait()
+        started = time.monotonic()
+        await self.drain()
+        grace = float(self.cfg.graceful_timeout) - (time.monotonic() - started)
+        await self.lifespan.shutdown(max(grace, SHUTDOWN_AT_LEAST))
+
+    # -- the loop's chores ---------------------------------------------------------------
+    def beat(self) -> None:
+        """Heartbeat and housekeeping, every half tick, from the loop itself."""
+        if self.between_requests():
+            self.loop.call_later(self.tick / 2, self.beat)
+        else:
+            self.stop_requested.set()
+
+    def handle_term(self, signum: int, frame: Any) -> None:
+        super().handle_term(signum, frame)
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.stop_requested.set)
+
+    def may_keep_alive(self) -> bool:
+        return self.alive
+
+    # -- accepting ---------------------------------------------------------------------
+    def watch_listeners(self, watch: bool) -> None:
+        if watch == self.accepting or (watch and self.draining):
+            return
+        self.accepting = watch
+        for listener in self.listeners:
+            if watch:
+                self.loop.add_reader(listener.sock.fileno(), self.accept, listener)
+            else:
+                self.loop.remove_reader(listener.sock.fileno())
+
+    def accept(self, listener: Any) -> None:
+        while len(self.connections) + self.opening < self.max_open:
+            try:
+                accepted = accept_one(listener, self.log)
+            except AcceptPaused:
+                self.watch_listeners(False)
+                self.loop.call_later(ACCEPT_BACKOFF, self.watch_listeners, True)
+                return
+            if accepted is None:
+                return
+            sock, _peer = accepted
+            sock.setblocking(False)
+            self.opening += 1
+            self.loop.create_task(self.connect(sock))
+        self.watch_listeners(False)  # at the bound: further clients wait in the backlog
+
+    async def connect(self, sock: Any) -> None:
+        tls = self.tls
+        try:
+            if tls is None:
+                await self.loop.connect_accepted_socket(
+                    lambda: HTTPProtocol(self, False), sock)
+            else:
+                await self.loop.connect_accepted_socket(
+                    lambda: HTTPProtocol(self, True), sock, ssl=tls,
+                    ssl_handshake_timeout=float(self.cfg.header_timeout))
+        except (TimeoutError, OSError) as exc:
+            self.log.debug("connection refused: %s", exc)
+            sock.close()
+        finally:
+            self.opening -= 1
+            self.forget(None)
+
+    def forget(self, conn: HTTPProtocol | None) -> None:
+        """A connection closed (or never opened): accept again below the bound."""
+        if conn is not None:
+            self.connections.discard(conn)
+        if self.draining:
+            if not self.connections and not self.opening:
+                self.all_closed.set()
+        elif not self.accepting and len(self.connections) + self.opening < self.max_open:
+            self.watch_listeners(True)
+
+    # -- stopping ----------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Accept nothing more; let every connection finish as its lifecycle promised,
+        within graceful_timeout; then cut what is left."""
+        self.watch_listeners(False)
+        self.draining = True
+        self.slot.set_closed()
+        for listener in self.listeners:
+            listener.sock.close()
+        for conn in list(self.connections):
+            conn.stop()
+        self.forget(None)
+        try:
+            await asyncio.wait_for(self.all_closed.wait(), float(self.cfg.graceful_timeout))
+        except TimeoutError:
+            self.log.warning("worker #%d: graceful_timeout reached with %d connection(s) "
+                             "still open; closing them", self.number, len(self.connections))
+            for conn in list(self.connections):
+                if conn.cycle is not None and conn.cycle.task is not None:
+                    conn.cycle.task.cancel()
+                conn.abort()
