@@ -208,9 +208,19 @@ def asgi2_reason(app: Any) -> str | None:
     if not inspect.isclass(app) or hasattr(app, "__await__"):
         return None
     call = inspect.getattr_static(app, "__call__", None)
-    if inspect.iscoroutinefunction(call):
-        return f"an ASGI 2 application (class {app.__qualname__}, async __call__(receive, send))"
-    return None
+    if not inspect.iscoroutinefunction(call):
+        return None
+    try:  # (self, receive, send): not an ASGI 3 __call__(self, scope, receive, send)
+        signature = inspect.signature(call)
+        signature.bind(None, None, None)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(None, None, None, None)
+        return None
+    except TypeError:
+        pass
+    return f"an ASGI 2 application (class {app.__qualname__}, async __call__(receive, send))"
 
 
 class AppKindError(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from arbiter import preflight
-from arbiter.appload import asgi_not_supported_message, asgi_reason
+from arbiter.appload import AppKindError, asgi2_reason, asgi_reason, serving_worker_type
 from arbiter.cli import build_ctl_parser, build_parser, env_assignment
 from arbiter.config import cli_labels, cli_overrides, load_config
 
@@ -81,12 +81,37 @@ def test_wsgi_callables_are_not_asgi(app):
     assert asgi_reason(app) is None
 
 
-def test_asgi_message_says_what_is_supported():
-    message = asgi_not_supported_message("fa:app", asgi_reason(StarletteLike()))
+class ASGI2App:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        pass
+
+
+def test_asgi2_double_callables_are_recognised():
+    assert asgi2_reason(ASGI2App) == ("an ASGI 2 application (class ASGI2App, async "
+                                      "__call__(receive, send))")
+    for app in (StarletteLike, StarletteLike(), WSGIObject, wsgi_function, asgi_function):
+        assert asgi2_reason(app) is None
+
+
+def test_an_asgi_app_picks_asgi_unless_a_wsgi_type_was_chosen():
+    assert serving_worker_type("fa:app", StarletteLike(), "preforked", False) == "asgi"
+    assert serving_worker_type("fa:app", ASGI2App, "preforked", False) == "asgi"
+    assert serving_worker_type("fa:app", StarletteLike(), "asgi", True) == "asgi"
+    assert serving_worker_type("w:app", wsgi_function, "preforked", False) == "preforked"
+    assert serving_worker_type("w:app", wsgi_function, "pooled", True) == "pooled"
+    with pytest.raises(AppKindError) as info:
+        serving_worker_type("fa:app", StarletteLike(), "threaded", True)
+    message = str(info.value)
     assert message.startswith("app 'fa:app' is an ASGI application (async __call__(scope, "
-                              "receive, send))")
-    assert "(forked, preforked, threaded, pooled, evented) serve WSGI" in message
-    assert "ASGI (worker_type: asgi) is not supported yet" in message
+                              "receive, send)), not a WSGI callable, but worker_type is "
+                              "'threaded'")
+    assert "set worker_type: asgi" in message
+    with pytest.raises(AppKindError, match="app 'w:app' is not an ASGI application .* but "
+                                           "worker_type is 'asgi'"):
+        serving_worker_type("w:app", wsgi_function, "asgi", True)
 
 
 # ---------------------------------------------------------------- the parser

@@ -283,7 +283,7 @@ def test_config_error_exposes_lines() -> None:
         ("preload_app: 'yes'", "preload_app: expected true or false, got 'yes'"),
         (
             "worker_type: gevent",
-            "worker_type: expected one of forked | preforked | threaded | pooled | evented,"
+            "worker_type: expected one of forked | preforked | threaded | pooled | evented | asgi,"
             " got 'gevent'",
         ),
         ("http_parser: fast", "http_parser: expected one of auto | httptools | h11, got 'fast'"),
@@ -815,10 +815,11 @@ def test_gunicorn_worker_classes() -> None:
     assert gunicorn_worker_class("sync")[0] == "preforked"
     assert gunicorn_worker_class("gthread")[0] == "pooled"
     assert gunicorn_worker_class("evented") == ("evented", "")
-    for name in ("gevent", "eventlet", "tornado", "gevent_pywsgi", "uvicorn.workers.UvicornWorker",
-                 "myproject.MyWorker"):
-        with pytest.raises(ValueError, match="preforked, threaded, pooled, evented"):
+    for name in ("gevent", "eventlet", "tornado", "gevent_pywsgi", "myproject.MyWorker"):
+        with pytest.raises(ValueError, match="preforked, threaded, pooled, evented, asgi"):
             gunicorn_worker_class(name)
+    assert gunicorn_worker_class("uvicorn.workers.UvicornWorker")[0] == "asgi"
+    assert gunicorn_worker_class("asgi") == ("asgi", "")
     # Only from the command line: the file and the environment keep arbiter's names.
     assert error_of(env={"ARBITER_WORKER_TYPE": "sync"}).startswith(
         "ARBITER_WORKER_TYPE: worker_type: expected one of")
@@ -875,7 +876,8 @@ def test_max_connections_on_preforked_and_jitter_without_max_requests(tmp_path: 
     warnings = ineffective_settings(load_config(path, env={}))
     assert warnings == [
         f"max_connections: 10 (set by {path}:1) has no effect with worker_type preforked: "
-        f"it applies to forked, threaded, pooled and evented only; a preforked worker serves "
+        f"it applies to forked, threaded, pooled, evented and asgi only; a preforked worker "
+        f"serves "
         f"one connection at a time",
         f"max_requests_jitter: 50 (set by {path}:2) has no effect while max_requests is 0 "
         f"(workers are never recycled)",
