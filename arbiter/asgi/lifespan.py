@@ -11,8 +11,9 @@ and lives as a task for the worker's life; ``startup()`` sends
 * ``on``: the app must support it: a startup that fails (``startup.failed``,
   an exception, no answer in time, or the app returning) is a failed boot;
 * ``auto`` (the default): as ``on``, except that an app that raises (or
-  returns) before answering the startup -- the usual way of saying "I do not
-  do lifespan" -- is served without it (logged at info); an explicit
+  returns, or answers with a message that is not ``lifespan.*``) before
+  answering the startup -- the usual ways of saying "I do not do lifespan"
+  -- is served without it (logged at info); an explicit
   ``lifespan.startup.failed`` is still a failed boot;
 * ``off``: never called.
 
@@ -98,11 +99,17 @@ class Lifespan:
                 self.log.error("lifespan startup raised", exc_info=error)
             raise LifespanFailed("the app returned or raised during lifespan startup"
                                  + (f": {type(error).__name__}: {error}" if error else ""))
-        kind = answer.get("type")
+        kind = answer.get("type") if isinstance(answer, dict) else None
         if kind == "lifespan.startup.complete":
             return
         if kind == "lifespan.startup.failed":
             raise LifespanFailed(f"lifespan startup failed: {answer.get('message', '')}")
+        if self.mode == "auto" and not str(kind).startswith("lifespan."):
+            self.supported = False  # it answered as if the scope were another one
+            self.log.info("lifespan: the app does not support it (it answered %r); serving "
+                          "without", kind)
+            self.task.cancel()
+            return
         raise LifespanFailed(f"unexpected lifespan message from the app: {answer!r}")
 
     async def shutdown(self, timeout: float) -> None:

@@ -1,0 +1,408 @@
+"""The ``asgi`` worker type, proved from outside: real ``arbiter`` serving ASGI apps.
+
+A plain ASGI 3 app and an ASGI 2 one, FastAPI routes and JSON, a streamed
+response, uploads (Content-Length and chunked), keep-alive and pipelining,
+HEAD, 100-continue, an app error (500), a request past ``timeout`` (504, the
+worker serves on), the lifespan (startup state, shutdown on stop, a failing
+startup stops the start), the worker type picked by itself for an ASGI app,
+the mismatch errors, and a graceful stop that lets a request in flight finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from harness import ARBITER, http_request, raw_exchange, status_of, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+PLAIN_APP = """
+async def app(scope, receive, send):
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello from asgi"})
+"""
+
+ASGI2_APP = """
+class App:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"asgi2 " + self.scope["path"].encode()})
+
+app = App
+"""
+
+FASTAPI_APP = """
+import asyncio
+import contextlib
+import hashlib
+import os
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifespan.log")
+
+
+def mark(text):
+    with open(MARKS, "a") as f:
+        f.write(text + "\\n")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    mark(f"startup {os.getpid()}")
+    yield {"booted_by": os.getpid()}
+    mark(f"shutdown {os.getpid()}")
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/items/{item_id}")
+async def item(item_id: int, request: Request, q: str | None = None):
+    return {"id": item_id, "q": q, "booted_by": request.state.booted_by,
+            "path": request.url.path, "client": request.client.host,
+            "scheme": request.url.scheme}
+
+
+@app.get("/stream")
+async def stream():
+    async def pieces():
+        for i in range(5):
+            yield f"piece {i}\\n".encode()
+            await asyncio.sleep(0.01)
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
+@app.post("/upload")
+async def upload(request: Request):
+    size = 0
+    digest = hashlib.sha256()
+    async for chunk in request.stream():
+        size += len(chunk)
+        digest.update(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+@app.get("/boom")
+async def boom():
+    raise RuntimeError("the app fell over")
+
+
+@app.get("/sleep")
+async def sleep(seconds: float):
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+"""
+
+FAILING_STARTUP_APP = """
+import contextlib
+from fastapi import FastAPI
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    raise RuntimeError("database unreachable")
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
+"""
+
+WSGI_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"wsgi"]
+"""
+
+
+class _KeptOpen:
+    """A buffered socket file that http.client may "close" after each response."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        return None
+
+
+class _SharedReader:
+    """A socket's one buffered reader, so responses read one after the other lose no
+    bytes that arrived together (pipelining)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = _KeptOpen(sock.makefile("rb"))
+
+    def makefile(self, mode: str):
+        return self.file
+
+
+_readers: dict[int, _SharedReader] = {}
+
+
+def raw_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """The next response off a socket (Content-Length or chunked)."""
+    import http.client
+
+    reader = _readers.get(id(sock))
+    if reader is None or reader.sock is not sock:
+        reader = _readers[id(sock)] = _SharedReader(sock)
+    resp = http.client.HTTPResponse(reader)  # type: ignore[arg-type]
+    resp.begin()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+
+
+@pytest.fixture(scope="module")
+def fastapi_server(make_module_server):
+    server = make_module_server("fastapi")
+    server.write_app(FASTAPI_APP, name="fa.py")
+    # worker_type unset: the ASGI app picks asgi by itself.
+    server.write_config(f"""
+        app: fa:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 1
+        timeout: 2
+        keepalive: 5
+        graceful_timeout: 10
+    """)
+    server.start("-c", str(server.config_path), timeout=30)
+    return server
+
+
+# ---------------------------------------------------------------- plain apps, selection
+def test_a_plain_asgi_app_is_served_with_the_asgi_type_picked_by_itself(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1")
+    resp = server.get("/")
+    assert (resp.status, resp.body) == (200, b"hello from asgi")
+    assert resp.headers["content-length"] == "15"
+    assert "ready: 1 asgi worker(s) serving" in server.wait_log("ready: 1 asgi")
+    # lifespan: auto, and the app raises on the lifespan scope: served without it.
+    assert "lifespan: the app does not support it (AssertionError" in server.stderr
+
+
+def test_an_asgi2_double_callable_is_served(server):
+    server.write_app(ASGI2_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", "asgi")
+    resp = server.get("/two")
+    assert (resp.status, resp.body) == (200, b"asgi2 /two")
+
+
+def run_arbiter(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*ARBITER, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_check_picks_asgi_for_an_asgi_app_and_refuses_mismatches(tmp_path):
+    (tmp_path / "fa.py").write_text(PLAIN_APP)
+    (tmp_path / "wsgi.py").write_text(WSGI_APP)
+    ok = run_arbiter(tmp_path, "check", "fa:app")
+    assert ok.returncode == 0, ok.stderr
+    assert "2 asgi worker(s)" in ok.stdout
+    asgi_on_wsgi_type = run_arbiter(tmp_path, "check", "fa:app", "-k", "threaded")
+    assert asgi_on_wsgi_type.returncode == 1
+    assert ("app 'fa:app' is an ASGI application (async def app(scope, receive, send)), not "
+            "a WSGI callable, but worker_type is 'threaded'") in asgi_on_wsgi_type.stderr
+    wsgi_on_asgi = run_arbiter(tmp_path, "check", "wsgi:app", "-k", "asgi")
+    assert wsgi_on_asgi.returncode == 1
+    assert "app 'wsgi:app' is not an ASGI application" in wsgi_on_asgi.stderr
+    assert "worker_type is 'asgi'" in wsgi_on_asgi.stderr
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_wsgi_app_on_the_asgi_type_does_not_start(server, preload):
+    server.write_app(WSGI_APP, name="wsgi.py")
+    server.start("wsgi:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", "asgi",
+                 *(["--preload"] if preload else []), wait=False)
+    assert server.wait_exit(20) == 1
+    assert "app 'wsgi:app' is not an ASGI application" in server.stderr
+
+
+def test_an_asgi_app_on_a_wsgi_type_does_not_start(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", "pooled",
+                 wait=False)
+    assert server.wait_exit(20) == 1
+    assert "but worker_type is 'pooled', which serves WSGI apps" in server.stderr
+
+
+# ---------------------------------------------------------------- FastAPI
+def test_fastapi_routes_json_and_lifespan_state(fastapi_server):
+    resp = fastapi_server.get("/items/42?q=a%20b")
+    assert resp.status == 200
+    assert resp.headers["content-type"] == "application/json"
+    data = json.loads(resp.body)
+    worker = fastapi_server.workers()[0]
+    assert data == {"id": 42, "q": "a b", "booted_by": worker, "path": "/items/42",
+                    "client": "127.0.0.1", "scheme": "http"}
+    assert f"startup {worker}" in (fastapi_server.workdir / "lifespan.log").read_text()
+    assert fastapi_server.get("/items/x").status == 422
+    assert fastapi_server.get("/nowhere").status == 404
+
+
+def test_forwarded_headers_from_a_trusted_peer_set_client_and_scheme(fastapi_server):
+    resp = fastapi_server.get("/items/1", headers={"X-Forwarded-For": "203.0.113.9",
+                                                  "X-Forwarded-Proto": "https"})
+    data = json.loads(resp.body)
+    assert (data["client"], data["scheme"]) == ("203.0.113.9", "https")
+
+
+def test_a_streaming_response_goes_out_chunked(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = raw_response(sock)
+    assert status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == b"".join(f"piece {i}\n".encode() for i in range(5))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_upload_is_streamed_to_the_app(fastapi_server, chunked):
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        if chunked:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for start in range(0, len(payload), 100_000):
+                piece = payload[start:start + 100_000]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sock.sendall(b"0\r\n\r\n")
+        else:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % len(payload) + payload)
+        status, _, body = raw_response(sock)
+    assert status == 200
+    assert json.loads(body) == {"size": len(payload),
+                                "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_keep_alive_and_pipelined_requests_come_back_in_order(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"".join(b"GET /items/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
+                              for i in range(3)))
+        ids = [json.loads(raw_response(sock)[2])["id"] for _ in range(3)]
+        sock.sendall(b"GET /items/9 HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection
+        status, headers, body = raw_response(sock)
+    assert ids == [0, 1, 2]
+    assert (status, json.loads(body)["id"]) == (200, 9)
+    assert headers.get("connection") != "close"
+
+
+def test_head_gets_the_head_without_a_body(fastapi_server):
+    raw = raw_exchange(fastapi_server.port,
+                       b"HEAD /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    # FastAPI answers 405 for HEAD on a GET route; what matters is the framing.
+    assert status_of(raw) in (200, 405)
+    assert b"content-length:" in head.lower()
+    assert body == b""
+
+
+def test_100_continue_is_sent_when_the_app_reads_the_body(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        interim = sock.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"hello")
+        status, _, body = raw_response(sock)
+    assert status == 200
+    assert json.loads(body)["size"] == 5
+
+
+def test_an_app_exception_is_a_500_with_the_traceback_in_the_log(fastapi_server):
+    resp = fastapi_server.get("/boom")
+    assert resp.status == 500
+    assert b"Traceback" not in resp.body
+    fastapi_server.wait_log("RuntimeError: the app fell over")
+    assert fastapi_server.get("/items/1").status == 200
+
+
+def test_a_request_past_timeout_gets_504_and_the_worker_serves_on(fastapi_server):
+    worker = fastapi_server.workers()
+    started = time.monotonic()
+    resp = fastapi_server.get("/sleep?seconds=30", timeout=20)
+    assert resp.status == 504
+    assert 1.5 < time.monotonic() - started < 10
+    log = fastapi_server.wait_log("ran longer than timeout (2 s): cancelled; its stack")
+    assert "in sleep" in log  # the stack goes down to the app's own await
+    assert fastapi_server.get("/items/7").status == 200
+    assert fastapi_server.workers() == worker  # the same worker, not a replacement
+
+
+def test_bad_requests_get_the_core_answers(fastapi_server):
+    assert status_of(raw_exchange(fastapi_server.port, b"GARBAGE\r\n\r\n")) == 400
+    assert status_of(raw_exchange(
+        fastapi_server.port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")) == 400
+    assert fastapi_server.get("/items/3").status == 200
+
+
+# ---------------------------------------------------------------- lifespan and stopping
+def test_a_failing_lifespan_startup_stops_the_start(server):
+    server.write_app(FAILING_STARTUP_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", wait=False)
+    assert server.wait_exit(30) == 3
+    assert "lifespan startup failed" in server.stderr
+    assert "database unreachable" in server.stderr
+
+
+def test_lifespan_on_with_an_app_without_lifespan_is_a_failed_boot(server):
+    server.write_app("""
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                raise ValueError(f"unsupported scope {scope['type']}")
+    """, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--lifespan", "on",
+                 wait=False)
+    assert server.wait_exit(30) == 3
+    assert "ValueError: unsupported scope lifespan" in server.stderr
+
+
+def test_graceful_stop_finishes_the_request_in_flight_then_runs_shutdown(make_server):
+    server = make_server("graceful")
+    server.write_app(FASTAPI_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "20",
+                 timeout=30)
+    worker = server.workers()[0]
+    result: dict = {}
+
+    def slow_request() -> None:
+        result["resp"] = http_request(server.port, "/sleep?seconds=1.5", timeout=20)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    wait_for(lambda: server.get("/items/1").status == 200)  # the server is up and serving
+    time.sleep(0.3)  # the slow request has reached the app (no observable to poll)
+    server.signal(signal.SIGTERM)
+    thread.join(20)
+    assert result["resp"].status == 200
+    assert json.loads(result["resp"].body) == {"slept": 1.5}
+    assert server.wait_exit(20) == 0
+    assert f"shutdown {worker}" in (server.workdir / "lifespan.log").read_text()
+
+
+def test_uvloop_is_optional():
+    """The worker falls back to asyncio's loop when uvloop is not importable."""
+    code = ("import sys; sys.modules['uvloop'] = None\n"
+            "from arbiter.workers.asgi import new_event_loop\n"
+            "loop = new_event_loop(); print(type(loop).__module__); loop.close()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.strip() == "asyncio.unix_events", out.stderr
