@@ -186,10 +186,10 @@ class Startup:
                           cfg.admin_bind)
         for lst in listeners:
             self.log.info("listening on %s", lst.name)
-        kind = cls.worker_type
-        if app is None and not worker_type_chosen(cfg):
-            kind += " (asgi if the app is ASGI)"
-        self.log.info("arbiter master (pid %d) starting %d %s worker(s), app %s",
+        kind = f"{cls.worker_type} worker(s)"
+        if app is None and not worker_type_chosen(cfg):  # the workers tell once they load it
+            kind = f"worker(s) ({cls.worker_type} for a WSGI app, asgi for an ASGI app)"
+        self.log.info("arbiter master (pid %d) starting %d %s, app %s",
                       self.pid, self.target, kind, cfg.app)
 
     def daemonize(self) -> None:

@@ -222,15 +222,18 @@ def test_check_ok_opens_nothing_new_and_says_ok(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["app:app", "app:function_app"])
-def test_check_refuses_an_asgi_app_saying_so(tmp_path, spec):
+def test_check_takes_an_asgi_app_for_asgi_and_refuses_it_on_a_wsgi_type(tmp_path, spec):
     project(tmp_path, "", app=ASGI_APP)
     checked = run(tmp_path, "check", spec)
+    assert checked.returncode == 0, checked.stderr
+    assert f"app {spec} loads; 2 asgi worker(s)" in checked.stdout
+    checked = run(tmp_path, "check", "-k", "evented", spec)
     assert checked.returncode == 1
     [problem] = problem_lines(checked.stderr)
     assert problem.startswith(f"app {spec!r} is an ASGI application (async ")
     assert "(scope, receive, send)" in problem
-    assert "(forked, preforked, threaded, pooled, evented) serve WSGI" in problem
-    assert "ASGI (worker_type: asgi) is not supported yet" in problem
+    assert "but worker_type is 'evented', which serves WSGI apps: set worker_type: asgi" \
+        in problem
     assert "OK" not in checked.stdout
 
 
@@ -348,9 +351,17 @@ def test_worker_class_maps_gunicorn_s_names_and_says_so(tmp_path, gunicorn_class
             f"class is arbiter's {ours!r} worker type") in done.stderr
 
 
+def test_worker_class_maps_uvicorn_s_worker_to_asgi(tmp_path):
+    config, origins, done = print_config(tmp_path, "--worker-class",
+                                         "uvicorn.workers.UvicornWorker")
+    assert config["worker_type"] == "asgi"
+    assert ("'uvicorn.workers.UvicornWorker' is an ASGI worker class: arbiter's own is "
+            "worker_type asgi") in done.stderr
+
+
 @pytest.mark.parametrize(("gunicorn_class", "says"), [
     ("gevent", "arbiter does not monkey-patch"),
-    ("uvicorn.workers.UvicornWorker", "ASGI (worker_type: asgi) is not supported yet"),
+    ("myproject.workers.MyWorker", "is a worker class path"),
 ])
 def test_worker_class_without_an_equivalent_is_an_error_naming_ours(tmp_path,
                                                                     gunicorn_class, says):

@@ -645,15 +645,26 @@ app = App()
 
 
 @pytest.mark.parametrize("preload", [False, True])
-def test_an_asgi_app_exits_1_saying_it_is_asgi(server, preload):
+def test_an_asgi_app_on_a_wsgi_worker_type_exits_1_saying_it_is_asgi(server, preload):
     """FastAPI and friends used to start and answer every request with a plain 500."""
     server.write_app(ASGI_APP, name="fa.py")
-    args = ["-b", f"127.0.0.1:{server.port}", *(["--preload"] if preload else []), "fa:app"]
+    args = ["-b", f"127.0.0.1:{server.port}", "-k", "preforked",
+            *(["--preload"] if preload else []), "fa:app"]
     server.start(*args, wait=False)
     assert server.wait_exit(20) == 1
     assert "app 'fa:app' is an ASGI application (async __call__(scope, receive, send))" \
         in server.stderr
-    assert "ASGI (worker_type: asgi) is not supported yet" in server.stderr
+    assert "but worker_type is 'preforked', which serves WSGI apps: set worker_type: asgi" \
+        in server.stderr
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_an_asgi_app_without_a_worker_type_is_served_by_asgi_workers(server, preload):
+    server.write_app(ASGI_APP, name="fa.py")
+    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1",
+                 *(["--preload"] if preload else []), "fa:app")
+    assert server.get("/").body == b"asgi"
+    server.wait_log("ready: 1 asgi worker(s) serving")
 
 
 def test_a_reload_to_an_asgi_app_rolls_back_saying_why(server):
