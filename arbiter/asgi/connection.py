@@ -38,7 +38,12 @@ import time
 import traceback
 from typing import Any
 
-from arbiter.http.app_response import AppResponse, ClientDisconnected
+from arbiter.http.app_response import (
+    AppResponse,
+    ClientDisconnected,
+    RequestBodyError,
+    ResponseOutcome,
+)
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
@@ -153,7 +158,13 @@ class HTTPProtocol(asyncio.Protocol):
                 self.transport.write(lc.take_output())
             elif action == RESPOND:
                 self.cancel_timer()
-                self.cycle = RequestCycle(self)
+                try:
+                    self.cycle = RequestCycle(self)
+                except Exception:
+                    host.log.exception("cannot start a request from %r", self.peer)
+                    lc.response_done(ResponseOutcome(0, False, 0, True), now)
+                    self.abort()
+                    return
                 self.cycle.start()
                 return
             elif action == LINGER_THEN_CLOSE:
@@ -268,6 +279,10 @@ class RequestCycle:
         self.gone = False  # the client went away
         self.eof = False
         self.timed_out = False
+        self.refused = False  # the core answered a bad body for the app
+        self.started_at = time.monotonic()
+        self.client_waited = 0.0  # seconds spent waiting for the client (body, drain)
+        self.client_wait_since: float | None = None
         self.waiters: list[asyncio.Future] = []
         self.task: asyncio.Task | None = None
         self.timeout_handle: asyncio.TimerHandle | None = None
@@ -289,8 +304,11 @@ class RequestCycle:
                 raise
             response.answer_instead(504)
         except Exception as exc:  # noqa: BLE001 -- the app's failure becomes a response
-            if self.gone:
-                response.client_gone(exc)
+            if self.gone or self.refused:
+                self.conn.host.log.debug("the app raised after its client was gone or its "
+                                         "body refused: %r", exc)
+                if not response.finished:
+                    response.client_gone(exc)
             else:
                 response.fail(exc)
         else:
@@ -312,6 +330,13 @@ class RequestCycle:
         the client gets a 504 (or a cut, if its response had started)."""
         task = self.task
         if task is None or task.done():
+            return
+        now = time.monotonic()
+        waited = self.client_waited + (now - self.client_wait_since
+                                       if self.client_wait_since is not None else 0.0)
+        left = self.started_at + self.conn.host.request_timeout + waited - now
+        if left > 0.01:  # time the client kept it waiting is the transfer budgets' business
+            self.timeout_handle = asyncio.get_running_loop().call_later(left, self.on_timeout)
             return
         request = self.request
         self.conn.host.log.error(
@@ -341,13 +366,15 @@ class RequestCycle:
             except ClientDisconnected:  # the client closed inside the body
                 self.body_done = self.eof = True
                 return {"type": "http.disconnect"}
+            except RequestBodyError as exc:  # a body the core refuses (400, 413, ...)
+                return self.refuse(exc)
             if lc.out:  # the 100 Continue owed before the body
                 conn.transport.write(lc.take_output())
             if piece is not None:
                 break
             conn.set_reading(True)
-            if not await self.wait(lc.deadline):
-                raise lc.body_too_slow()
+            if not await self.wait(lc.deadline, for_client=True):
+                return self.refuse(lc.body_too_slow())
             if self.gone:
                 return {"type": "http.disconnect"}
         more = bool(piece)
@@ -355,6 +382,17 @@ class RequestCycle:
             more = lc.next_body_piece(time.monotonic()) is None
         self.body_done = not more
         return {"type": "http.request", "body": piece, "more_body": more}
+
+    def refuse(self, error: RequestBodyError) -> dict:
+        """The request body broke the protocol, a limit or its budget: the client gets
+        the core's answer (413, 400, 408 ...) now, as from a WSGI app; the app hears
+        ``http.disconnect`` and whatever it sends next goes nowhere."""
+        self.conn.host.log.debug("request body refused: %s", error)
+        self.body_done = self.refused = self.complete = True
+        self.response.answer_instead(error.status)
+        self.write_pending()
+        self.wake()
+        return {"type": "http.disconnect"}
 
     async def send(self, message: dict) -> None:
         response = self.response
@@ -403,7 +441,7 @@ class RequestCycle:
         the response's transfer budget; a client too slow is cut."""
         conn = self.conn
         loop = asyncio.get_running_loop()
-        since = time.monotonic()
+        since = self.client_wait_since = time.monotonic()
         size = conn.transport.get_write_buffer_size()
         budget = self.budget
         if conn.drained is None or conn.drained.done():
@@ -416,15 +454,22 @@ class RequestCycle:
             conn.abort()
             self.client_gone("response read too slowly")
             return
+        finally:
+            self.client_waited += time.monotonic() - since
+            self.client_wait_since = None
         now = time.monotonic()
         budget.waited(now - since)
         if not conn.closed:
             budget.moved(size - conn.transport.get_write_buffer_size(), now)
 
-    async def wait(self, deadline: float = float("inf")) -> bool:
-        """Until :meth:`wake` (True) or ``deadline`` (False)."""
+    async def wait(self, deadline: float = float("inf"), for_client: bool = False) -> bool:
+        """Until :meth:`wake` (True) or ``deadline`` (False); ``for_client``: the time is
+        the client's (its body), not the app's, and does not count towards ``timeout``."""
         future = asyncio.get_running_loop().create_future()
         self.waiters.append(future)
+        since = time.monotonic()
+        if for_client:
+            self.client_wait_since = since
         try:
             if deadline == float("inf"):
                 await future
@@ -436,6 +481,9 @@ class RequestCycle:
         finally:
             if future in self.waiters:
                 self.waiters.remove(future)
+            if for_client:
+                self.client_waited += time.monotonic() - since
+                self.client_wait_since = None
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []

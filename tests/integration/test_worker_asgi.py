@@ -106,6 +106,22 @@ async def boom():
 async def sleep(seconds: float):
     await asyncio.sleep(seconds)
     return {"slept": seconds}
+
+
+@app.get("/halfway")
+async def halfway():
+    async def pieces():
+        yield b"first piece\\n"
+        raise RuntimeError("the stream broke")
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
+@app.get("/until-disconnect")
+async def until_disconnect(request: Request):
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+    mark("client disconnected")
+    return {}
 """
 
 FAILING_STARTUP_APP = """
@@ -181,6 +197,10 @@ def fastapi_server(make_module_server):
         timeout: 2
         keepalive: 5
         graceful_timeout: 10
+        limits:
+          body: 2000000
+        log:
+          access_log: "-"
     """)
     server.start("-c", str(server.config_path), timeout=30)
     return server
@@ -194,6 +214,8 @@ def test_a_plain_asgi_app_is_served_with_the_asgi_type_picked_by_itself(server):
     assert (resp.status, resp.body) == (200, b"hello from asgi")
     assert resp.headers["content-length"] == "15"
     assert "ready: 1 asgi worker(s) serving" in server.wait_log("ready: 1 asgi")
+    head = server.get("/", method="HEAD")
+    assert (head.status, head.headers["content-length"], head.body) == (200, "15", b"")
     # lifespan: auto, and the app raises on the lifespan scope: served without it.
     assert "lifespan: the app does not support it (AssertionError" in server.stderr
 
@@ -406,3 +428,116 @@ def test_uvloop_is_optional():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30)
     assert out.stdout.strip() == "asyncio.unix_events", out.stderr
+
+
+def test_the_access_log_has_a_line_per_request(fastapi_server):
+    fastapi_server.get("/items/31337?q=logged")
+    wait_for(lambda: "GET /items/31337?q=logged HTTP/1.1\" 200" in fastapi_server.stdout,
+             message="the access log line")
+
+
+def test_a_chunked_body_over_the_limit_gets_413(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"x" * 500_000
+        try:
+            for _ in range(6):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        except OSError:
+            pass  # the server answered and closed while we were still sending
+        status, _, _ = raw_response(sock)
+    assert status == 413
+    assert fastapi_server.get("/items/1").status == 200
+
+
+def test_a_content_length_over_the_limit_gets_413_before_the_app(fastapi_server):
+    raw = raw_exchange(fastapi_server.port, b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+                                            b"Content-Length: 3000000\r\n\r\n")
+    assert status_of(raw) == 413
+
+
+def test_a_body_that_stalls_gets_408(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=15) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                     b"only ten b")
+        status, _, _ = raw_response(sock)
+    assert status == 408
+    assert time.monotonic() - started < 10  # read_timeout (= timeout, 2 s) without a byte
+
+
+def test_an_app_error_after_the_response_started_cuts_the_connection(fastapi_server):
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /halfway HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(http.client.IncompleteRead) as info:
+            raw_response(sock)
+    assert info.value.partial == b"first piece\n"
+    fastapi_server.wait_log("RuntimeError: the stream broke")
+
+
+def test_the_app_hears_that_its_client_went_away(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /until-disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # the request reaches the app (nothing to poll from outside)
+    marks = fastapi_server.workdir / "lifespan.log"
+    wait_for(lambda: "client disconnected" in marks.read_text(), timeout=10,
+             message="the app to see http.disconnect")
+
+
+BLOCKING_APP = """
+import os
+import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/block":
+        time.sleep(30)  # blocks the whole loop: no heartbeat
+    body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_an_app_blocking_the_loop_is_killed_and_replaced_after_timeout(server):
+    server.write_app(BLOCKING_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "2")
+    [first] = server.workers()
+    try:
+        http_request(server.port, "/block", timeout=15)
+    except OSError:
+        pass  # the worker was killed under the request
+    server.wait_log("timed out: silent for", timeout=15)
+    wait_for(lambda: server.workers() and server.workers() != [first], timeout=15,
+             message="a replacement worker")
+    server.wait_serving()
+    assert int(server.get("/").body) != first
+
+
+def test_tls(make_server, tmp_path):
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = make_server("tls")
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1",
+                 "--certfile", str(tmp_path / "server.pem"), wait=False)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    def https_get() -> bytes | None:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return raw_response(sock)[2]
+        except OSError:
+            return None
+
+    assert wait_for(https_get, timeout=20, message="an https answer") == b"hello from asgi"
