@@ -508,9 +508,11 @@ class Lifecycle:
             self.deadline = _INF
             return b""
         if event is NEED_DATA:
-            if self.wait_start is None:
+            budget = self.budget
+            if self.wait_start is None:  # a wait starts: so does its stall clock
                 self.wait_start = now
-            self.deadline = self.budget.wait_deadline(now)
+                budget.last_progress = max(budget.last_progress, now)
+            self.deadline = budget.wait_deadline(now)
             return None
         if etype is ProtocolError:
             raise RequestBodyError(event)

@@ -240,3 +240,48 @@ def test_a_closed_connection_stays_closed() -> None:
     lc, _ = make()
     lc.received(b"", T0)
     assert lc.next(T0) == CLOSE and lc.phase == CLOSED
+
+
+# ---------------------------------------------------------------- a driver that must not block
+def test_next_body_piece_owes_100_continue_then_streams_the_body() -> None:
+    lc, _ = make()
+    lc.received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n"
+                b"Expect: 100-continue\r\n\r\n", T0)
+    assert lc.next(T0) == RESPOND
+    assert lc.next_body_piece(T0 + 1) is None  # nothing yet: wait until lc.deadline
+    assert lc.take_output() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert (lc.phase, lc.deadline) == (BODY, T0 + 1 + 10)  # the budget's grace: header_timeout
+    lc.received(b"abc", T0 + 2)
+    assert lc.next_body_piece(T0 + 2) == b"abc"
+    lc.received(b"def", T0 + 3)
+    assert lc.next_body_piece(T0 + 3) == b"def"
+    assert lc.next_body_piece(T0 + 3) == b""
+    assert lc.phase == APP
+    assert not lc.out  # the 100 Continue is owed once
+
+
+def test_next_body_piece_counts_only_the_time_the_app_waits_for_the_client() -> None:
+    lc, _ = make(read_timeout=5.0, min_transfer_rate=0.0)
+    lc.received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", T0)
+    assert lc.next(T0) == RESPOND
+    assert lc.next_body_piece(T0) == b"abc"  # the app has bytes: nobody waits
+    lc.received(b"def", T0 + 100)  # arrives while the app is busy elsewhere
+    assert lc.budget.waited_total == 0.0
+    assert lc.next_body_piece(T0 + 200) == b"def"
+    assert lc.next_body_piece(T0 + 200) is None  # now the app waits
+    assert lc.deadline == T0 + 200 + 5  # a stall: read_timeout after the wait began
+    lc.received(b"ghij", T0 + 201)
+    assert lc.budget.waited_total == 1.0
+    assert lc.next_body_piece(T0 + 201) == b"ghij"
+
+
+def test_next_body_piece_raises_the_core_s_refusal_and_too_slow_is_408() -> None:
+    lc, _ = make(limit_body=4)
+    lc.received(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n3\r\ndef\r\n", T0)
+    assert lc.next(T0) == RESPOND
+    assert lc.next_body_piece(T0) == b"abc"
+    with pytest.raises(RequestBodyError) as info:
+        lc.next_body_piece(T0)
+    assert info.value.status == 413
+    assert lc.body_too_slow().status == 408
