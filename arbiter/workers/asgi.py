@@ -18,9 +18,13 @@ only the strategy around it:
 * **Heartbeat**: a loop callback beats every half ``tick``; an app that blocks
   the loop stops it, and the master kills the worker after ``timeout``
   (``hung_policy = "self"``: a slow request is this worker's business).
-* **timeout**: a request still running after ``timeout`` seconds is
-  cancelled, its stack logged; the client gets a 504, or a cut if its
-  response had started. The worker goes on serving.
+* **timeout**: a request still running after ``timeout`` seconds (not
+  counting the time it waited for its client) is cancelled, its stack
+  logged; the client gets a 504, or a cut if its response had started. The
+  worker goes on serving.
+* **reactor_block_warning**: a loop blocked that long (a synchronous call in
+  a coroutine) logs the stack of the blocking call
+  (:class:`~arbiter.io.loop_watchdog.LoopWatchdog`).
 * **Stop** (TERM, a recycle, a scale-down): the listeners close, every
   connection is told and finishes as its lifecycle promised, within
   ``graceful_timeout`` (then what is left is cut), then the lifespan
@@ -40,6 +44,7 @@ from arbiter.asgi.connection import HTTPProtocol
 from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
+from arbiter.io.loop_watchdog import LoopWatchdog
 from arbiter.workers.base import Worker
 from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
@@ -99,9 +104,17 @@ class AsgiWorker(Worker):
 
     def serve(self) -> None:
         assert self.loop is not None
+        watchdog = None
+        if self.cfg.reactor_block_warning:
+            watchdog = LoopWatchdog(float(self.cfg.reactor_block_warning), self.log,
+                                    f"worker #{self.number}")
+            watchdog.start()
+            self.loop.call_soon(self.turning, watchdog)
         try:
             self.loop.run_until_complete(self.main())
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             for listener in self.listeners:
                 listener.sock.close()
             self.loop.close()
@@ -124,6 +137,11 @@ class AsgiWorker(Worker):
             self.loop.call_later(self.tick / 2, self.beat)
         else:
             self.stop_requested.set()
+
+    def turning(self, watchdog: LoopWatchdog) -> None:
+        """The loop turns: the watchdog hears it, a quarter of its threshold from now."""
+        watchdog.turned()
+        self.loop.call_later(watchdog.period, self.turning, watchdog)
 
     def handle_term(self, signum: int, frame: Any) -> None:
         super().handle_term(signum, frame)

@@ -510,6 +510,8 @@ def test_an_app_blocking_the_loop_is_killed_and_replaced_after_timeout(server):
         http_request(server.port, "/block", timeout=15)
     except OSError:
         pass  # the worker was killed under the request
+    log = server.wait_log("the event loop has been blocked for", timeout=15)
+    assert "time.sleep(30)  # blocks the whole loop" in log  # the blocking call, named
     server.wait_log("timed out: silent for", timeout=15)
     wait_for(lambda: server.workers() and server.workers() != [first], timeout=15,
              message="a replacement worker")

@@ -1,0 +1,73 @@
+"""Noticing that an event loop has stopped turning, and saying what holds it.
+
+Owns :class:`LoopWatchdog` (the ``reactor_block_warning`` setting): the loop
+calls :meth:`LoopWatchdog.turned` from a callback it schedules every quarter
+of the threshold; a daemon thread checks twice per threshold, and when the
+loop has not turned for longer than the threshold it logs, once per stall,
+the stack of the loop's thread -- the blocking call an async app made (a
+``time.sleep``, a synchronous database driver, a heavy computation) -- and,
+when the loop turns again, how long the stall lasted. It changes nothing:
+the master's ``timeout`` still kills a worker whose loop stays blocked (its
+heartbeat stops).
+
+Any loop can use it; the asgi worker does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+
+__all__ = ["LoopWatchdog"]
+
+
+class LoopWatchdog:
+    """Logs the stack of a loop's thread when it blocks longer than ``threshold`` s."""
+
+    def __init__(self, threshold: float, log: logging.Logger, what: str) -> None:
+        self.threshold = threshold
+        self.log = log
+        self.what = what  # "worker #3": who is blocked, for the log
+        self.loop_thread = threading.get_ident()
+        self.turned_at = time.monotonic()
+        self.stalled_since: float | None = None  # a stall reported, not yet over
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="arbiter-loop-watchdog",
+                                       daemon=True)
+
+    @property
+    def period(self) -> float:
+        """How often the loop should call :meth:`turned`."""
+        return self.threshold / 4
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def turned(self) -> None:
+        """Called by the loop: it is turning."""
+        now = time.monotonic()
+        self.turned_at = now
+        since = self.stalled_since
+        if since is not None:
+            self.stalled_since = None
+            self.log.warning("%s: the event loop turns again after %.2f s blocked",
+                             self.what, now - since)
+
+    def watch(self) -> None:
+        while not self.stop_event.wait(self.threshold / 2):
+            turned_at = self.turned_at
+            blocked = time.monotonic() - turned_at
+            if blocked <= self.threshold or self.stalled_since is not None:
+                continue
+            self.stalled_since = turned_at
+            frame = sys._current_frames().get(self.loop_thread)
+            stack = "".join(traceback.format_stack(frame)).rstrip() if frame else "(unknown)"
+            self.log.warning("%s: the event loop has been blocked for %.2f s "
+                             "(reactor_block_warning %g s), in (most recent call last):\n%s",
+                             self.what, blocked, self.threshold, stack)
