@@ -99,7 +99,9 @@ class HTTPProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.lc.received(b"", time.monotonic())
         self.after_input(eof=True)
-        return True  # keep the write side: the lifecycle decides when to close
+        # Keep the write side: the lifecycle decides when to close (asyncio's TLS cannot
+        # half-close, and says so if asked).
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -312,7 +314,9 @@ class RequestCycle:
             else:
                 response.fail(exc)
         else:
-            if not response.finished and not self.gone:
+            if self.timed_out and not response.finished:  # it swallowed the cancellation
+                response.answer_instead(504)
+            elif not response.finished and not self.gone:
                 response.fail(RuntimeError(
                     "the ASGI app returned without sending http.response.start"
                     if not self.started else

@@ -543,3 +543,19 @@ def test_tls(make_server, tmp_path):
             return None
 
     assert wait_for(https_get, timeout=20, message="an https answer") == b"hello from asgi"
+
+
+def test_a_kept_alive_connection_at_stop_gets_its_next_answer_with_connection_close(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--keepalive", "10")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = raw_response(sock)
+        assert (status, headers.get("connection")) == (200, None)
+        server.signal(signal.SIGTERM)
+        server.wait_log("stopping gracefully")
+        time.sleep(0.2)  # the worker hears TERM from the master (nothing to poll from here)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # a client that does not retry
+        status, headers, body = raw_response(sock)
+        assert (status, headers.get("connection"), body) == (200, "close", b"hello from asgi")
+    assert server.wait_exit(20) == 0
