@@ -61,9 +61,10 @@ class HTTPProtocol(asyncio.Protocol):
     ``draining``, ``request_timeout``, ``may_keep_alive()`` and the observer
     methods (``request_started`` / ``request_finished``)."""
 
-    def __init__(self, host: Any, tls: bool) -> None:
+    def __init__(self, host: Any, tls: bool, proxy: Any = None) -> None:
         self.host = host
         self.tls = tls
+        self.proxy = proxy  # the PROXY protocol header the worker took (a ProxyInfo)
         self.transport: Any = None
         self.lc: Lifecycle | None = None
         self.sockname: Any = None
@@ -86,7 +87,10 @@ class HTTPProtocol(asyncio.Protocol):
         now = time.monotonic()
         http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
         self.lc = Lifecycle(handler, http, self.peer, self.sockname, now, observer=host,
-                            tls=self.tls, may_keep_alive=host.may_keep_alive)
+                            tls=self.tls, proxy=self.proxy is not None,
+                            may_keep_alive=host.may_keep_alive)
+        if self.proxy is not None:
+            self.lc.proxy_done(self.proxy, now)
         if self.tls:  # asyncio finished the handshake before calling us
             self.lc.handshake_done(now)
         host.connections.add(self)

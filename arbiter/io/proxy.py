@@ -8,12 +8,16 @@ of it is header, and receives only that -- so whatever follows stays in the
 socket for its rightful reader: the HTTP parser, or, when the listener
 serves TLS, the TLS handshake (a proxy like an AWS NLB puts the PROXY header
 before the ClientHello). Works on blocking and non-blocking sockets alike
-(each call does what has arrived; ``None`` means "wait for more").
+(each call does what has arrived; ``None`` means "wait for more");
+:func:`take_proxy_header` waits for it on an asyncio loop (the asgi worker,
+before asyncio's transport takes the socket over).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from typing import Any
 
 from arbiter.http.app_response import ClientDisconnected
@@ -25,7 +29,7 @@ from arbiter.http.proxy_protocol import (
     ProxyInfo,
 )
 
-__all__ = ["ProxyHeaderTaker"]
+__all__ = ["ProxyHeaderTaker", "take_proxy_header"]
 
 _PEEK = 16 + MAX_V2_LENGTH  # the longest header there can be
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # the socket may be in blocking mode
@@ -67,3 +71,25 @@ class ProxyHeaderTaker:
         if result is NEED_MORE or len(data) < wanted:
             return None
         return result
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def take_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket, mode: str,
+                            deadline: float) -> ProxyInfo:
+    """The PROXY header off a non-blocking ``sock``, waiting on ``loop`` until ``deadline``
+    (monotonic); raises ClientDisconnected when it is malformed, late or never sent."""
+    taker = ProxyHeaderTaker(mode)
+    while (info := taker.take(sock)) is None:
+        readable = loop.create_future()
+        loop.add_reader(sock.fileno(), _resolve, readable)
+        try:
+            await asyncio.wait_for(readable, max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise ClientDisconnected("no PROXY protocol header within header_timeout") from None
+        finally:
+            loop.remove_reader(sock.fileno())
+    return info

@@ -9,8 +9,9 @@ carried out by :class:`~arbiter.asgi.connection.HTTPProtocol`; this module is
 only the strategy around it:
 
 * **Accepting**: the inherited listeners are watched by the loop; each
-  accepted socket becomes a protocol (through asyncio's TLS when ``ssl`` is
-  set, its handshake within ``header_timeout``). At ``max_connections`` open
+  accepted socket becomes a protocol (after its PROXY protocol header, from
+  the peers in ``proxy_allow_ips`` when ``proxy_protocol`` is on; through
+  asyncio's TLS when ``ssl`` is set; both within ``header_timeout``). At ``max_connections`` open
   connections the listeners are unwatched and clients wait in the backlog.
 * **Boot**: the ``lifespan`` startup (:mod:`arbiter.asgi.lifespan`) runs
   before the worker reports ready; one that fails is a failed boot (exit 3),
@@ -45,6 +46,7 @@ from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.loop_watchdog import LoopWatchdog
+from arbiter.io.proxy import take_proxy_header
 from arbiter.workers.base import Worker
 from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
@@ -77,8 +79,6 @@ class AsgiWorker(Worker):
 
     def start_app(self) -> str | None:
         cfg = self.cfg
-        if cfg.proxy_protocol:
-            return "proxy_protocol is not supported by worker_type asgi yet"
         self.connections: set[HTTPProtocol] = set()
         self.opening = 0  # accepted, handshake under way
         self.draining = False
@@ -172,24 +172,31 @@ class AsgiWorker(Worker):
                 return
             if accepted is None:
                 return
-            sock, _peer = accepted
+            sock, peer = accepted
             sock.setblocking(False)
             self.opening += 1
-            self.loop.create_task(self.connect(sock))
+            self.loop.create_task(self.connect(sock, peer))
         self.watch_listeners(False)  # at the bound: further clients wait in the backlog
 
-    async def connect(self, sock: Any) -> None:
+    async def connect(self, sock: Any, peer: Any) -> None:
+        """An accepted socket becomes a connection: its PROXY header taken (from the
+        peers that send one), asyncio's TLS handshake done, a protocol made."""
         tls = self.tls
         try:
+            proxy = None
+            if self.handler.expects_proxy_header(peer):
+                proxy = await take_proxy_header(
+                    self.loop, sock, self.handler.proxy_protocol,
+                    time.monotonic() + float(self.cfg.header_timeout))
             if tls is None:
                 await self.loop.connect_accepted_socket(
-                    lambda: HTTPProtocol(self, False), sock)
+                    lambda: HTTPProtocol(self, False, proxy), sock)
             else:
                 await self.loop.connect_accepted_socket(
-                    lambda: HTTPProtocol(self, True), sock, ssl=tls,
+                    lambda: HTTPProtocol(self, True, proxy), sock, ssl=tls,
                     ssl_handshake_timeout=float(self.cfg.header_timeout))
         except (TimeoutError, OSError) as exc:
-            self.log.debug("connection refused: %s", exc)
+            self.log.debug("connection from %r refused: %s", peer, exc)
             sock.close()
         finally:
             self.opening -= 1

@@ -559,3 +559,35 @@ def test_a_kept_alive_connection_at_stop_gets_its_next_answer_with_connection_cl
         status, headers, body = raw_response(sock)
         assert (status, headers.get("connection"), body) == (200, "close", b"hello from asgi")
     assert server.wait_exit(20) == 0
+
+
+CLIENT_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    host, port = scope["client"]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": f"{host} {port}".encode()})
+"""
+
+
+def test_proxy_protocol_names_the_client(server):
+    server.write_app(CLIENT_APP, name="fa.py")
+    server.write_config(f"""
+        app: fa:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 1
+        proxy_protocol: v1
+        header_timeout: 2
+    """)
+    server.start("-c", str(server.config_path), wait=False)
+    server.wait_log("ready: 1 asgi worker(s) serving")
+    raw = raw_exchange(server.port, b"PROXY TCP4 198.51.100.7 10.0.0.1 55555 80\r\n"
+                                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\n198.51.100.7 55555")
+    # From a proxy peer, no header (or a broken one) means no answer at all.
+    for data in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"PROXY TCP4 x\r\n\r\n"):
+        try:
+            assert raw_exchange(server.port, data) == b""
+        except ConnectionResetError:
+            pass  # closed with the request unread: a reset, as for every worker type
