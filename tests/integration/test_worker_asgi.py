@@ -591,3 +591,17 @@ def test_proxy_protocol_names_the_client(server):
             assert raw_exchange(server.port, data) == b""
         except ConnectionResetError:
             pass  # closed with the request unread: a reset, as for every worker type
+
+
+def test_the_example_config_serves_the_asgi_demo(server):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config" / "asgi.yaml"
+    server.start("-c", str(example), "-b", f"127.0.0.1:{server.port}", "-w", "1")
+    resp = server.get("/demo")
+    assert resp.status == 200
+    assert b"(worker type <b>asgi</b>)" in resp.body
+    assert b"<code>GET /demo</code> over HTTP/1.1" in resp.body
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+    assert "lifespan" not in server.stderr  # startup and shutdown went quietly
