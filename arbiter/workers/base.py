@@ -7,9 +7,17 @@ traceback for the master's hung-worker report), loading the app, announcing
 noticing that the master is gone, and the exit code the master reads.
 
 A worker type subclasses :class:`Worker` and implements only ``serve()``: how
-it waits for connections and who runs the next piece of work. HTTP and WSGI go
-through :mod:`arbiter.http`; the scoreboard row is written through the
-:class:`Worker` itself, which is the ``RequestObserver`` the HTTP core calls.
+it waits for connections and who runs the next piece of work (the asgi type
+also ``make_handler()`` and ``start_app()``, its lifespan startup). HTTP and
+WSGI go through :mod:`arbiter.http`, ASGI through :mod:`arbiter.asgi`; the
+scoreboard row is written through the :class:`Worker` itself, which is the
+``RequestObserver`` the HTTP core calls.
+
+The app's kind decides with the config which type serves it
+(:func:`arbiter.appload.serving_worker_type`): when ``worker_type`` is unset
+and the app turns out to be ASGI, the booting worker becomes an asgi worker
+(its class is switched before anything type-specific is built) and says so
+in its ready notice, so the master reports the type that serves.
 """
 
 from __future__ import annotations
@@ -53,7 +61,6 @@ except ImportError:  # pragma: no cover - a hard dependency, but never fatal
 EXIT_OK = 0
 EXIT_APP_LOAD_FAILED = 3  # the app could not be imported/created at boot
 EXIT_APP_KIND_MISMATCH = 4  # the app loaded, but the worker type cannot serve it (WSGI/ASGI)
-EXIT_APP_NOT_WSGI = EXIT_APP_KIND_MISMATCH  # its name before the asgi worker type
 
 # The signal the master sends before killing a hung worker: dump tracebacks.
 TRACEBACK_SIGNAL = signal.SIGUSR2
