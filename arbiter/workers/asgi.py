@@ -28,9 +28,9 @@ only the strategy around it:
   (:class:`~arbiter.io.loop_watchdog.LoopWatchdog`).
 * **Stop** (TERM, a recycle, a scale-down): the listeners close, every
   connection is told and finishes as its lifecycle promised, within
-  ``graceful_timeout`` (then what is left is cut), then the lifespan
-  shutdown runs (given what is left of ``graceful_timeout``, at least a
-  second).
+  ``graceful_timeout`` less ``SHUTDOWN_RESERVE`` (then what is left is
+  cut), then the lifespan shutdown runs in what is left of
+  ``graceful_timeout`` -- the master kills the worker at its end.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
 __all__ = ["AsgiWorker", "new_event_loop"]
 
-SHUTDOWN_AT_LEAST = 1.0  # seconds the lifespan shutdown gets even after a long drain
+SHUTDOWN_RESERVE = 1.0  # of graceful_timeout (at most a quarter), kept for the lifespan shutdown
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -126,9 +126,12 @@ class AsgiWorker(Worker):
         self.beat()
         await self.stop_requested.wait()
         started = time.monotonic()
-        await self.drain()
-        grace = float(self.cfg.graceful_timeout) - (time.monotonic() - started)
-        await self.lifespan.shutdown(max(grace, SHUTDOWN_AT_LEAST))
+        graceful = float(self.cfg.graceful_timeout)
+        # The master kills what is left at graceful_timeout: the drain ends before, so the
+        # lifespan shutdown still has a moment.
+        await self.drain(graceful - min(SHUTDOWN_RESERVE, graceful / 4))
+        left = graceful - (time.monotonic() - started)
+        await self.lifespan.shutdown(max(left, 0.1))
 
     # -- the loop's chores ---------------------------------------------------------------
     def beat(self) -> None:
@@ -213,9 +216,9 @@ class AsgiWorker(Worker):
             self.watch_listeners(True)
 
     # -- stopping ----------------------------------------------------------------------
-    async def drain(self) -> None:
+    async def drain(self, within: float) -> None:
         """Accept nothing more; let every connection finish as its lifecycle promised,
-        within graceful_timeout; then cut what is left."""
+        ``within`` seconds; then cut what is left."""
         self.watch_listeners(False)
         self.draining = True
         self.slot.set_closed()
@@ -225,7 +228,7 @@ class AsgiWorker(Worker):
             conn.stop()
         self.forget(None)
         try:
-            await asyncio.wait_for(self.all_closed.wait(), float(self.cfg.graceful_timeout))
+            await asyncio.wait_for(self.all_closed.wait(), within)
         except TimeoutError:
             self.log.warning("worker #%d: graceful_timeout reached with %d connection(s) "
                              "still open; closing them", self.number, len(self.connections))

@@ -605,3 +605,75 @@ def test_the_example_config_serves_the_asgi_demo(server):
     server.signal(signal.SIGTERM)
     assert server.wait_exit(20) == 0
     assert "lifespan" not in server.stderr  # startup and shutdown went quietly
+
+
+def ctl_status(server) -> dict:
+    result = subprocess.run([*ARBITER, "ctl", "-s", str(server.workdir / "control.sock"),
+                             "status", "--json"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_ctl_status_shows_asgi_requests_in_flight_and_counts_them(make_server):
+    server = make_server("status")
+    server.write_app(FASTAPI_APP, name="fa.py")
+    # control_socket has no flag: set it from the environment
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "20",
+                 env={"ARBITER_CONTROL_SOCKET": str(server.workdir / "control.sock")},
+                 timeout=30)
+    threads = [threading.Thread(target=http_request, args=(server.port, "/sleep?seconds=2"),
+                                kwargs={"timeout": 20}) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+
+    def three_in_flight() -> dict | None:
+        [worker] = ctl_status(server)["workers"]
+        return worker if worker.get("in_flight") == 3 else None
+
+    worker = wait_for(three_in_flight, timeout=15, message="3 requests in flight")
+    assert worker["state"] == "busy"
+    assert (worker["current"]["method"], worker["current"]["path"]) == ("GET", "/sleep")
+    for thread in threads:
+        thread.join(20)
+    data = ctl_status(server)
+    assert data["master"]["worker_type"] == "asgi"
+    assert data["requests"]["by_status"]["2xx"] == 3  # (the readiness poll got a 404)
+    assert data["requests"]["by_method"]["GET"] == 4
+
+
+def test_max_requests_recycles_the_worker_without_dropping_a_request(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1",
+                 "--max-requests", "5")
+    [first] = server.workers()
+    statuses = [server.get("/").status for _ in range(12)]
+    assert statuses == [200] * 12
+    server.wait_log("(max_requests): recycling once its replacement is ready")
+    wait_for(lambda: server.workers() and first not in server.workers(), timeout=20,
+             message="the first worker replaced")
+
+
+def test_graceful_timeout_cuts_what_is_left_and_the_worker_exits(server):
+    server.write_app(FASTAPI_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "60",
+                 "--graceful-timeout", "1", timeout=30)
+    outcome: dict = {}
+
+    def slow_request() -> None:
+        try:
+            outcome["status"] = http_request(server.port, "/sleep?seconds=30", timeout=20).status
+        except OSError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.3)  # the request reaches the app (nothing to poll from outside)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+    assert time.monotonic() - started < 10
+    # The worker cut it itself before the master's deadline, and ran the lifespan shutdown.
+    assert "graceful_timeout reached with 1 connection(s) still open" in server.stderr
+    assert "shutdown" in (server.workdir / "lifespan.log").read_text()
+    thread.join(20)
+    assert "error" in outcome
