@@ -1,7 +1,8 @@
 """One client connection on an asyncio loop: the lifecycle driven, the ASGI app called.
 
-Owns :class:`HTTPProtocol` (an ``asyncio.Protocol`` per connection) and
-:class:`RequestCycle` (one request's ``receive`` / ``send``). The protocol
+Owns :func:`open_connection` (an accepted socket, its PROXY header and TLS,
+becoming a protocol), :class:`HTTPProtocol` (an ``asyncio.Protocol`` per
+connection) and :class:`RequestCycle` (one request's ``receive`` / ``send``). The protocol
 only carries out what the connection's
 :class:`~arbiter.http.lifecycle.Lifecycle` answers -- read until its
 deadline, write its bytes, start the app, shut the write side and linger,
@@ -47,19 +48,43 @@ from arbiter.http.app_response import (
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
+from arbiter.io.proxy import take_proxy_header
 
-__all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle"]
+__all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle", "open_connection"]
 
 READ_HIGH = 64 * 1024  # unparsed bytes held while the app has the request; then pause reading
 CLOSE_FLUSH_LIMIT = 5.0  # seconds a closing connection may take to flush what it still holds
 
 
+async def open_connection(host: Any, sock: Any, peer: Any, header_timeout: float) -> None:
+    """An accepted (non-blocking) socket becomes an :class:`HTTPProtocol`: its PROXY
+    protocol header taken first from a peer in ``proxy_allow_ips`` (when
+    ``proxy_protocol`` is on), then asyncio's TLS handshake when ``host.tls`` is set --
+    each within ``header_timeout`` of the accept. A client failing either is closed
+    (logged at debug); this never raises."""
+    loop = asyncio.get_running_loop()
+    handler, tls = host.handler, host.tls
+    try:
+        proxy = None
+        if handler.expects_proxy_header(peer):
+            proxy = await take_proxy_header(loop, sock, handler.proxy_protocol,
+                                            time.monotonic() + header_timeout)
+        if tls is None:
+            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, False, proxy), sock)
+        else:
+            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, True, proxy), sock,
+                                               ssl=tls, ssl_handshake_timeout=header_timeout)
+    except (TimeoutError, OSError) as exc:
+        host.log.debug("connection from %r refused: %s", peer, exc)
+        sock.close()
+
+
 class HTTPProtocol(asyncio.Protocol):
     """One connection, its lifecycle carried out from asyncio's callbacks.
 
-    ``host`` is the worker: ``handler``, ``log``, ``connections`` (a set),
-    ``draining``, ``request_timeout``, ``may_keep_alive()`` and the observer
-    methods (``request_started`` / ``request_finished``)."""
+    ``host`` is the worker: ``handler``, ``log``, ``draining``,
+    ``request_timeout``, ``may_keep_alive()``, ``opened(conn)`` / ``forget(conn)``
+    and the observer methods (``request_started`` / ``request_finished``)."""
 
     def __init__(self, host: Any, tls: bool, proxy: Any = None) -> None:
         self.host = host
@@ -93,7 +118,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.lc.proxy_done(self.proxy, now)
         if self.tls:  # asyncio finished the handshake before calling us
             self.lc.handshake_done(now)
-        host.connections.add(self)
+        host.opened(self)
         self.guard(self.drive)
 
     def data_received(self, data: bytes) -> None:

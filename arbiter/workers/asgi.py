@@ -9,9 +9,10 @@ carried out by :class:`~arbiter.asgi.connection.HTTPProtocol`; this module is
 only the strategy around it:
 
 * **Accepting**: the inherited listeners are watched by the loop; each
-  accepted socket becomes a protocol (after its PROXY protocol header, from
-  the peers in ``proxy_allow_ips`` when ``proxy_protocol`` is on; through
-  asyncio's TLS when ``ssl`` is set; both within ``header_timeout``). At ``max_connections`` open
+  accepted socket becomes a protocol
+  (:func:`~arbiter.asgi.connection.open_connection`). A worker holding more
+  connections than its peers leaves the next clients to them for a moment
+  (:class:`~arbiter.io.balance.AcceptShare`). At ``max_connections`` open
   connections the listeners are unwatched and clients wait in the backlog.
 * **Boot**: the ``lifespan`` startup (:mod:`arbiter.asgi.lifespan`) runs
   before the worker reports ready; one that fails is a failed boot (exit 3),
@@ -41,12 +42,12 @@ import time
 from typing import Any
 
 from arbiter.appload import asgi2_reason
-from arbiter.asgi.connection import HTTPProtocol
+from arbiter.asgi.connection import HTTPProtocol, open_connection
 from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
+from arbiter.io.balance import RECHECK, AcceptShare
 from arbiter.io.loop_watchdog import LoopWatchdog
-from arbiter.io.proxy import take_proxy_header
 from arbiter.workers.base import Worker
 from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
@@ -83,6 +84,8 @@ class AsgiWorker(Worker):
         self.opening = 0  # accepted, handshake under way
         self.draining = False
         self.accepting = False
+        self.full = False  # the listeners are unwatched at max_connections
+        self.share = AcceptShare(self.slot, int(cfg.workers))
         self.request_timeout = float(cfg.timeout)
         self.max_open = cfg.max_connections
         soft = raise_open_files_limit(cfg.max_connections + FD_SLACK)
@@ -159,6 +162,9 @@ class AsgiWorker(Worker):
         if watch == self.accepting or (watch and self.draining):
             return
         self.accepting = watch
+        if watch:
+            self.full = False
+            self.share.deferring(False)
         for listener in self.listeners:
             if watch:
                 self.loop.add_reader(listener.sock.fileno(), self.accept, listener)
@@ -166,7 +172,12 @@ class AsgiWorker(Worker):
                 self.loop.remove_reader(listener.sock.fileno())
 
     def accept(self, listener: Any) -> None:
-        while len(self.connections) + self.opening < self.max_open:
+        share = self.share
+        while (held := len(self.connections) + self.opening) < self.max_open:
+            if share.should_defer(held, time.monotonic()):
+                self.watch_listeners(False)  # a less loaded peer takes the next clients
+                self.loop.call_later(RECHECK, self.end_deferral)
+                return
             try:
                 accepted = accept_one(listener, self.log)
             except AcceptPaused:
@@ -180,39 +191,39 @@ class AsgiWorker(Worker):
             self.opening += 1
             self.loop.create_task(self.connect(sock, peer))
         self.watch_listeners(False)  # at the bound: further clients wait in the backlog
+        self.full = True
+
+    def end_deferral(self) -> None:
+        """While leaving the accept queue to peers: accept again once they caught up."""
+        if self.accepting or self.draining:
+            return
+        now = time.monotonic()
+        held = len(self.connections) + self.opening
+        if now >= self.share.deferred_until or self.share.caught_up(held, now):
+            self.watch_listeners(True)
+        else:
+            self.loop.call_later(RECHECK, self.end_deferral)
 
     async def connect(self, sock: Any, peer: Any) -> None:
-        """An accepted socket becomes a connection: its PROXY header taken (from the
-        peers that send one), asyncio's TLS handshake done, a protocol made."""
-        tls = self.tls
         try:
-            proxy = None
-            if self.handler.expects_proxy_header(peer):
-                proxy = await take_proxy_header(
-                    self.loop, sock, self.handler.proxy_protocol,
-                    time.monotonic() + float(self.cfg.header_timeout))
-            if tls is None:
-                await self.loop.connect_accepted_socket(
-                    lambda: HTTPProtocol(self, False, proxy), sock)
-            else:
-                await self.loop.connect_accepted_socket(
-                    lambda: HTTPProtocol(self, True, proxy), sock, ssl=tls,
-                    ssl_handshake_timeout=float(self.cfg.header_timeout))
-        except (TimeoutError, OSError) as exc:
-            self.log.debug("connection from %r refused: %s", peer, exc)
-            sock.close()
+            await open_connection(self, sock, peer, float(self.cfg.header_timeout))
         finally:
             self.opening -= 1
             self.forget(None)
+
+    def opened(self, conn: HTTPProtocol) -> None:
+        self.connections.add(conn)
+        self.share.publish(len(self.connections))
 
     def forget(self, conn: HTTPProtocol | None) -> None:
         """A connection closed (or never opened): accept again below the bound."""
         if conn is not None:
             self.connections.discard(conn)
+            self.share.publish(len(self.connections))
         if self.draining:
             if not self.connections and not self.opening:
                 self.all_closed.set()
-        elif not self.accepting and len(self.connections) + self.opening < self.max_open:
+        elif self.full and len(self.connections) + self.opening < self.max_open:
             self.watch_listeners(True)
 
     # -- stopping ----------------------------------------------------------------------

@@ -677,3 +677,15 @@ def test_graceful_timeout_cuts_what_is_left_and_the_worker_exits(server):
     assert "shutdown" in (server.workdir / "lifespan.log").read_text()
     thread.join(20)
     assert "error" in outcome
+
+
+def test_many_clients_at_once_on_two_workers(server):
+    from harness import preconnected_gets
+
+    server.write_app(BLOCKING_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "2", "--max-connections",
+                 "15", "--keepalive", "0.5")  # the clients keep their connections open
+    server.wait_workers(2)
+    responses = preconnected_gets(server.port, "/", 40)  # more than one worker may hold
+    assert [r.status for r in responses] == [200] * 40
+    assert {int(r.body) for r in responses} <= set(server.workers())
