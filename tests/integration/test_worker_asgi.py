@@ -116,6 +116,24 @@ async def halfway():
     return StreamingResponse(pieces(), media_type="text/plain")
 
 
+BIG_SENT = 0
+
+
+@app.get("/big")
+async def big():
+    async def pieces():
+        global BIG_SENT
+        for _ in range(1600):  # 100 MiB
+            BIG_SENT += 65536
+            yield b"x" * 65536
+    return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+
+@app.get("/big-sent")
+async def big_sent():
+    return {"sent": BIG_SENT}
+
+
 @app.get("/until-disconnect")
 async def until_disconnect(request: Request):
     while not await request.is_disconnected():
@@ -689,3 +707,21 @@ def test_many_clients_at_once_on_two_workers(server):
     responses = preconnected_gets(server.port, "/", 40)  # more than one worker may hold
     assert [r.status for r in responses] == [200] * 40
     assert {int(r.body) for r in responses} <= set(server.workers())
+
+
+def test_a_client_that_does_not_read_holds_the_app_back_and_is_cut(fastapi_server):
+    with socket.create_connection(("127.0.0.1", fastapi_server.port), timeout=15) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # reading nothing (the app runs meanwhile: nothing to poll)
+        sent = json.loads(fastapi_server.get("/big-sent").body)["sent"]
+        assert 0 < sent < 16 * 1024 * 1024  # of 100 MiB: send() waited for the client
+        received = 0
+        time.sleep(2.5)  # past read_timeout (timeout, 2 s) without taking a byte
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < 50 * 1024 * 1024  # cut, not served to the end
+    assert fastapi_server.get("/items/1").status == 200
