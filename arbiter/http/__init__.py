@@ -21,7 +21,9 @@ This package owns everything between bytes and a WSGI app:
   drivers in :mod:`arbiter.io` carry it out);
 * :mod:`arbiter.http.bodies` -- :class:`BodySpool`, a whole body bounded in memory.
 
-Nothing in this package opens or touches a socket.
+Nothing in this package opens or touches a socket. ASGI apps are served
+over the same core by :mod:`arbiter.asgi` (the scope, ``receive``/``send``
+and the lifespan on an asyncio loop).
 
 Drivers without a blocking socket (evented, pooled) use HTTPConnection +
 ``handler.build_environ(request, handler.connection_info(peer, sockname),

@@ -907,3 +907,14 @@ def test_effective_yaml_round_trips_with_origins(tmp_path: Path) -> None:
     again = load_config(write(tmp_path, text, name="printed.yaml"), env={})
     assert again == cfg
     assert (again.umask, again.proc_name, again.user, again.chdir) == (0o027, "123", 0, "a #b")
+
+
+def test_lifespan_takes_yaml_s_bare_on_and_off(tmp_path: Path) -> None:
+    for text, mode in (("lifespan: off", "off"), ("lifespan: on", "on"),
+                       ("lifespan: auto", "auto"), ("lifespan: 'OFF'", "off")):
+        assert load_config(write(tmp_path, text + "\n"), env={}).lifespan == mode
+    assert load_config(env={"ARBITER_LIFESPAN": "off"}).lifespan == "off"
+    path = write(tmp_path, "lifespan: sometimes\n")
+    assert error_of(path) == (f"{path}:1: lifespan: expected one of auto | on | off, "
+                              f"got 'sometimes'")
+    assert load_config(env={}).reactor_block_warning == 0.5
