@@ -725,3 +725,23 @@ def test_a_client_that_does_not_read_holds_the_app_back_and_is_cut(fastapi_serve
             pass
     assert received < 50 * 1024 * 1024  # cut, not served to the end
     assert fastapi_server.get("/items/1").status == 200
+
+
+def test_a_reload_whose_lifespan_startup_fails_rolls_back(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.write_config(f"""
+        app: fa:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 1
+        control_socket: control.sock
+    """)
+    server.start("-c", "server.yaml")
+    old = server.wait_workers(1)
+    server.write_app(FAILING_STARTUP_APP, name="fa.py")
+    result = subprocess.run([*ARBITER, "ctl", "-c", "server.yaml", "reload"],
+                            cwd=server.workdir, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "rolled back: a new worker failed to boot (exit code 3): lifespan startup failed" \
+        in result.stderr
+    assert server.wait_workers(1) == old
+    assert server.get("/").body == b"hello from asgi"
