@@ -1,11 +1,14 @@
-"""The ASGI layer without sockets: the scope, ASGI 2 wrapping, response framing for ASGI."""
+"""The ASGI layer without sockets: the scope, ASGI 2 wrapping, response framing, lifespan."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import pytest
+
 from arbiter.asgi.handler import ASGIHandler, as_asgi3
+from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.http import HTTPConnection, HTTPSettings
 from arbiter.http.app_response import AppResponse
 from arbiter.http.parsers import make_head_parser
@@ -152,3 +155,71 @@ def test_answer_instead_after_the_head_is_a_cut() -> None:
     r2.answer_instead(504)
     [answer] = r2.take_pending()
     assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+
+
+# ---------------------------------------------------------------- the lifespan
+
+def run_lifespan(app, mode: str = "auto", state: dict | None = None):
+    log = logging.getLogger("test.lifespan")
+    state = {} if state is None else state
+
+    async def both() -> Lifespan:
+        lifespan = Lifespan(app, mode, state, log)
+        await lifespan.startup(5)
+        await lifespan.shutdown(5)
+        return lifespan
+
+    return asyncio.run(both())
+
+
+def test_startup_and_shutdown_with_state() -> None:
+    seen = []
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                scope["state"]["db"] = "connected"
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    state: dict = {}
+    assert run_lifespan(app, state=state).supported
+    assert seen == ["lifespan.startup", "lifespan.shutdown"]
+    assert state == {"db": "connected"}
+
+
+async def no_lifespan(scope, receive, send):
+    raise ValueError("only http")
+
+
+def test_auto_serves_an_app_that_raises_on_lifespan_without_it() -> None:
+    assert not run_lifespan(no_lifespan, "auto").supported
+    with pytest.raises(LifespanFailed, match="ValueError: only http"):
+        run_lifespan(no_lifespan, "on")
+    assert not run_lifespan(no_lifespan, "off").supported
+
+
+def test_startup_failed_is_a_failed_boot_even_on_auto() -> None:
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    with pytest.raises(LifespanFailed, match="lifespan startup failed: no database"):
+        run_lifespan(app, "auto")
+
+
+def test_a_startup_that_never_answers_fails_within_its_bound() -> None:
+    async def app(scope, receive, send):
+        await receive()
+        await asyncio.sleep(60)
+
+    async def startup() -> None:
+        await Lifespan(app, "on", {}, logging.getLogger("test")).startup(0.05)
+
+    with pytest.raises(LifespanFailed, match="no answer to lifespan.startup within 0.05 s"):
+        asyncio.run(startup())
