@@ -20,13 +20,10 @@ only the strategy around it:
 * **Heartbeat**: a loop callback beats every half ``tick``; an app that blocks
   the loop stops it, and the master kills the worker after ``timeout``
   (``hung_policy = "self"``: a slow request is this worker's business).
-* **timeout**: a request still running after ``timeout`` seconds (not
-  counting the time it waited for its client) is cancelled, its stack
-  logged; the client gets a 504, or a cut if its response had started. The
-  worker goes on serving.
-* **reactor_block_warning**: a loop blocked that long (a synchronous call in
-  a coroutine) logs the stack of the blocking call
-  (:class:`~arbiter.io.loop_watchdog.LoopWatchdog`).
+* **timeout**: a longer request (its client's waits not counted) is cancelled
+  by its :class:`~arbiter.asgi.connection.RequestCycle` (504); the worker serves on.
+* **reactor_block_warning**: a loop blocked that long logs the blocking call's
+  stack (:class:`~arbiter.io.event_loop.LoopWatchdog`).
 * **Stop** (TERM, a recycle, a scale-down): the listeners close, every
   connection is told and finishes as its lifecycle promised, within
   ``graceful_timeout`` less ``SHUTDOWN_RESERVE`` (then what is left is
@@ -47,22 +44,13 @@ from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.balance import RECHECK, AcceptShare
-from arbiter.io.loop_watchdog import LoopWatchdog
+from arbiter.io.event_loop import LoopWatchdog, new_event_loop
 from arbiter.workers.base import Worker
 from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
-__all__ = ["AsgiWorker", "new_event_loop"]
+__all__ = ["AsgiWorker"]
 
 SHUTDOWN_RESERVE = 1.0  # of graceful_timeout (at most a quarter), kept for the lifespan shutdown
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop when it imports, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class AsgiWorker(Worker):
@@ -93,6 +81,7 @@ class AsgiWorker(Worker):
             self.max_open = max(1, soft - FD_SLACK)
         self.loop = loop = new_event_loop()
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self.loop_error)
         self.stop_requested = asyncio.Event()
         self.all_closed = asyncio.Event()
         self.lifespan = Lifespan(self.handler.asgi_app, cfg.lifespan, self.handler.state,
@@ -148,6 +137,11 @@ class AsgiWorker(Worker):
         """The loop turns: the watchdog hears it, a quarter of its threshold from now."""
         watchdog.turned()
         self.loop.call_later(watchdog.period, self.turning, watchdog)
+
+    def loop_error(self, loop: Any, context: dict) -> None:
+        """What asyncio could not hand to anyone (a callback's error): the error log."""
+        self.log.error("worker #%d: event loop: %s", self.number,
+                       context.get("message", "error"), exc_info=context.get("exception"))
 
     def handle_term(self, signum: int, frame: Any) -> None:
         super().handle_term(signum, frame)
@@ -220,10 +214,10 @@ class AsgiWorker(Worker):
         if conn is not None:
             self.connections.discard(conn)
             self.share.publish(len(self.connections))
-        if self.draining:
-            if not self.connections and not self.opening:
-                self.all_closed.set()
-        elif self.full and len(self.connections) + self.opening < self.max_open:
+        held = len(self.connections) + self.opening
+        if self.draining and not held:
+            self.all_closed.set()
+        elif not self.draining and self.full and held < self.max_open:
             self.watch_listeners(True)
 
     # -- stopping ----------------------------------------------------------------------

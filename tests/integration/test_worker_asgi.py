@@ -441,7 +441,7 @@ def test_graceful_stop_finishes_the_request_in_flight_then_runs_shutdown(make_se
 def test_uvloop_is_optional():
     """The worker falls back to asyncio's loop when uvloop is not importable."""
     code = ("import sys; sys.modules['uvloop'] = None\n"
-            "from arbiter.workers.asgi import new_event_loop\n"
+            "from arbiter.io.event_loop import new_event_loop\n"
             "loop = new_event_loop(); print(type(loop).__module__); loop.close()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30)

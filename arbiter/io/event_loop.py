@@ -1,6 +1,8 @@
-"""Noticing that an event loop has stopped turning, and saying what holds it.
+"""The asyncio event loop of a worker: which one, and noticing that it stopped turning.
 
-Owns :class:`LoopWatchdog` (the ``reactor_block_warning`` setting): the loop
+Owns :func:`new_event_loop` (uvloop's loop when uvloop imports -- the
+optional ``arbiter[uvloop]`` extra -- else asyncio's own) and
+:class:`LoopWatchdog` (the ``reactor_block_warning`` setting): the loop
 calls :meth:`LoopWatchdog.turned` from a callback it schedules every quarter
 of the threshold; a daemon thread checks twice per threshold, and when the
 loop has not turned for longer than the threshold it logs, once per stall,
@@ -10,18 +12,28 @@ when the loop turns again, how long the stall lasted. It changes nothing:
 the master's ``timeout`` still kills a worker whose loop stays blocked (its
 heartbeat stops).
 
-Any loop can use it; the asgi worker does.
+Any loop can use the watchdog; the asgi worker does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
 import time
 import traceback
 
-__all__ = ["LoopWatchdog"]
+__all__ = ["LoopWatchdog", "new_event_loop"]
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it imports, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class LoopWatchdog:
