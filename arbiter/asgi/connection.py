@@ -222,8 +222,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     # -- timers, reading, closing ------------------------------------------------------
     def schedule(self, deadline: float) -> None:
+        """Be woken at ``deadline``: a timer due earlier stays (it finds the deadline moved
+        and files a new one), so a deadline that moves later costs nothing."""
         if self.timer is not None:
-            if self.timer_at == deadline:
+            if self.timer_at <= deadline:
                 return
             self.timer.cancel()
             self.timer = None

@@ -745,3 +745,20 @@ def test_a_reload_whose_lifespan_startup_fails_rolls_back(server):
         in result.stderr
     assert server.wait_workers(1) == old
     assert server.get("/").body == b"hello from asgi"
+
+
+def test_idle_keep_alive_closes_and_a_slow_head_gets_408(server):
+    server.write_app(PLAIN_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--keepalive", "0.5",
+                 "--header-timeout", "1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw_response(sock)[0] == 200
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the server once idle for keepalive
+        assert time.monotonic() - started < 5
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+        assert status_of(sock.recv(1000)) == 408
+        assert 0.9 < time.monotonic() - started < 5
