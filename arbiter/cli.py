@@ -173,10 +173,10 @@ def check(ns: argparse.Namespace, prog: str = "arbiter check") -> int:
         _print_config(cfg, ns)
     for note in cfg.notes:
         _say(prog, f"note: {note}")
-    for warning in ineffective_settings(cfg) + check_warnings(cfg):
-        _say(prog, f"warning: {warning}")
     apply_env(ns.env)
-    problems = find_problems(cfg)
+    problems = find_problems(cfg)  # imports the app: the type that serves it is known
+    for warning in ineffective_settings(cfg, problems.worker_type) + check_warnings(cfg):
+        _say(prog, f"warning: {warning}")
     if problems:
         for problem in problems:
             _say(prog, problem)

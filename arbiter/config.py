@@ -1192,26 +1192,33 @@ def _and_list(words: tuple[str, ...]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def ineffective_settings(cfg: Config) -> list[str]:
+def ineffective_settings(cfg: Config, serving: str | None = None) -> list[str]:
     """Warnings for the settings the user set that have no effect with this config.
 
     Only values that did not come from the defaults are reported: a setting
-    whose ``applies_to`` does not include the worker type, and
+    whose ``applies_to`` does not include the worker type -- ``serving``, the
+    type that serves the app once it was imported (``arbiter check``); else,
+    with ``worker_type`` unset, either type it may become (preforked, or asgi
+    for an ASGI app) -- and
     ``max_requests_jitter`` without ``max_requests``. Each line names the
     setting, its value and where it was set.
     """
     warnings = []
+    worker_type = serving or cfg.worker_type
+    # worker_type unset and the app not imported yet: it may be ASGI, and get asgi.
+    types = {worker_type} if serving or cfg.origin("worker_type") != "default" else {
+        worker_type, "asgi"}
 
     def where(name: str) -> str:
         return f"{name}: {_yaml_scalar(cfg.get(name))} (set by {cfg.origin(name)})"
 
     for s in SETTINGS:
         origin = cfg.origin(s.name)
-        if origin == "default" or s.applies_to is None or cfg.worker_type in s.applies_to:
+        if origin == "default" or s.applies_to is None or types.intersection(s.applies_to):
             continue
-        line = (f"{where(s.name)} has no effect with worker_type {cfg.worker_type}: it "
+        line = (f"{where(s.name)} has no effect with worker_type {worker_type}: it "
                 f"applies to {_and_list(s.applies_to)} only")
-        hint = _TYPE_HINTS.get((s.name, cfg.worker_type))
+        hint = _TYPE_HINTS.get((s.name, worker_type))
         if hint:
             line += f"; {hint}"
         if origin in _FLAG_HINTS:

@@ -873,7 +873,11 @@ def test_ineffective_settings_only_what_the_user_set() -> None:
 
 def test_max_connections_on_preforked_and_jitter_without_max_requests(tmp_path: Path) -> None:
     path = write(tmp_path, "max_connections: 10\nmax_requests_jitter: 50\n")
-    warnings = ineffective_settings(load_config(path, env={}))
+    cfg = load_config(path, env={})
+    # worker_type unset, the app not imported: it may turn out ASGI, and max_connections
+    # applies to asgi; once the app is known to be WSGI (arbiter check), it is reported.
+    assert ineffective_settings(cfg) == [ineffective_settings(cfg, "preforked")[1]]
+    warnings = ineffective_settings(cfg, "preforked")
     assert warnings == [
         f"max_connections: 10 (set by {path}:1) has no effect with worker_type preforked: "
         f"it applies to forked, threaded, pooled, evented and asgi only; a preforked worker "
@@ -918,3 +922,13 @@ def test_lifespan_takes_yaml_s_bare_on_and_off(tmp_path: Path) -> None:
     assert error_of(path) == (f"{path}:1: lifespan: expected one of auto | on | off, "
                               f"got 'sometimes'")
     assert load_config(env={}).reactor_block_warning == 0.5
+
+
+def test_asgi_settings_with_worker_type_unset_warn_only_once_the_app_is_known(tmp_path: Path
+                                                                             ) -> None:
+    cfg = load_config(write(tmp_path, "lifespan: on\n"), env={})
+    assert ineffective_settings(cfg) == []
+    assert ineffective_settings(cfg, "asgi") == []
+    [warning] = ineffective_settings(cfg, "preforked")
+    assert warning.startswith('lifespan: "on" (set by ')
+    assert "has no effect with worker_type preforked: it applies to asgi only" in warning
