@@ -21,7 +21,9 @@ app:
   as the ASGI spec and Starlette's routing expect; ``raw_path`` the path as
   sent, without the query;
 * ``headers`` are the request's, names lower-cased; ``x-request-id`` is the
-  environ's (the client's when fit, else a new one), once;
+  environ's (the client's when fit, else a new one), once; for an
+  absolute-form target (``GET http://host/path``) ``host`` is its authority
+  (RFC 9112 §3.2.2), as ``HTTP_HOST`` is;
 * ``state`` is a shallow copy of the lifespan state.
 """
 
@@ -75,11 +77,15 @@ class ASGIHandler(WSGIHandler):
         address ``sockname``), and the environ it was derived from (for the access log)."""
         environ = self.build_environ(request, info, EMPTY_INPUT)
         root_path = _text(environ["SCRIPT_NAME"])
+        target = request.target
+        absolute = target[0] != 0x2F and target != b"*"  # its authority is the host
         headers = []
         for name, value in request.headers:
             name = name.lower()
-            if name != b"x-request-id":
+            if name != b"x-request-id" and not (absolute and name == b"host"):
                 headers.append((name, value))
+        if absolute:
+            headers.append((b"host", environ["HTTP_HOST"].encode("latin-1")))
         headers.append((b"x-request-id", environ["HTTP_X_REQUEST_ID"].encode("latin-1")))
         peer = info.environ
         remote = environ["REMOTE_ADDR"]

@@ -52,6 +52,12 @@ def test_the_http_scope() -> None:
     assert environ["PATH_INFO"] == "/café/x/y".encode().decode("latin-1")
 
 
+def test_an_absolute_form_target_names_the_host() -> None:
+    scope, _ = scope_of(b"GET http://example.org:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert (scope["path"], scope["query_string"]) == ("/p", b"q")
+    assert [v for n, v in scope["headers"] if n == b"host"] == [b"example.org:8080"]
+
+
 def test_a_request_without_an_id_gets_the_environ_s_new_one() -> None:
     scope, environ = scope_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     [rid] = [v for n, v in scope["headers"] if n == b"x-request-id"]
