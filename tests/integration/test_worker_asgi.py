@@ -762,3 +762,50 @@ def test_idle_keep_alive_closes_and_a_slow_head_gets_408(server):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
         assert status_of(sock.recv(1000)) == 408
         assert 0.9 < time.monotonic() - started < 5
+
+
+def rss_kib(pid: int) -> int:
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+NOT_READING_APP = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/ignore-body":
+        await asyncio.sleep(30)  # never asks for its body
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_an_upload_the_app_does_not_read_is_not_buffered(server):
+    server.write_app(NOT_READING_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "60",
+                 "--graceful-timeout", "1")
+    [worker] = server.workers()
+    before = rss_kib(worker)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(b"POST /ignore-body HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 200000000\r\n\r\n")
+        sock.settimeout(1.0)
+        piece = b"x" * 65536
+        try:
+            while sent < 200_000_000:
+                sent += sock.send(piece)
+        except TimeoutError:
+            pass  # the server stopped reading: the send buffer filled up
+        grown = rss_kib(worker) - before
+        assert server.get("/").status == 200  # the worker serves on meanwhile
+    assert sent < 32 * 1024 * 1024  # of 200 MB: the kernel's buffers, then backpressure
+    assert grown < 16 * 1024  # KiB: no copy of what was sent
