@@ -189,8 +189,10 @@ class Worker:
             return EXIT_APP_KIND_MISMATCH
         if serving != self.worker_type:
             # worker_type unset and the app is ASGI: this process serves it as the asgi
-            # worker type does (same constructor state; only the strategy differs).
+            # worker type does (same constructor state; only the strategy differs), its
+            # signal handlers the new class's methods.
             self.__class__ = workers.worker_class(serving)
+            self.install_signals()
         workers.current_worker_type = self.worker_type
         self.handler = self.make_handler(
             http_settings(self.cfg, self.worker_type, self.multithread,
