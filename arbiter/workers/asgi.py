@@ -3,7 +3,7 @@
 The coroutine pattern: like ``evented``, one thread holds every connection,
 but the app is a coroutine that awaits its body and its client instead of
 being called once the request is complete. The loop is uvloop's when it
-imports (``pip install arbiter[uvloop]``), else asyncio's own. What a
+imports (the ``uvloop`` extra), else asyncio's own. What a
 connection does is its :class:`~arbiter.http.lifecycle.Lifecycle`'s call,
 carried out by :class:`~arbiter.asgi.connection.HTTPProtocol`; this module is
 only the strategy around it:
