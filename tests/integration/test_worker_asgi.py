@@ -809,3 +809,12 @@ def test_an_upload_the_app_does_not_read_is_not_buffered(server):
         assert server.get("/").status == 200  # the worker serves on meanwhile
     assert sent < 32 * 1024 * 1024  # of 200 MB: the kernel's buffers, then backpressure
     assert grown < 16 * 1024  # KiB: no copy of what was sent
+
+
+def test_a_streaming_response_to_http_1_0_is_delimited_by_the_close(fastapi_server):
+    raw = raw_exchange(fastapi_server.port, b"GET /stream HTTP/1.0\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(raw) == 200
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body == b"".join(f"piece {i}\n".encode() for i in range(5))
