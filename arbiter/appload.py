@@ -243,11 +243,13 @@ def serving_worker_type(spec: str, app: Any, worker_type: str, chosen: bool) -> 
             f"{worker_type!r}, which serves WSGI apps: set worker_type: asgi (or leave "
             f"worker_type unset and arbiter picks asgi for an ASGI app)")
     if worker_type == "asgi":
+        demo = (" (the built-in demo as ASGI: arbiter.demo:asgi_app)"
+                if spec == "arbiter.demo:app" else "")
         raise AppKindError(
             f"app {spec!r} is not an ASGI application (no async def (scope, receive, send), "
             f"no async __call__), but worker_type is 'asgi': serve a WSGI app with one of the "
             f"WSGI worker types (forked, preforked, threaded, pooled, evented), or point "
-            f"app at the ASGI application")
+            f"app at the ASGI application{demo}")
     return worker_type
 
 
