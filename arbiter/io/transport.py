@@ -171,7 +171,12 @@ class BlockingTransport(_SocketEnds):
                 return True
 
     def recv_within(self, budget: Any) -> bytes | None:
-        """Bytes (b"" at EOF), or None once the transfer ``budget`` ran out."""
+        """Bytes (b"" at EOF), or None once the transfer ``budget`` ran out. What is
+        already there is read without a poll (a body's next piece usually is)."""
+        data = self.recv()
+        if data is not None:
+            budget.moved(len(data), time.monotonic())
+            return data
         start = time.monotonic()
         deadline = budget.wait_deadline(start)
         while True:
