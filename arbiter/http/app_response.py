@@ -468,6 +468,14 @@ class AppResponse:
                 self._failed(exc)
         return pending.pop(0)
 
+    def pull_pending_bytes(self) -> bytes | None:
+        """The next piece if it is bytes already produced (the large body after its head),
+        else None: a driver writes the two in one call."""
+        pending = self.pending
+        if pending and type(pending[0]) is bytes:
+            return pending.pop(0)  # type: ignore[return-value]
+        return None
+
     def file_sent(self, count: int) -> None:
         """The driver sent ``count`` bytes of the FileSegment it pulled (all or fewer)."""
         self.body_bytes += count

@@ -41,7 +41,7 @@ class StreamInput:
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            parts = [self._buf]
+            parts = [self._buf] if self._buf else []  # one part: joined without a copy
             self._buf = b""
             while not self._eof:
                 data = self._pull()

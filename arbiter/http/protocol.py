@@ -201,7 +201,7 @@ class HTTPConnection:
         "settings", "parser", "_buf", "_eof", "_state", "_scan", "_nfields", "_rl",
         "_skipped", "request", "_remaining", "_chunk_state", "_chunk_left", "_body_seen",
         "_trailers", "error", "_limit_line", "_limit_fields", "_limit_field_size",
-        "_limit_body", "_fields_from_parser",
+        "_limit_body", "_fields_from_parser", "_body_piece",
     )
 
     def __init__(self, settings: HTTPSettings, parser: HeadParser | None = None) -> None:
@@ -214,6 +214,9 @@ class HTTPConnection:
         self._limit_body = settings.limit_body
         self._fields_from_parser = self.parser.name == "httptools"
         self._buf = bytearray()
+        # Received bytes that are all Content-Length body, kept as they came: handed out
+        # as the next Data without being copied into the buffer and out again.
+        self._body_piece: bytes | None = None
         self._eof = False
         self.request: Request | None = None
         self.error: ProtocolError | None = None
@@ -235,6 +238,15 @@ class HTTPConnection:
     def receive_data(self, data: bytes) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed its side."""
         if data:
+            piece = self._body_piece
+            if piece is None:
+                if (self._state == _BODY_CL and not self._buf
+                        and len(data) <= self._remaining and type(data) is bytes):
+                    self._body_piece = data
+                    return
+            else:
+                self._body_piece = None
+                self._buf += piece
             self._buf += data
         else:
             self._eof = True
@@ -291,7 +303,7 @@ class HTTPConnection:
     @property
     def has_trailing_data(self) -> bool:
         """Bytes received but not consumed (e.g. a pipelined next request) -- without a copy."""
-        return bool(self._buf)
+        return bool(self._buf) or self._body_piece is not None
 
     @property
     def buffered(self) -> int:
@@ -301,7 +313,8 @@ class HTTPConnection:
     @property
     def trailing_data(self) -> bytes:
         """Bytes received but not consumed (e.g. a pipelined next request)."""
-        return bytes(self._buf)
+        piece = self._body_piece
+        return bytes(self._buf) if piece is None else piece + bytes(self._buf)
 
     # -- errors -------------------------------------------------------------------
     def _fail(self, status: int, reason: str) -> ProtocolError:
@@ -561,6 +574,13 @@ class HTTPConnection:
         return NEED_DATA
 
     def _next_cl(self):
+        piece = self._body_piece
+        if piece is not None:  # all body (see receive_data): no copy
+            self._body_piece = None
+            remaining = self._remaining = self._remaining - len(piece)
+            if not remaining:
+                self._state = _BODY_END
+            return Data(piece)
         buf = self._buf
         if not buf:
             return self._need_body()

@@ -189,6 +189,8 @@ def _respond(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport) 
             if type(piece) is FileSegment:
                 response.file_sent(transport.sendfile(piece.file, piece.offset, piece.count,
                                                       budget))
+            elif (following := response.pull_pending_bytes()) is not None:
+                transport.send_pair(piece, following, budget)  # a head and a large body
             else:
                 transport.send_all(piece, budget)
     except ClientDisconnected as exc:

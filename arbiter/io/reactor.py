@@ -315,8 +315,14 @@ class Reactor:
                 conn.taker = ProxyHeaderTaker(handler.proxy_protocol)
             connections.add(conn)
             share.publish(len(connections))
-            self.set_interest(conn, _READ)
-            self.timers.schedule(conn, lc.deadline)
+            if proxy or tls is not None:
+                self.set_interest(conn, _READ)
+                self.timers.schedule(conn, lc.deadline)
+            else:
+                # A new client has usually sent its request already: read it now. A
+                # connection answered and closed at once then costs no epoll_ctl at all;
+                # one that must wait is registered by the wait.
+                self.guard(conn, self._on_event, _READ)
         self.watch_listeners(False)  # at the bound: further clients wait in the backlog
 
     # -- events ----------------------------------------------------------------------------

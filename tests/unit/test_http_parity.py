@@ -471,3 +471,54 @@ def test_resolve_parser() -> None:
     assert resolve_parser("h11") == "h11"
     with pytest.raises(ValueError):
         resolve_parser("picohttp")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("parser", PARSERS)
+def test_body_pieces_in_any_split_then_the_pipelined_request(parser: str) -> None:
+    """A Content-Length body arriving in pieces -- some all body, one carrying the next
+    request too, several received before they are asked for -- comes out whole and in
+    order, and the pipelined request after it is found."""
+    body = bytes(range(256)) * 40  # 10,240 bytes
+    head = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    following = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    for cuts in ([], [100], [100, 5000], [len(body)], [3000, 3001, 9999]):
+        conn = HTTPConnection(HTTPSettings(parser=parser))
+        conn.receive_data(head)
+        request = conn.next_event()
+        assert isinstance(request, Request) and request.content_length == len(body)
+        edges = [0, *cuts, len(body)]
+        pieces = [body[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+        pieces[-1] += following
+        got = b""
+        ends = 0
+        for index, piece in enumerate(pieces):
+            conn.receive_data(piece)
+            if index % 2 and index < len(pieces) - 1:
+                continue  # now and then a second piece before the first is asked for
+            while (event := conn.next_event()) is not NEED_DATA and event is not PAUSED:
+                if isinstance(event, Data):
+                    got += event.data
+                else:
+                    assert isinstance(event, EndOfMessage)
+                    ends += 1
+        assert got == body, cuts
+        assert ends == 1 and event is PAUSED
+        assert conn.has_trailing_data
+        conn.start_next_cycle()
+        second = conn.next_event()
+        assert isinstance(second, Request) and second.target == b"/next"
+
+
+@pytest.mark.timeout(10)
+def test_a_body_piece_that_is_all_body_is_handed_out_as_received() -> None:
+    conn = HTTPConnection(HTTPSettings(parser="httptools"))
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n")
+    assert isinstance(conn.next_event(), Request)
+    piece = b"x" * 65536
+    conn.receive_data(piece)
+    event = conn.next_event()
+    assert isinstance(event, Data) and event.data is piece  # not copied in and out again
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    assert conn.next_event() is CONNECTION_CLOSED

@@ -480,3 +480,37 @@ def test_validator_app_get_post_head() -> None:
     status, headers, body = srv.response()
     assert status == "HTTP/1.1 200 OK" and body == b""
     assert srv.finish() == 3
+
+
+@pytest.mark.timeout(20)
+def test_large_bodies_arrive_whole_to_a_slow_reader() -> None:
+    """A head and a 3 MiB body (written together), then a streamed 1 MiB one: every
+    byte arrives, in order, to a client that reads in small pieces with pauses."""
+    big = bytes(range(256)) * (3 * 4096)
+    streamed = [b"x" * 65536] * 16
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/big":
+            start_response("200 OK", [("Content-Length", str(len(big)))])
+            return [big]
+        start_response("200 OK", [])
+        return iter(streamed)
+
+    server = Server(app)
+    server.send(GET % b"big" + GET % b"stream")
+    received = bytearray()
+    deadline = time.monotonic() + 15
+    want = len(big) + len(b"".join(streamed))
+    while len(received) < want and time.monotonic() < deadline:
+        piece = server.client.recv(4096)
+        if not piece:
+            break
+        received += piece
+        if len(received) % (256 * 1024) < 4096:
+            time.sleep(0.001)  # a reader that pauses now and then
+    server.buf = bytes(received)
+    status, headers, body = server.response()
+    assert status.endswith("200 OK") and body == big
+    status, headers, body = server.response()
+    assert status.endswith("200 OK") and body == b"".join(streamed)
+    assert server.finish() == 2
