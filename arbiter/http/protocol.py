@@ -308,7 +308,8 @@ class HTTPConnection:
     @property
     def buffered(self) -> int:
         """How many received bytes wait to be parsed (a driver bounds its reads by it)."""
-        return len(self._buf)
+        piece = self._body_piece
+        return len(self._buf) if piece is None else len(self._buf) + len(piece)
 
     @property
     def trailing_data(self) -> bytes:
