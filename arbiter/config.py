@@ -678,6 +678,8 @@ SETTINGS: tuple[Setting, ...] = (
             ("--limit-request-field-size",), "BYTES", aliases=("--limit-request-field_size",)),
     Setting("limits.body", None, optional(integer(0)),
             "bytes; larger -> 413 (null = unlimited)"),
+    Setting("limits.websocket_message", 1048576, integer(1, 2**31),
+            "bytes; a larger WebSocket message (asgi) -> close 1009"),
     Setting("forwarded_allow_ips", ("127.0.0.1", "::1"), _trusted_ips,
             'IPs/CIDRs trusted to set X-Forwarded-* / Forwarded, or "*"',
             ("--forwarded-allow-ips",), "IPS"),
