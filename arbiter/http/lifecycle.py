@@ -21,6 +21,7 @@ Phases (``Lifecycle.phase``)::
     DRAIN       reading the body the app left      deadline: the transfer budget
     LINGER      write side shut, input discarded   deadline: LINGER_SECONDS
     CLOSED
+    UPGRADED    handed over to another protocol    (its driver owns the connection)
 
 The driver's loop::
 
@@ -37,6 +38,15 @@ The driver's loop::
 
 and tells it ``lc.stop(now)`` when the worker is told to stop (and
 ``lc.give_way(now)`` when another client waits for a one-connection worker).
+
+**Upgrades** (a WebSocket): while the app has an ``Upgrade`` request
+(RESPOND), the driver may answer ``101`` itself and call
+``lc.hand_over(now)``: the lifecycle returns the bytes received past the
+request head (the new protocol's first bytes) and decides nothing more for
+the connection (``next`` refuses to); the request stays in flight for the
+observer until ``lc.upgrade_finished(status, now)`` when the new protocol
+ends. An upgrade the app refuses is an ordinary response
+(``response_done``).
 
 The promises:
 
@@ -93,13 +103,13 @@ from arbiter.http.response import CONTINUE_RESPONSE
 __all__ = [
     "APP", "BODY", "CLOSE", "CLOSED", "DRAIN", "DRAIN_LIMIT", "FIRST_HEAD", "HANDSHAKE",
     "HEAD", "IDLE", "LINGER", "LINGER_SECONDS", "Lifecycle", "PHASE_NAMES", "PROXY", "READ",
-    "RESPOND", "WRITE",
+    "RESPOND", "UPGRADED", "WRITE",
 ]
 
 # Phases.
-PROXY, HANDSHAKE, FIRST_HEAD, IDLE, HEAD, BODY, APP, DRAIN, LINGER, CLOSED = range(10)
+PROXY, HANDSHAKE, FIRST_HEAD, IDLE, HEAD, BODY, APP, DRAIN, LINGER, CLOSED, UPGRADED = range(11)
 PHASE_NAMES = ("proxy", "handshake", "first_head", "idle", "head", "body", "app", "drain",
-               "linger", "closed")
+               "linger", "closed", "upgraded")
 
 # What the driver does next.
 READ, WRITE, RESPOND, LINGER_THEN_CLOSE, CLOSE = range(5)
@@ -291,6 +301,8 @@ class Lifecycle:
         phase = self.phase
         if phase == CLOSED:
             return CLOSE
+        if phase == UPGRADED:
+            raise RuntimeError("the connection was handed over to another protocol")
         if phase == LINGER:
             return READ
         if self.close_after:
@@ -557,6 +569,32 @@ class Lifecycle:
         self.drained = 0
         if not http.message_complete:
             self._begin_transfer(now)
+
+    def hand_over(self, now: float) -> bytes:
+        """The driver answered the current request ``101 Switching Protocols``: the
+        connection leaves HTTP. Returns the bytes received past the request head (the
+        new protocol's first bytes); from now on this lifecycle decides nothing."""
+        if self.phase != APP or self.request is None:
+            raise RuntimeError("only a request the app has may be upgraded")
+        http = self.http
+        if not http.message_complete:
+            http.next_event()  # the EndOfMessage of a request without a body
+        rest = http.trailing_data
+        self.phase = UPGRADED
+        self.deadline = _INF
+        self.close_after = True
+        self.out.clear()
+        return rest
+
+    def upgrade_finished(self, status: int, now: float) -> None:
+        """The protocol the connection was handed over to ended: the request (``status``,
+        101 for an upgrade carried out) is done for the observer."""
+        if self.phase != UPGRADED:
+            raise RuntimeError("upgrade_finished() without hand_over()")
+        self.observer.request_finished(status, self)
+        self.answered = True
+        self.request = None
+        self.phase = CLOSED
 
     @property
     def idle(self) -> bool:
