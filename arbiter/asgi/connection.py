@@ -30,6 +30,11 @@ and ``http.response.body`` go through an
 chunked, close), HEAD, 204/304 and the checks on status and headers are the
 WSGI rules; app errors before the head went out are a 500, after it a cut.
 After the client is gone, ``send`` does nothing (ASGI spec 2.3).
+
+A request asking for a WebSocket gets a
+:class:`~arbiter.asgi.websocket.WebSocketSession` in the request's place; once
+the app accepts, the lifecycle hands the connection over and the protocol's
+input goes to the session (``upgraded``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import time
 import traceback
 from typing import Any
 
+from arbiter.asgi.websocket import WebSocketSession, wants_websocket
 from arbiter.http.app_response import (
     AppResponse,
     ClientDisconnected,
@@ -96,7 +102,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.peer: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
-        self.cycle: RequestCycle | None = None
+        self.cycle: RequestCycle | WebSocketSession | None = None
+        self.upgraded: WebSocketSession | None = None  # the session that took the connection
         self.closed = False
         self.reading = True
         self.write_paused = False
@@ -122,10 +129,16 @@ class HTTPProtocol(asyncio.Protocol):
         self.guard(self.drive)
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.guard(lambda: self.upgraded.received(data))
+            return
         self.lc.received(data, time.monotonic())
         self.after_input()
 
     def eof_received(self) -> bool:
+        if self.upgraded is not None:
+            self.guard(lambda: self.upgraded.received(None))
+            return False
         self.lc.received(b"", time.monotonic())
         self.after_input(eof=True)
         # Keep the write side: the lifecycle decides when to close (asyncio's TLS cannot
@@ -190,7 +203,8 @@ class HTTPProtocol(asyncio.Protocol):
             elif action == RESPOND:
                 self.cancel_timer()
                 try:
-                    self.cycle = RequestCycle(self)
+                    self.cycle = (WebSocketSession(self) if wants_websocket(lc.request)
+                                  else RequestCycle(self))
                 except Exception:
                     host.log.exception("cannot start a request from %r", self.peer)
                     lc.response_done(ResponseOutcome(0, False, 0, True), now)
@@ -217,8 +231,15 @@ class HTTPProtocol(asyncio.Protocol):
     def stop(self) -> None:
         """The worker stops: the lifecycle is told (an idle connection keeps its keep-alive
         deadline, the next response says Connection: close)."""
-        if self.lc is not None and not self.lc.stopping:
+        if self.upgraded is not None:
+            self.upgraded.stop()
+        elif self.lc is not None and not self.lc.stopping:
             self.lc.stop(time.monotonic())
+
+    def going_away(self) -> None:
+        """The worker's graceful time is nearly up: a WebSocket closes politely (1001)."""
+        if self.upgraded is not None:
+            self.upgraded.going_away()
 
     # -- timers, reading, closing ------------------------------------------------------
     def schedule(self, deadline: float) -> None:

@@ -25,6 +25,11 @@ app:
   absolute-form target (``GET http://host/path``) ``host`` is its authority
   (RFC 9112 §3.2.2), as ``HTTP_HOST`` is;
 * ``state`` is a shallow copy of the lifespan state.
+
+The ``websocket`` scope (:meth:`ASGIHandler.build_websocket_scope`) is the
+same scope without ``method``, with ``scheme`` ``ws`` / ``wss``, the
+``subprotocols`` the client offered (``Sec-WebSocket-Protocol``, in its
+order) and the ``websocket.http.response`` (denial response) extension.
 """
 
 from __future__ import annotations
@@ -114,4 +119,20 @@ class ASGIHandler(WSGIHandler):
             "server": server,
             "state": self.state.copy(),
         }
+        return scope, environ
+
+    def build_websocket_scope(self, request: Request, info: ConnectionInfo,
+                              sockname: Any) -> tuple[dict, dict]:
+        """The ``websocket`` scope for an upgrade ``request``, and its environ."""
+        scope, environ = self.build_scope(request, info, sockname)
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        offered = []
+        for name, value in scope["headers"]:
+            if name == b"sec-websocket-protocol":
+                offered.extend(p.strip() for p in value.decode("latin-1").split(",")
+                               if p.strip())
+        scope["subprotocols"] = offered
+        scope["extensions"] = {"websocket.http.response": {}}
         return scope, environ

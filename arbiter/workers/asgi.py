@@ -28,7 +28,10 @@ only the strategy around it:
   connection is told and finishes as its lifecycle promised, within
   ``graceful_timeout`` less ``SHUTDOWN_RESERVE`` (then what is left is
   cut), then the lifespan shutdown runs in what is left of
-  ``graceful_timeout`` -- the master kills the worker at its end.
+  ``graceful_timeout`` -- the master kills the worker at its end. An open
+  WebSocket (:mod:`arbiter.asgi.websocket`) is left to its app until
+  ``WEBSOCKET_CLOSE_MARGIN`` before the drain's end, then sent a close 1001
+  ("going away") and given the margin for its close handshake.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 __all__ = ["AsgiWorker"]
 
 SHUTDOWN_RESERVE = 1.0  # of graceful_timeout (at most a quarter), kept for the lifespan shutdown
+WEBSOCKET_CLOSE_MARGIN = 2.0  # of the drain (at most a quarter): open WebSockets close 1001
 
 
 class AsgiWorker(Worker):
@@ -75,6 +79,7 @@ class AsgiWorker(Worker):
         self.full = False  # the listeners are unwatched at max_connections
         self.share = AcceptShare(self.slot, int(cfg.workers))
         self.request_timeout = float(cfg.timeout)
+        self.websocket_message_limit = int(cfg.limits.websocket_message)
         self.max_open = cfg.max_connections
         soft = raise_open_files_limit(cfg.max_connections + FD_SLACK)
         if soft != resource.RLIM_INFINITY and soft < cfg.max_connections + FD_SLACK:
@@ -232,8 +237,16 @@ class AsgiWorker(Worker):
         for conn in list(self.connections):
             conn.stop()
         self.forget(None)
+        # A WebSocket is not cut when the drain starts (its app may still use it): it is
+        # sent a close 1001 once the time is nearly up, its close handshake given the rest.
+        margin = min(WEBSOCKET_CLOSE_MARGIN, within / 4)
         try:
-            await asyncio.wait_for(self.all_closed.wait(), within)
+            await asyncio.wait_for(self.all_closed.wait(), max(within - margin, 0.0))
+        except TimeoutError:
+            for conn in list(self.connections):
+                conn.going_away()
+        try:
+            await asyncio.wait_for(self.all_closed.wait(), margin)
         except TimeoutError:
             self.log.warning("worker #%d: graceful_timeout reached with %d connection(s) "
                              "still open; closing them", self.number, len(self.connections))
