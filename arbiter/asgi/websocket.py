@@ -173,7 +173,7 @@ class WebSocketSession:
         self.connect_sent = False
         self.denying = False  # the app sends its own HTTP response (the denial extension)
         self.accept_headers: list[tuple[str, str]] = []
-        self.inbox: deque[dict] = deque()
+        self.inbox: deque[tuple[dict, int]] = deque()  # messages and their sizes in bytes
         self.inbox_bytes = 0
         self.parts: list[Any] = []  # the fragments of the message arriving
         self.part_size = 0
@@ -298,8 +298,8 @@ class WebSocketSession:
             return {"type": "websocket.connect"}
         while True:
             if self.inbox:
-                message = self.inbox.popleft()
-                self.inbox_bytes -= len(message.get("bytes") or message.get("text") or "")
+                message, size = self.inbox.popleft()
+                self.inbox_bytes -= size
                 if (self.state == OPEN and self.inbox_bytes < INBOX_HIGH // 2
                         and len(self.inbox) < INBOX_MESSAGES // 2):
                     self.conn.set_reading(True)
@@ -464,7 +464,7 @@ class WebSocketSession:
             message = {"type": "websocket.receive", "text": "".join(parts)}
         else:
             message = {"type": "websocket.receive", "bytes": b"".join(parts)}
-        self.inbox.append(message)
+        self.inbox.append((message, size))
         self.inbox_bytes += size
         self.wake()
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Server, free_port, http_request, wait_for
+from harness import ARBITER, Server, free_port, http_request, wait_for
 
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
@@ -359,6 +359,29 @@ def test_frames_sent_with_the_handshake_are_not_lost(ws_server):
             assert piece, data
             data += piece
     assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(b"\x81\x05early")
+
+
+def test_ctl_status_shows_an_open_websocket_in_flight_then_counts_it_101(make_server):
+    server = start_ws_server(make_server(), extra="control_socket: control.sock")
+
+    def status() -> dict:
+        result = subprocess.run([*ARBITER, "ctl", "-c", "server.yaml", "status", "--json"],
+                                cwd=server.workdir, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+    before = status()["requests"]["by_status"]["1xx"]
+
+    async def client():
+        async with connect(url(server, "/watched")) as ws:
+            await ws.send("x")
+            await ws.recv()
+            worker = (await asyncio.to_thread(status))["workers"][0]
+        return worker
+    worker = run(client())
+    assert worker["in_flight"] == 1 and worker["state"] == "busy"
+    assert worker["current"]["path"] == "/watched"
+    wait_for(lambda: status()["requests"]["by_status"]["1xx"] == before + 1, 10,
+             message="the ended WebSocket counted as a 1xx request")
 
 
 # ------------------------------------------------------------------------- idle
