@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from typing import Any
 
 from arbiter.asgi.websocket import WebSocketSession, wants_websocket
@@ -54,6 +53,7 @@ from arbiter.http.app_response import (
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
+from arbiter.io.event_loop import awaiting_stack
 from arbiter.io.proxy import take_proxy_header
 
 __all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle", "open_connection"]
@@ -297,22 +297,6 @@ class HTTPProtocol(asyncio.Protocol):
         self.host.forget(self)
         if self.transport is not None:
             self.transport.abort()
-
-
-def awaiting_stack(task: asyncio.Task) -> str:
-    """Where a suspended task waits: every coroutine in its chain of awaits, outermost
-    first, as traceback lines (``Task.print_stack`` shows only the outermost)."""
-    frames = []
-    coro: Any = task.get_coro()
-    for _ in range(256):  # a chain of awaits is finite, but be sure
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
-            break
-        frames.append((frame, frame.f_lineno))
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        if coro is None:
-            break
-    return "".join(traceback.format_list(traceback.StackSummary.extract(frames))).rstrip()
 
 
 class RequestCycle:

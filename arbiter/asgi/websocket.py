@@ -44,8 +44,10 @@ client without a byte moving: ``timeout``, 30 s by default) is used, no new
 setting. After ``read_timeout`` with no frame either way, the server sends a
 ping; a connection still silent another ``read_timeout`` later is closed
 (1011, "keepalive ping timeout") and cut. A client that answers pings is
-alive and may stay; ``timeout`` (the request time limit) does not apply to a
-WebSocket.
+alive and may stay. ``timeout`` (the request time limit) bounds only the
+handshake: an app that neither accepts nor denies within it is cancelled,
+its stack logged, and the client answered 504; an accepted WebSocket may
+last as long as it is used.
 
 Stopping (TERM, the old workers of a HUP, a recycle): a WebSocket is not cut
 when the worker starts to drain -- the app may go on using it -- but once
@@ -76,6 +78,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from arbiter.http.app_response import AppResponse, ClientDisconnected
 from arbiter.http.protocol import Request
+from arbiter.io.event_loop import awaiting_stack
 
 __all__ = [
     "CLOSE_HANDSHAKE_TIMEOUT", "INBOX_HIGH", "INBOX_MESSAGES", "WebSocketSession",
@@ -186,13 +189,32 @@ class WebSocketSession:
         self.pinged = False
         self.waiters: list[asyncio.Future] = []
         self.task: asyncio.Task | None = None
+        self.timed_out = False  # the app did not decide within timeout
+        self.handshake_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.close_timer: asyncio.TimerHandle | None = None
         self.closed_event = asyncio.Event()
 
     # -- the protocol's side -------------------------------------------------------------
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self.run())
+        timeout = self.conn.host.request_timeout
+        if timeout:
+            self.handshake_timer = loop.call_later(timeout, self.handshake_timed_out)
+
+    def handshake_timed_out(self) -> None:
+        """The app neither accepted nor denied within ``timeout``: cancelled, 504."""
+        self.handshake_timer = None
+        task = self.task
+        if self.state != CONNECTING or task is None or task.done() or self.response.finished:
+            return
+        self.conn.host.log.error(
+            "WebSocket %s not accepted or denied within timeout (%g s): cancelled; its "
+            "stack (most recent call last):\n%s", self.request.target.decode("latin-1"),
+            self.conn.host.request_timeout, awaiting_stack(task))
+        self.timed_out = True
+        task.cancel()
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -241,10 +263,13 @@ class WebSocketSession:
                 return
             await self.conn.host.handler.asgi_app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
-            cancelled = True
-            if self.state == CONNECTING and not response.finished:
-                response.client_gone("the worker stopped")
-            raise
+            if self.timed_out and self.state == CONNECTING and not response.finished:
+                response.answer_instead(504)
+            else:
+                cancelled = True
+                if self.state == CONNECTING and not response.finished:
+                    response.client_gone("the worker stopped")
+                raise
         except Exception as exc:  # noqa: BLE001 -- the app's failure closes this socket only
             if self.state == CONNECTING and not self.gone:
                 if response.finished:
@@ -273,6 +298,9 @@ class WebSocketSession:
         """The app is done: an HTTP answer goes back to the lifecycle; a WebSocket waits
         (a while) for the client's close frame, is closed and logged."""
         conn = self.conn
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         if self.state == CONNECTING:
             self.write_http()
             self.wake()
@@ -387,6 +415,9 @@ class WebSocketSession:
             lines.append(name + b": " + value)
         self.accept_headers = [tuple(line.decode("latin-1").split(": ", 1))
                                for line in lines[1:]]
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         rest = conn.lc.hand_over(time.monotonic())
         conn.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
         self.state = OPEN

@@ -12,7 +12,9 @@ when the loop turns again, how long the stall lasted. It changes nothing:
 the master's ``timeout`` still kills a worker whose loop stays blocked (its
 heartbeat stops).
 
-Any loop can use the watchdog; the asgi worker does.
+Any loop can use the watchdog; the asgi worker does. :func:`awaiting_stack`
+(where a suspended task waits) is for the log line of a request or a
+WebSocket handshake cancelled at ``timeout``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
-__all__ = ["LoopWatchdog", "new_event_loop"]
+__all__ = ["LoopWatchdog", "awaiting_stack", "new_event_loop"]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -83,3 +86,19 @@ class LoopWatchdog:
             self.log.warning("%s: the event loop has been blocked for %.2f s "
                              "(reactor_block_warning %g s), in (most recent call last):\n%s",
                              self.what, blocked, self.threshold, stack)
+
+
+def awaiting_stack(task: asyncio.Task) -> str:
+    """Where a suspended task waits: every coroutine in its chain of awaits, outermost
+    first, as traceback lines (``Task.print_stack`` shows only the outermost)."""
+    frames = []
+    coro: Any = task.get_coro()
+    for _ in range(256):  # a chain of awaits is finite, but be sure
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if coro is None:
+            break
+    return "".join(traceback.format_list(traceback.StackSummary.extract(frames))).rstrip()

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 pytestmark = pytest.mark.timeout(60)
 
 WS_APP = """
+import asyncio
 import json
 import os
 
@@ -76,6 +77,8 @@ async def app(scope, receive, send):
         return
     if path == "/boom-early":
         raise RuntimeError("refusing before accept")
+    if path == "/undecided":
+        await asyncio.sleep(60)
     offered = scope["subprotocols"]
     chosen = "chat.v2" if "chat.v2" in offered else None
     await send({"type": "websocket.accept", "subprotocol": chosen,
@@ -403,6 +406,22 @@ def test_an_idle_websocket_is_pinged_then_closed_when_silent(make_server):
     close = frames[9:]
     assert close[0] == 0x88 and struct.unpack("!H", close[2:4])[0] == 1011
     assert 3 <= took < 9
+
+
+def test_an_app_that_does_not_decide_within_timeout_gets_504_and_its_stack_logged(make_server):
+    server = start_ws_server(make_server(), "--timeout", "2")
+
+    async def client():
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url(server, "/undecided"), open_timeout=15):
+                pass
+        return refused.value.response.status_code
+    started = time.monotonic()
+    assert run(client()) == 504
+    assert 1.5 < time.monotonic() - started < 10
+    log = server.wait_log("not accepted or denied within timeout")
+    assert "asyncio.sleep(60)" in log
+    assert server.get("/").status == 200
 
 
 # ------------------------------------------------------------------------- stopping
