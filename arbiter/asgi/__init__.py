@@ -14,6 +14,9 @@ parses nothing and decides no deadline itself:
   (body streamed with backpressure, output waiting for the client to drain),
   its response framed by :class:`~arbiter.http.app_response.AppResponse`
   exactly as a WSGI response is;
+* :mod:`arbiter.asgi.websocket` -- :class:`WebSocketSession`: a request that
+  asks for a WebSocket, its ``websocket`` scope's messages over wsproto's
+  frames once the lifecycle has handed the connection over;
 * :mod:`arbiter.asgi.lifespan` -- :class:`Lifespan`: the ``lifespan`` scope's
   startup and shutdown (``lifespan: auto | on | off``) and its shared state.
 
