@@ -19,6 +19,7 @@ from arbiter.asgi.websocket import (
     wants_websocket,
 )
 from arbiter.http import HTTPConnection, HTTPSettings
+from arbiter.http.app_response import ClientDisconnected
 from arbiter.http.lifecycle import CLOSED, RESPOND, UPGRADED, Lifecycle
 from arbiter.http.parsers import make_head_parser
 
@@ -229,5 +230,28 @@ def test_non_ascii_text_is_counted_in_bytes() -> None:
         assert session.inbox_bytes == 0
         session.received(client_frames(TextMessage(data="é" * 6)))  # 12 bytes: too big
         assert session.close_code == 1009
+        session.cancel_timers()
+    asyncio.run(scenario())
+
+
+def test_send_waits_while_the_write_buffer_is_high_and_cuts_a_client_that_never_reads() -> None:
+    async def scenario():
+        session, conn = await accepted_session()
+        conn.write_paused = True
+        sending = asyncio.ensure_future(session.send({"type": "websocket.send", "text": "a"}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not sending.done() and conn.drained is not None
+        conn.write_paused = False
+        conn.drained.set_result(None)  # what resume_writing does
+        await asyncio.wait_for(sending, 1)
+        assert conn.transport.out.endswith(b"\x81\x01a")
+        conn.write_paused = True
+        session.idle_limit = 0.05  # read_timeout: the longest wait for the client
+        with pytest.raises(ClientDisconnected):
+            await session.send({"type": "websocket.send", "bytes": b"b"})
+        assert conn.closed and session.gone
+        with pytest.raises(ClientDisconnected):  # the ASGI spec: an OSError once closed
+            await session.send({"type": "websocket.send", "text": "late"})
         session.cancel_timers()
     asyncio.run(scenario())
