@@ -5,10 +5,12 @@ both ways, a message over ``limits.websocket_message`` closed 1009, a denial
 (close before accept) answered 403, the denial-response extension,
 subprotocol negotiation, an app exception closing 1011 (500 before accept)
 while the worker serves on, a malformed handshake answered without the app,
-the access log line (101), an idle socket pinged and closed, a graceful stop
-and a HUP closing an open WebSocket with 1001 (not cutting it, and dropping
-no HTTP request), a FastAPI ``@app.websocket`` route, and (when nginx is
-installed) a WebSocket through nginx.
+garbage frames closed 1002, the access log line (101) and ``ctl status``
+(one request in flight), an idle socket pinged and closed, a handshake the
+app never decides (504), a graceful stop, a HUP and a ``max_requests``
+recycle closing an open WebSocket with 1001 (not cutting it, and dropping
+no HTTP request), ``wss://`` over TLS, a FastAPI ``@app.websocket`` route,
+and (when nginx is installed) a WebSocket through nginx.
 """
 
 from __future__ import annotations
@@ -334,6 +336,23 @@ def test_a_malformed_handshake_is_answered_without_the_app(ws_server):
     assert ws_server.get("/").status == 200
 
 
+def test_garbage_after_the_handshake_is_closed_1002_and_the_worker_serves_on(ws_server):
+    before = ws_server.workers()
+    for junk in (b"\x81\x05hello",  # unmasked: a client must mask
+                 b"\x8f\x80\x00\x00\x00\x00",  # an unknown opcode
+                 b"\xff" * 64):
+        sock = handshake(ws_server.port)
+        with sock:
+            assert read_head(sock).startswith(b"HTTP/1.1 101 ")
+            sock.sendall(junk)
+            frames = b""
+            while piece := sock.recv(4096):
+                frames += piece
+        assert frames[0] == 0x88 and struct.unpack("!H", frames[2:4])[0] == 1002, frames
+    assert ws_server.workers() == before
+    assert ws_server.get("/").status == 200
+
+
 def test_the_access_log_has_a_101_line_when_the_socket_ends(ws_server):
     async def client():
         async with connect(url(ws_server, "/logged?n=1")) as ws:
@@ -491,6 +510,67 @@ def test_hup_closes_the_old_workers_websocket_politely_and_drops_no_http_request
             await ws.send("new worker")
             return await ws.recv()
     assert run(again()) == "new worker"
+
+
+def test_a_recycle_at_max_requests_closes_an_open_websocket_with_1001(make_server):
+    server = start_ws_server(make_server(), "--max-requests", "4", "--max-requests-jitter",
+                             "0", graceful=4)
+    old = server.wait_workers(1)
+
+    async def client():
+        async with connect(url(server, "/recycled"), ping_interval=None) as ws:
+            await ws.send("open")
+            assert await ws.recv() == "open"
+            for _ in range(4):  # with the start-up poll, past max_requests
+                assert (await asyncio.to_thread(server.get, "/")).status == 200
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            return closed.value.rcvd
+    assert run(client(), timeout=30).code == 1001
+    wait_for(lambda: (w := server.workers()) and not set(w) & set(old), 15,
+             message="the recycled worker replaced")
+    assert server.get("/").status == 200
+
+
+def test_wss_over_tls_has_the_wss_scheme(make_server, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    with open(cert, "wb") as out:
+        for pem in issued.cert_chain_pems:
+            out.write(pem.bytes())
+    issued.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    server = make_server()
+    server.write_app(WS_APP, name="wsapp.py")
+    server.write_config(f"""
+        app: wsapp:app
+        bind: ["127.0.0.1:{server.port}"]
+        workers: 1
+        worker_type: asgi
+        ssl:
+          certfile: {cert}
+          keyfile: {key}
+    """)
+    server.start("-c", str(server.config_path), wait=False)
+
+    async def client():
+        async with connect(f"wss://127.0.0.1:{server.port}/secure", ssl=context) as ws:
+            await ws.send("scope")
+            return json.loads(await ws.recv())["scheme"]
+
+    def serving():
+        if server.proc.poll() is not None:
+            raise AssertionError(server.stderr)
+        try:
+            return run(client(), timeout=5)
+        except OSError:
+            return None
+    assert wait_for(serving, 20, message="wss to answer") == "wss"
 
 
 # ------------------------------------------------------------------------- FastAPI
