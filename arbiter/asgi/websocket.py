@@ -138,6 +138,12 @@ def handshake_problem(request: Request) -> tuple[int, list[tuple[str, str]], str
     return None
 
 
+def _sendable_close_code(code: object) -> bool:
+    """A close code an endpoint may put in a close frame (RFC 6455 §7.4)."""
+    return type(code) is int and (1000 <= code <= 1003 or 1007 <= code <= 1014
+                                  or 3000 <= code <= 4999)
+
+
 def _checked_headers(headers: Any, skip: set[bytes]) -> list[tuple[bytes, bytes]]:
     """The app's extra 101 headers, checked (bytes, a token name, no CR/LF/NUL in a value)."""
     checked = []
@@ -353,14 +359,20 @@ class WebSocketSession:
             text, data = message.get("text"), message.get("bytes")
             if (text is None) == (data is None):
                 raise ValueError("websocket.send needs exactly one of 'text' and 'bytes'")
+            if not (isinstance(text, str) if data is None else isinstance(
+                    data, bytes | bytearray | memoryview)):
+                raise TypeError("websocket.send: 'text' must be a str, 'bytes' bytes")
             event = TextMessage(data=text) if data is None else BytesMessage(data=bytes(data))
             self.write(self.ws.send(event))
             if self.conn.write_paused and not self.gone:
                 await self.drain()
         elif kind == "websocket.close":
+            code = message.get("code") or 1000
+            if not _sendable_close_code(code):
+                raise ValueError(f"websocket.close: {code!r} is not a close code an "
+                                 "endpoint may send (1000-1003, 1007-1014, 3000-4999)")
             if self.state == OPEN:
-                self.server_close(int(message.get("code") or 1000),
-                                  str(message.get("reason") or ""))
+                self.server_close(code, str(message.get("reason") or ""))
         elif kind == "websocket.accept":
             raise RuntimeError("websocket.accept sent twice")
         else:

@@ -255,3 +255,18 @@ def test_send_waits_while_the_write_buffer_is_high_and_cuts_a_client_that_never_
             await session.send({"type": "websocket.send", "text": "late"})
         session.cancel_timers()
     asyncio.run(scenario())
+
+
+def test_an_app_close_code_must_be_one_an_endpoint_may_send() -> None:
+    async def scenario():
+        session, conn = await accepted_session()
+        for code in (1005, 1006, 999, 70000, "1000"):
+            with pytest.raises(ValueError):
+                await session.send({"type": "websocket.close", "code": code})
+        with pytest.raises(TypeError):
+            await session.send({"type": "websocket.send", "text": b"not text"})
+        assert conn.transport.out == b"" and session.state == 1  # nothing sent, still open
+        await session.send({"type": "websocket.close", "code": 4321, "reason": "r"})
+        assert conn.transport.out == b"\x88\x03\x10\xe1r"
+        session.cancel_timers()
+    asyncio.run(scenario())
