@@ -277,17 +277,14 @@ class WebSocketSession:
                     response.client_gone("the worker stopped")
                 raise
         except Exception as exc:  # noqa: BLE001 -- the app's failure closes this socket only
-            if self.state == CONNECTING and not self.gone:
-                if response.finished:
-                    log.debug("the app raised after its WebSocket denial: %r", exc)
-                else:
-                    response.fail(exc)  # 500 (or a cut after the denial's head), logged
-            elif self.state == OPEN:
-                log.error("Error in WebSocket %s", self.request.target.decode("latin-1"),
-                          exc_info=exc)
-                self.server_close(1011, "internal error")
+            target = self.request.target.decode("latin-1")
+            if self.state == CONNECTING and not self.gone and not response.finished:
+                response.fail(exc)  # 500 (or a cut after the denial's head), logged
+            elif isinstance(exc, ClientDisconnected):  # our own: it sent to a closed socket
+                log.debug("WebSocket %s: the app stopped on a closed socket: %s", target, exc)
             else:
-                log.debug("the app raised after its WebSocket closed: %r", exc)
+                log.error("Error in WebSocket %s", target, exc_info=exc)
+                self.server_close(1011, "internal error")  # if it is still open
         else:
             if self.state == CONNECTING and not response.finished and not self.gone:
                 if self.denying:
