@@ -620,9 +620,9 @@ SETTINGS: tuple[Setting, ...] = (
             " its shutdown on stop; auto: skipped when the app does not support it",
             ("--lifespan",), "MODE", applies_to=("asgi",)),
     Setting("reactor_block_warning", 0.5, number(0),
-            "seconds (asgi): an event loop blocked this long logs the stack of what blocks"
-            " it (0 = off)",
-            ("--reactor-block-warning",), "SECONDS", applies_to=("asgi",)),
+            "seconds (evented, asgi): an event loop blocked this long logs the stack of"
+            " what blocks it and the request it serves, and counts the stall (0 = off)",
+            ("--reactor-block-warning",), "SECONDS", applies_to=("evented", "asgi")),
     Setting("threads", 4, integer(1),
             "pooled: threads per worker",
             ("-t", "--threads"), "N", applies_to=("pooled",)),

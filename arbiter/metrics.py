@@ -97,6 +97,15 @@ class ArbiterCollector:
         yield from self._lifecycle(snap)
         yield from self._master(info)
         yield from self._listen_queues()
+        yield from self._reactor(snap["reactor"])
+
+    def _reactor(self, reactor: dict[str, Any]) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "arbiter_reactor_stalls", "Times a worker's event loop was blocked longer than "
+            "reactor_block_warning (evented, asgi)", value=reactor["stalls"])
+        yield CounterMetricFamily(
+            "arbiter_reactor_blocked_seconds", "Seconds workers' event loops spent blocked "
+            "in those stalls", value=reactor["blocked_seconds"])
 
     # -- requests ---------------------------------------------------------------
     def _requests(self, requests: dict[str, Any], workers: list[dict[str, Any]]

@@ -52,7 +52,10 @@ _OFF_STATUS = _OFF_COUNTERS
 _OFF_METHODS = _OFF_STATUS + 8 * len(STATUS_CLASSES)
 _OFF_BUCKETS = _OFF_METHODS + 8 * len(METHODS)
 _OFF_DURATION_SUM = _OFF_BUCKETS + 8 * len(DURATION_BUCKETS)
-_COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}Qd")
+# The event loop's stalls (reactor_block_warning): how many, and the seconds they lasted.
+_OFF_STALLS = _OFF_DURATION_SUM + 8
+_OFF_BLOCKED = _OFF_STALLS + 8
+_COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}QdQd")
 ROW_SIZE = 512
 assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 
@@ -105,6 +108,8 @@ class Counters:
     by_method: list[int]
     buckets: list[int]  # per bucket (not cumulative), same order as DURATION_BUCKETS
     duration_sum: float = 0.0
+    stalls: int = 0  # times the worker's event loop was blocked past reactor_block_warning
+    blocked_seconds: float = 0.0  # how long those stalls lasted in all
 
     @classmethod
     def zero(cls) -> Counters:
@@ -117,6 +122,8 @@ class Counters:
             for i, value in enumerate(theirs):
                 mine[i] += value
         self.duration_sum += other.duration_sum
+        self.stalls += other.stalls
+        self.blocked_seconds += other.blocked_seconds
 
     @property
     def total(self) -> int:
@@ -143,7 +150,8 @@ class Scoreboard:
         values = _COUNTERS.unpack_from(self.memory, slot * ROW_SIZE + _OFF_COUNTERS)
         n_status, n_methods = len(STATUS_CLASSES), len(METHODS)
         return Counters(list(values[:n_status]), list(values[n_status:n_status + n_methods]),
-                        list(values[n_status + n_methods:-1]), values[-1])
+                        list(values[n_status + n_methods:-3]), values[-3], values[-2],
+                        values[-1])
 
     def wants_recycle(self, slot: int) -> bool:
         """Did the worker in ``slot`` ask to be replaced (it reached ``max_requests``)?"""
@@ -184,7 +192,8 @@ class SlotWriter:
     __slots__ = ("memory", "base", "requests", "counts", "duration_sum", "started", "method",
                  "path", "method_shown",
                  "_bytes", "_i32", "_f64", "_u64", "_heartbeat", "_state", "_in_flight",
-                 "_req_start", "_requests", "_duration_sum", "_qbase", "_connections")
+                 "_req_start", "_requests", "_duration_sum", "_qbase", "_connections",
+                 "stalls", "blocked_seconds")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
@@ -192,6 +201,8 @@ class SlotWriter:
         self.requests = 0
         self.counts = [0] * (ROW_SIZE // 8)  # by qword offset within the row
         self.duration_sum = 0.0
+        self.stalls = 0
+        self.blocked_seconds = 0.0
         self.started = 0.0
         self.method = "GET"
         self.path: str | None = None  # what the row shows now
@@ -237,6 +248,21 @@ class SlotWriter:
             u64[qbase + index] = counts[index]
         self.duration_sum += duration
         self._f64[self._duration_sum] = self.duration_sum
+
+    @property
+    def busy(self) -> bool:
+        """A request is in flight (as the row shows it)."""
+        return self._i32[self._in_flight] != 0
+
+    def count_stall(self) -> None:
+        """The event loop was found blocked (the watchdog's thread writes this field only)."""
+        self.stalls += 1
+        self._u64[(self.base + _OFF_STALLS) // 8] = self.stalls
+
+    def count_blocked(self, seconds: float) -> None:
+        """A stall ended after ``seconds`` (the loop's thread writes this field only)."""
+        self.blocked_seconds += seconds
+        self._f64[(self.base + _OFF_BLOCKED) // 8] = self.blocked_seconds
 
     def set_pid(self, pid: int) -> None:
         self._i32[self.base // 4] = pid

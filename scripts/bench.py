@@ -133,7 +133,7 @@ ASGI_APP = "bench_app:asgi_app"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_VENV = Path.home() / ".cache" / "arbiter-bench" / "venv"
 PEERS_VENV = Path("/tmp/peers-venv")
-WORKER_TYPES = ("preforked", "pooled", "threaded", "forked", "evented")
+WORKER_TYPES = ("preforked", "pooled", "threaded", "forked", "evented", "asgi")
 PEER_NAMES = ("nginx", "bjoern", "granian", "uvicorn", "meinheld")  # the peer table's order
 SERVER_NAMES = ("arbiter", "gunicorn", *PEER_NAMES)
 # peer -> the modules its venv must import (the first is also its distribution's name)
@@ -545,14 +545,19 @@ class Spec:
 
     @property
     def wsgi(self) -> bool:
-        """Serves bench_app:app, so it runs the bulk loads too (nginx and uvicorn do not)."""
-        return self.name not in ("nginx", "uvicorn")
+        """Serves bench_app:app, so it runs the bulk loads too (nginx, uvicorn and arbiter's
+        asgi type serve the ASGI hello, or nginx's own answer, instead)."""
+        return self.name not in ("nginx", "uvicorn") and not (
+            self.name == "arbiter" and self.kind == "asgi")
 
 
 def peer_spec(worker_type: str, workers: int, threads: int) -> Spec:
-    """The gunicorn worker nearest to an arbiter worker type (see the module docstring)."""
+    """The gunicorn worker nearest to an arbiter worker type (see the module docstring);
+    for asgi, uvicorn (httptools + uvloop), the ASGI server it is measured against."""
     if worker_type == "preforked":
         return Spec("gunicorn", "sync", "-", workers, 1)
+    if worker_type == "asgi":
+        return Spec("uvicorn", "asgi", "-", workers, 1)
     return Spec("gunicorn", "gthread", "-", workers, threads)
 
 
@@ -630,7 +635,8 @@ http {{
 
 def server_cmd(spec: Spec, port: int, bench: Bench) -> list[str]:
     if spec.name == "arbiter":
-        return arbiter_cmd(port, spec.kind, spec.workers, spec.threads, spec.parser, app=APP)
+        return arbiter_cmd(port, spec.kind, spec.workers, spec.threads, spec.parser,
+                           app=ASGI_APP if spec.kind == "asgi" else APP)
     if spec.name == "gunicorn":
         return gunicorn_cmd(bench.gunicorn_py, port, spec.kind, spec.workers, spec.threads)
     if spec.name == "nginx":
@@ -1166,8 +1172,9 @@ def make_pairs(args: argparse.Namespace) -> list[Pair]:
             if "arbiter" in args.servers:
                 members.append(("arbiter", Spec("arbiter", worker_type, parser, args.workers,
                                                 args.threads)))
-            if "gunicorn" in args.servers:
-                members.append(("peer", peer_spec(worker_type, args.workers, args.threads)))
+            peer = peer_spec(worker_type, args.workers, args.threads)
+            if peer.name in args.servers:
+                members.append(("peer", peer))
             pairs.append(Pair(worker_type, parser, members))
     return pairs
 
@@ -1403,7 +1410,7 @@ def pairs_from_field(fld: Field, args: argparse.Namespace
     """The pair table's samples out of a run with peers: each arbiter measurement next to
     its gunicorn counterpart's of the same run and load; failures keyed by pair."""
     out: list[Sample] = []
-    peers = [s for s in fld.samples if s.server == "gunicorn"]
+    peers = [s for s in fld.samples if s.server in ("gunicorn", "uvicorn")]
     for a in fld.samples:
         if a.server != "arbiter" or a.load not in STD_LOADS:
             continue
@@ -1457,7 +1464,7 @@ def field_table(fld: Field, loads: list[str]) -> str:
     head = ["server"]
     for load in loads:
         head += [f"{names[load]} req/s", "µs/req"]
-    head += ["vs gunicorn", "vs meinheld", "balance"]
+    head += ["vs counterpart", "vs meinheld", "balance"]
     meinheld = next((s for s in fld.specs if s.name == "meinheld"), None)
     lines = []
     for spec in fld.specs:
@@ -1478,7 +1485,7 @@ def field_table(fld: Field, loads: list[str]) -> str:
         g = peer_spec(spec.kind, spec.workers, spec.threads)
         if spec.name == "arbiter" and g in fld.specs:
             vs_g = " / ".join(_run_ratios(fld, spec, g, ld) or "-" for ld in loads)
-            vs_g += f" ({g.kind})"
+            vs_g += f" ({g.kind if g.name == 'gunicorn' else g.name})"
         if meinheld is not None and spec != meinheld:
             vs_m = " / ".join(_run_ratios(fld, spec, meinheld, ld) or "-" for ld in loads)
         row += [vs_g, vs_m, _balance_cell(fld, spec, loads)]
@@ -1530,9 +1537,10 @@ def field_notes(std: list[str], bulk: list[str], args: argparse.Namespace) -> li
             f"hello world, wrk -t1 -c{args.connections} -d{args.duration:g}s after a "
             f"{args.warmup:g} s warm-up, one server at a time, medians of {args.runs} run(s); "
             "µs/req = CPU (utime+stime) of the server's process tree / requests; "
-            "vs gunicorn / vs meinheld = req/s ratio per load "
-            f"({' / '.join(std)}), median of the per-run ratios; arbiter's gunicorn "
-            "counterpart is sync for preforked, gthread for the others.")
+            "vs counterpart / vs meinheld = req/s ratio per load "
+            f"({' / '.join(std)}), median of the per-run ratios; arbiter's counterpart "
+            "is gunicorn sync for preforked, uvicorn for asgi, gunicorn gthread for the "
+            "others.")
         out.append(
             "balance (2+ workers only): per run, the share of the keep-alive load's "
             "connections each worker held (sampled at 1/4, 1/2, 3/4 of the run), largest "

@@ -7,14 +7,19 @@ calls :meth:`LoopWatchdog.turned` from a callback it schedules every quarter
 of the threshold; a daemon thread checks twice per threshold, and when the
 loop has not turned for longer than the threshold it logs, once per stall,
 the stack of the loop's thread -- the blocking call an async app made (a
-``time.sleep``, a synchronous database driver, a heavy computation) -- and,
-when the loop turns again, how long the stall lasted. It changes nothing:
-the master's ``timeout`` still kills a worker whose loop stays blocked (its
-heartbeat stops).
+``time.sleep``, a synchronous database driver, a heavy computation) -- with
+the request(s) the worker is serving, and, when the loop turns again, how
+long the stall lasted. Each stall is counted in the worker's scoreboard row
+(``arbiter_reactor_stalls_total``, ``arbiter_reactor_blocked_seconds_total``).
+It changes nothing else: the master's ``timeout`` still kills a worker whose
+loop stays blocked (its heartbeat stops).
 
-Any loop can use the watchdog; the asgi worker does. :func:`awaiting_stack`
-(where a suspended task waits) is for the log line of a request or a
-WebSocket handshake cancelled at ``timeout``.
+Any loop can use the watchdog: the asgi worker's asyncio loop calls
+:meth:`LoopWatchdog.turned` from a periodic callback; the evented worker's
+reactor calls it after each wait and :meth:`LoopWatchdog.waiting` before it
+(a loop waiting for events is not blocked, however long it waits).
+:func:`awaiting_stack` (where a suspended task waits) is for the log line of
+a request or a WebSocket handshake cancelled at ``timeout``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["LoopWatchdog", "awaiting_stack", "new_event_loop"]
@@ -42,12 +48,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class LoopWatchdog:
     """Logs the stack of a loop's thread when it blocks longer than ``threshold`` s."""
 
-    def __init__(self, threshold: float, log: logging.Logger, what: str) -> None:
+    def __init__(self, threshold: float, log: logging.Logger, what: str,
+                 serving: Callable[[], str] | None = None, counts: Any = None) -> None:
+        """``serving()``: the request(s) in progress, for the log; ``counts``: the
+        worker's scoreboard row (``count_stall()``, ``count_blocked(seconds)``)."""
         self.threshold = threshold
         self.log = log
         self.what = what  # "worker #3": who is blocked, for the log
+        self.serving = serving
+        self.counts = counts
         self.loop_thread = threading.get_ident()
         self.turned_at = time.monotonic()
+        self.idle = False  # waiting for events (a reactor in epoll): not blocked
         self.stalled_since: float | None = None  # a stall reported, not yet over
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.watch, name="arbiter-loop-watchdog",
@@ -64,13 +76,20 @@ class LoopWatchdog:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def waiting(self) -> None:
+        """Called by a loop about to wait for events: not blocked until it turns."""
+        self.idle = True
+
     def turned(self) -> None:
         """Called by the loop: it is turning."""
         now = time.monotonic()
         self.turned_at = now
+        self.idle = False
         since = self.stalled_since
         if since is not None:
             self.stalled_since = None
+            if self.counts is not None:
+                self.counts.count_blocked(now - since)
             self.log.warning("%s: the event loop turns again after %.2f s blocked",
                              self.what, now - since)
 
@@ -78,14 +97,24 @@ class LoopWatchdog:
         while not self.stop_event.wait(self.threshold / 2):
             turned_at = self.turned_at
             blocked = time.monotonic() - turned_at
-            if blocked <= self.threshold or self.stalled_since is not None:
+            if blocked <= self.threshold or self.stalled_since is not None or self.idle:
                 continue
             self.stalled_since = turned_at
+            if self.counts is not None:
+                self.counts.count_stall()
             frame = sys._current_frames().get(self.loop_thread)
             stack = "".join(traceback.format_stack(frame)).rstrip() if frame else "(unknown)"
+            serving = ""
+            if self.serving is not None:
+                try:
+                    serving = self.serving()
+                except Exception:  # noqa: BLE001 -- the report must not fail
+                    serving = ""
             self.log.warning("%s: the event loop has been blocked for %.2f s "
-                             "(reactor_block_warning %g s), in (most recent call last):\n%s",
-                             self.what, blocked, self.threshold, stack)
+                             "(reactor_block_warning %g s)%s, in (most recent call last):\n%s",
+                             self.what, blocked, self.threshold,
+                             f" serving {serving}" if serving else "", stack)
+
 
 
 def awaiting_stack(task: asyncio.Task) -> str:

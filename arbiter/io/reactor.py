@@ -156,6 +156,7 @@ class Reactor:
     def __init__(self, worker: Any, strategy: Any, max_open: int) -> None:
         self.worker = worker
         self.strategy = strategy
+        self.watchdog: Any = None  # a LoopWatchdog (reactor_block_warning), set by the worker
         self.handler = worker.handler
         self.log = worker.log
         self.tls = worker.tls
@@ -182,6 +183,7 @@ class Reactor:
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> None:
         worker, selector, timers, strategy = self.worker, self.selector, self.timers, self.strategy
+        watchdog = self.watchdog
         beat_every = worker.tick / 2
         next_beat = 0.0
         drain_deadline = _INF
@@ -214,7 +216,11 @@ class Reactor:
                     wait = due - now
                 if self.paused_until > now and not self.listening:
                     wait = min(wait, self.paused_until - now, RECHECK if self.deferring else wait)
+                if watchdog is not None:
+                    watchdog.waiting()
                 events = selector.wait(max(wait, 0.0))
+                if watchdog is not None:
+                    watchdog.turned()
                 strategy.after_select()
                 for data, mask in events:
                     if type(data) is Connection:

@@ -142,6 +142,9 @@ class StatusReport:
                                      in zip(DURATION_BUCKETS, cumulative, strict=True)],
                 "duration_sum": counters.duration_sum,
             },
+            # The workers' event loops (evented, asgi) blocked past reactor_block_warning.
+            "reactor": {"stalls": counters.stalls,
+                        "blocked_seconds": round(counters.blocked_seconds, 6)},
         }
 
     def serving_ready(self) -> bool:

@@ -101,10 +101,8 @@ class AsgiWorker(Worker):
 
     def serve(self) -> None:
         assert self.loop is not None
-        watchdog = None
-        if self.cfg.reactor_block_warning:
-            watchdog = LoopWatchdog(float(self.cfg.reactor_block_warning), self.log,
-                                    f"worker #{self.number}")
+        watchdog = self.loop_watchdog()
+        if watchdog is not None:
             watchdog.start()
             self.loop.call_soon(self.turning, watchdog)
         try:

@@ -324,6 +324,36 @@ class Worker:
     def heartbeat(self) -> None:
         self.slot.heartbeat()
 
+    def requests_in_progress(self) -> str:
+        """The request(s) this worker serves now, oldest first, for a stall report
+        (called from the watchdog's thread)."""
+        now = time.monotonic()
+        if self.multithread:
+            if not self.requests_lock.acquire(timeout=0.1):
+                return ""
+            try:
+                running = sorted(self.running.values())
+            finally:
+                self.requests_lock.release()
+        else:
+            slot = self.slot
+            running = [(slot.started, slot.method, slot.path or "")] if slot.busy else []
+        shown = ", ".join(f"{method} {path} ({now - started:.2f} s)"
+                          for started, method, path in running[:3])
+        more = len(running) - 3
+        return shown + (f" and {more} more" if more > 0 else "")
+
+    def loop_watchdog(self) -> Any:
+        """A :class:`~arbiter.io.event_loop.LoopWatchdog` for this worker's event loop
+        (``reactor_block_warning``), not started; None when the setting is 0."""
+        threshold = float(getattr(self.cfg, "reactor_block_warning", 0) or 0)
+        if threshold <= 0:
+            return None
+        from arbiter.io.event_loop import LoopWatchdog  # asyncio: only loops need it
+
+        return LoopWatchdog(threshold, self.log, f"worker #{self.number} (pid {os.getpid()})",
+                            serving=self.requests_in_progress, counts=self.slot)
+
     def _show_running(self) -> None:
         """Multithreaded workers: publish the in-flight count and the oldest request."""
         if self.running:

@@ -7,7 +7,7 @@ with the app run in the reactor thread itself, and answers the weakness so:
 
 * **The reactor never waits for a client.** Accepts, reads and writes are
   non-blocking; a request's head and whole body are read before the app is
-  called (the body spooled: 64 KiB in memory, then a temporary file), so the
+  called (the body spooled: 128 KiB in memory, then a temporary file), so the
   app never waits for a slow sender; the response is pulled from the app
   only as fast as the client reads it (at most ``OUTPUT_HIGH`` pending per
   connection), and ``wsgi.file_wrapper`` goes out with non-blocking
@@ -20,8 +20,12 @@ with the app run in the reactor thread itself, and answers the weakness so:
 * **An app that blocks anyway is caught, not hidden.** The loop beats the
   heartbeat at least every half ``tick``; an app stuck in the reactor thread
   freezes it, and the master (``hung_policy = "kill"``) dumps this worker's
-  traceback -- naming the blocking call -- and replaces it. Only apps that
-  never block belong here (``config/evented.yaml`` says so).
+  traceback -- naming the blocking call -- and replaces it. Before that, a
+  watchdog thread sees the reactor not turn for ``reactor_block_warning``
+  (0.5 s) and logs, once per stall, the stack of the blocking code and the
+  request it serves, and counts the stall (``arbiter_reactor_stalls_total``,
+  ``arbiter_reactor_blocked_seconds_total``). Only apps that never block
+  belong here (``config/evented.yaml`` says so).
 
 Bounds: at most ``max_connections`` open connections (at the bound the
 listeners are unwatched and further clients wait in the kernel backlog); the
@@ -74,7 +78,15 @@ class EventedWorker(Worker):
                              "instead of max_connections %d (raise the hard limit: ulimit -Hn)",
                              self.number, soft, max_open, cfg.max_connections)
         self.reactor = Reactor(self, self, max_open)
-        self.reactor.run()
+        # reactor_block_warning: an app that blocks the reactor is caught in the act.
+        watchdog = self.reactor.watchdog = self.loop_watchdog()
+        if watchdog is not None:
+            watchdog.start()
+        try:
+            self.reactor.run()
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
 
     def may_keep_alive(self) -> bool:
         return self.alive

@@ -368,3 +368,35 @@ def test_readyz_is_503_in_a_crash_loop_and_recovers(server):
     after = scrape(admin_port)
     assert value(after, "arbiter_worker_restarts_total", reason="crash") >= 2
     assert value(after, "arbiter_crash_loop_failures") == 0
+
+
+BLOCKING_WSGI_APP = """
+import time
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/block":
+        time.sleep(1.2)  # blocks the reactor
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def test_an_app_blocking_the_evented_reactor_is_reported_with_its_request_and_counted(server):
+    """reactor_block_warning on evented: an idle reactor is not "blocked"; an app that
+    blocks it is logged once with the blocking line and the request, then counted."""
+    admin_port = configure(server, app=BLOCKING_WSGI_APP, worker_type="evented", workers=1,
+                           extra="reactor_block_warning: 0.3\n")
+    server.start("-c", "server.yaml")
+    server.wait_workers(1)
+    assert server.get("/").status == 200
+    time.sleep(1.0)  # idle for over three thresholds: waiting for clients is no stall
+    samples = scrape(admin_port)
+    assert value(samples, "arbiter_reactor_stalls_total") == 0
+    assert "has been blocked" not in server.stderr
+    assert http_request(server.port, "/block", timeout=10).status == 200
+    log = server.wait_log("the event loop turns again after", timeout=10)
+    assert log.count("the event loop has been blocked for") == 1
+    assert "serving GET /block (" in log
+    assert "time.sleep(1.2)  # blocks the reactor" in log  # the blocking call, named
+    samples = scrape(admin_port)
+    assert value(samples, "arbiter_reactor_stalls_total") == 1
+    assert 0.8 <= value(samples, "arbiter_reactor_blocked_seconds_total") <= 5

@@ -530,6 +530,7 @@ def test_an_app_blocking_the_loop_is_killed_and_replaced_after_timeout(server):
         pass  # the worker was killed under the request
     log = server.wait_log("the event loop has been blocked for", timeout=15)
     assert "time.sleep(30)  # blocks the whole loop" in log  # the blocking call, named
+    assert "serving GET /block (" in log  # and the request it serves
     server.wait_log("timed out: silent for", timeout=15)
     wait_for(lambda: server.workers() and server.workers() != [first], timeout=15,
              message="a replacement worker")
