@@ -53,7 +53,7 @@ from arbiter.http.app_response import (
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
-from arbiter.io.event_loop import awaiting_stack
+from arbiter.io.event_loop import awaiting_stack, wake_all
 from arbiter.io.proxy import take_proxy_header
 
 __all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle", "open_connection"]
@@ -526,10 +526,7 @@ class RequestCycle:
                 self.client_wait_since = None
 
     def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        wake_all(self.waiters)
 
     def client_eof(self) -> None:
         """The client closed its side: once the body is in, that is a disconnect."""

@@ -78,7 +78,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from arbiter.http.app_response import AppResponse, ClientDisconnected
 from arbiter.http.protocol import Request
-from arbiter.io.event_loop import awaiting_stack
+from arbiter.io.event_loop import awaiting_stack, wake_all
 
 __all__ = [
     "CLOSE_HANDSHAKE_TIMEOUT", "INBOX_HIGH", "INBOX_MESSAGES", "WebSocketSession",
@@ -223,10 +223,7 @@ class WebSocketSession:
         task.cancel()
 
     def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        wake_all(self.waiters)
 
     def client_eof(self) -> None:
         """Before the upgrade: the client closed its side, so it has gone."""

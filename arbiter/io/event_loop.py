@@ -19,7 +19,8 @@ Any loop can use the watchdog: the asgi worker's asyncio loop calls
 reactor calls it after each wait and :meth:`LoopWatchdog.waiting` before it
 (a loop waiting for events is not blocked, however long it waits).
 :func:`awaiting_stack` (where a suspended task waits) is for the log line of
-a request or a WebSocket handshake cancelled at ``timeout``.
+a request or a WebSocket handshake cancelled at ``timeout``; :func:`wake_all`
+resolves the futures a request or a WebSocket waits on.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LoopWatchdog", "awaiting_stack", "new_event_loop"]
+__all__ = ["LoopWatchdog", "awaiting_stack", "new_event_loop", "wake_all"]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -75,6 +76,14 @@ class LoopWatchdog:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def follow(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear an asyncio loop turn: a callback every :attr:`period` calls :meth:`turned`."""
+        def turning() -> None:
+            self.turned()
+            loop.call_later(self.period, turning)
+
+        loop.call_soon(turning)
 
     def waiting(self) -> None:
         """Called by a loop about to wait for events: not blocked until it turns."""
@@ -131,3 +140,12 @@ def awaiting_stack(task: asyncio.Task) -> str:
         if coro is None:
             break
     return "".join(traceback.format_list(traceback.StackSummary.extract(frames))).rstrip()
+
+
+def wake_all(waiters: list[asyncio.Future]) -> None:
+    """Resolve every future still waiting in ``waiters``, which is left empty."""
+    pending = waiters[:]
+    waiters.clear()
+    for future in pending:
+        if not future.done():
+            future.set_result(None)

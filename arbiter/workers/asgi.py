@@ -47,7 +47,7 @@ from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.balance import RECHECK, AcceptShare
-from arbiter.io.event_loop import LoopWatchdog, new_event_loop
+from arbiter.io.event_loop import new_event_loop
 from arbiter.workers.base import Worker
 from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 
@@ -104,7 +104,7 @@ class AsgiWorker(Worker):
         watchdog = self.loop_watchdog()
         if watchdog is not None:
             watchdog.start()
-            self.loop.call_soon(self.turning, watchdog)
+            watchdog.follow(self.loop)
         try:
             self.loop.run_until_complete(self.main())
         finally:
@@ -135,11 +135,6 @@ class AsgiWorker(Worker):
             self.loop.call_later(self.tick / 2, self.beat)
         else:
             self.stop_requested.set()
-
-    def turning(self, watchdog: LoopWatchdog) -> None:
-        """The loop turns: the watchdog hears it, a quarter of its threshold from now."""
-        watchdog.turned()
-        self.loop.call_later(watchdog.period, self.turning, watchdog)
 
     def loop_error(self, loop: Any, context: dict) -> None:
         """What asyncio could not hand to anyone (a callback's error): the error log."""
