@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 ARBITER = [sys.executable, "-m", "arbiter"]
@@ -240,3 +242,58 @@ class Server:
             self.proc.wait(5)
         self._out.close()
         self._err.close()
+
+
+# -- nginx in front ------------------------------------------------------------------
+def nginx_binary() -> str:
+    """The nginx program, or the test is skipped saying why."""
+    import pytest
+
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
+                                      else None)
+    if found is None:
+        pytest.skip("nginx not installed: no nginx on PATH or at /usr/sbin/nginx "
+                    "(Debian: apt-get install nginx-light)")
+    return found
+
+
+@contextmanager
+def running_nginx(base: Path, conf: str, port: int,
+                  ready: Callable[[], bool] | None = None) -> Iterator[subprocess.Popen]:
+    """nginx in the foreground with ``conf`` (written to ``base``/nginx.conf), once it
+    listens on 127.0.0.1:``port`` (and ``ready()``, when given); stopped by its pid, its
+    workers with it, whatever happens."""
+    binary = nginx_binary()
+    (base / "nginx.conf").write_text(conf)
+    with open(base / "stderr.log", "ab") as err:
+        proc = subprocess.Popen([binary, "-p", str(base), "-c", str(base / "nginx.conf"),
+                                 "-e", str(base / "error.log")], stdin=subprocess.DEVNULL,
+                                stdout=err, stderr=err, start_new_session=True)
+    try:
+        def answering() -> bool:
+            if proc.poll() is not None:
+                logs = "".join(path.read_text() for path in (base / "stderr.log",
+                                                             base / "error.log")
+                               if path.exists())
+                raise AssertionError(f"nginx exited with {proc.returncode}: {logs}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return ready() if ready is not None else True
+        wait_for(answering, 10, message=f"nginx on 127.0.0.1:{port}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers, if the master was cut short
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

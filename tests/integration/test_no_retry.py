@@ -12,17 +12,14 @@ recycles the workers.
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
 import signal
-import subprocess
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from harness import free_port, wait_for
+from harness import free_port, nginx_binary, running_nginx, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -130,51 +127,29 @@ def test_no_request_fails_on_reload_or_recycle(server, worker_type, mode):
         assert "reached max_requests" in server.stderr
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                      else None)
-    if found is None:
-        pytest.skip("nginx not installed: no nginx on PATH or at /usr/sbin/nginx "
-                    "(Debian: apt-get install nginx-light)")
-    return found
-
-
 @pytest.mark.parametrize("mode", ["hup", "recycle"])
 def test_no_502_behind_nginx_with_upstream_keepalive(server, worker_type, mode, tmp_path: Path):
-    binary = nginx_binary()
+    nginx_binary()  # or the test is skipped, saying why
     start(server, worker_type, "max_requests: 40\n" if mode == "recycle" else "")
     port = free_port()
     base = tmp_path / "nginx"
     base.mkdir()
-    (base / "nginx.conf").write_text(NGINX_CONF.format(base=base, upstream=server.port,
-                                                       port=port))
-    proc = subprocess.Popen([binary, "-p", str(base), "-c", str(base / "nginx.conf"),
-                             "-e", str(base / "error.log")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        def nginx_answers() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"nginx exited: {(base / 'error.log').read_text()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                return ok
-            except OSError:
-                return False
-        wait_for(nginx_answers, 10, message="nginx to answer")
+    conf = NGINX_CONF.format(base=base, upstream=server.port, port=port)
+
+    def nginx_answers() -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+    with running_nginx(base, conf, port, ready=nginx_answers):
         sender = hup_while(server, 3.0, 3) if mode == "hup" else None
         answered, failures = closed_loop(port, 6, 3.0)
         if sender is not None:
             sender.join(10)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
     bad_gateway = [line for line in (base / "access.log").read_text().splitlines()
                    if '" 502 ' in line]
     assert not failures and not bad_gateway, (

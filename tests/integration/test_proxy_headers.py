@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import children_of, free_port, http_request, pid_alive, wait_for
+from harness import children_of, free_port, http_request, pid_alive, running_nginx, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -189,15 +189,6 @@ def check_wsgi_errors(server, worker_type: str, json_mode: bool) -> None:
 
 
 # -- nginx ---------------------------------------------------------------------------------------
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                      else None)
-    if found is None:
-        pytest.skip("nginx not installed: no nginx on PATH or at /usr/sbin/nginx "
-                    "(Debian: apt-get install nginx-light)")
-    return found
-
-
 NGINX_CONF = """
 {user}
 worker_processes 1;
@@ -252,51 +243,16 @@ def nginx_dir() -> Iterator[Path]:
 @pytest.fixture
 def nginx(nginx_dir: Path) -> Iterator:
     """start(port) runs nginx in the foreground as a test process; stopped by pid at the end."""
-    binary = nginx_binary()
     procs: list[subprocess.Popen] = []
-
-    def start(port: int) -> subprocess.Popen:
-        conf = nginx_dir / "nginx.conf"
-        user = "user nobody nogroup;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(user=user, base=nginx_dir, port=port))
-        with open(nginx_dir / "stderr.log", "ab") as err:
-            proc = subprocess.Popen([binary, "-p", str(nginx_dir), "-c", str(conf),
-                                     "-e", str(nginx_dir / "error.log")],
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    start_new_session=True)
-        procs.append(proc)
-
-        def answering() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"nginx exited with {proc.returncode}: "
-                                     f"{(nginx_dir / 'stderr.log').read_text()}"
-                                     f"{(nginx_dir / 'error.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(answering, 10, message=f"nginx on 127.0.0.1:{port}")
-        return proc
-
-    try:
+    with contextlib.ExitStack() as running:
+        def start(port: int) -> subprocess.Popen:
+            user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+            conf = NGINX_CONF.format(user=user, base=nginx_dir, port=port)
+            procs.append(running.enter_context(running_nginx(nginx_dir, conf, port)))
+            return procs[-1]
         yield start
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # its workers, if the master was cut short
-            except (ProcessLookupError, PermissionError):
-                pass
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-            assert not pid_alive(proc.pid)
+    for proc in procs:
+        assert not pid_alive(proc.pid)
 
 
 def test_behind_nginx_on_a_unix_socket(make_server, nginx, nginx_dir: Path) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ARBITER, Server, free_port, http_request, wait_for
+from harness import ARBITER, Server, free_port, http_request, nginx_binary, running_nginx, wait_for
 
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
@@ -621,47 +621,22 @@ http {{
 
 
 def test_a_websocket_through_nginx(ws_server):
-    binary = shutil.which("nginx")
-    if binary is None:
-        pytest.skip("nginx is not on PATH: the WebSocket-through-nginx test needs it")
+    nginx_binary()  # or the test is skipped, saying why
     base = Path(tempfile.mkdtemp(prefix="arbiter-ws-nginx-"))
     base.chmod(0o711)
     port = free_port()
     user = "user nobody nogroup;" if os.geteuid() == 0 else ""
-    conf = base / "nginx.conf"
-    conf.write_text(NGINX_WS_CONF.format(user=user, base=base, port=port,
-                                         upstream=ws_server.port))
-    with open(base / "stderr.log", "ab") as err:
-        proc = subprocess.Popen([binary, "-p", str(base), "-c", str(conf),
-                                 "-e", str(base / "error.log")], stdin=subprocess.DEVNULL,
-                                stdout=err, stderr=err, start_new_session=True)
+    conf = NGINX_WS_CONF.format(user=user, base=base, port=port, upstream=ws_server.port)
     try:
-        def answering() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"nginx exited with {proc.returncode}: "
-                                     f"{(base / 'stderr.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(answering, 10, message=f"nginx on 127.0.0.1:{port}")
-
-        async def client():
-            async with connect(f"ws://127.0.0.1:{port}/via-nginx") as ws:
-                await ws.send("through nginx")
-                echoed = await ws.recv()
-                await ws.send("scope")
-                return echoed, json.loads(await ws.recv())
-        echoed, scope = run(client())
-        assert echoed == "through nginx"
-        assert scope["path"] == "/via-nginx" and scope["client"][0] == "127.0.0.1"
+        with running_nginx(base, conf, port):
+            async def client():
+                async with connect(f"ws://127.0.0.1:{port}/via-nginx") as ws:
+                    await ws.send("through nginx")
+                    echoed = await ws.recv()
+                    await ws.send("scope")
+                    return echoed, json.loads(await ws.recv())
+            echoed, scope = run(client())
+            assert echoed == "through nginx"
+            assert scope["path"] == "/via-nginx" and scope["client"][0] == "127.0.0.1"
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
         shutil.rmtree(base, ignore_errors=True)
