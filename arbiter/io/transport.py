@@ -111,8 +111,7 @@ class BlockingTransport(_SocketEnds):
                  watch_fds: tuple[int, ...] | list[int] = ()) -> None:
         """``watch_fds``: descriptors that end an idle wait when readable (a preforked
         worker's listeners and wakeup fd: someone else waits, or a signal came)."""
-        if not self.plain or not _MSG_DONTWAIT:
-            sock.setblocking(False)  # else every read and write says MSG_DONTWAIT itself
+        sock.setblocking(False)  # MSG_DONTWAIT too, but never a blocking socket (see accept)
         self.sock = sock
         self.heartbeat = heartbeat
         self._rpoll = select.poll()
@@ -369,8 +368,7 @@ class NonBlockingTransport(_SocketEnds):
     __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket) -> None:
-        if not _MSG_DONTWAIT:
-            sock.setblocking(False)  # else every read and write says MSG_DONTWAIT itself
+        sock.setblocking(False)  # MSG_DONTWAIT too, but never a blocking socket (see accept)
         self.sock = sock
 
     def fileno(self) -> int:
