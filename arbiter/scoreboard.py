@@ -304,12 +304,22 @@ class SlotWriter:
         self._bytes[self._state] = BUSY
 
     def show_in_flight(self, in_flight: int, started: float, method: str, path: str) -> None:
-        """For workers running several requests at once: the count and the oldest one."""
+        """For workers running several requests at once: the count and the oldest one.
+        Going idle, the count is cleared before the start, so no reader pairs a request
+        in flight with a start of 0 (the master once took that for a request running
+        since boot, and recycled a healthy worker)."""
+        if not in_flight:
+            self._i32[self._in_flight] = 0
+            self._bytes[self._state] = IDLE
+            self._f64[self._heartbeat] = time.monotonic()
+            self._f64[self._req_start] = started
+            self._write_request(method, path)
+            return
         self._f64[self._req_start] = started
         self._write_request(method, path)
         self._f64[self._heartbeat] = time.monotonic()
         self._i32[self._in_flight] = in_flight
-        self._bytes[self._state] = BUSY if in_flight else IDLE
+        self._bytes[self._state] = BUSY
 
     def count_request(self, status: int = 0, method: str = "", duration: float = 0.0) -> None:
         """One more request served (the in-flight fields are written separately);

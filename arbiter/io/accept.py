@@ -4,9 +4,7 @@ Owns :func:`accept_one`. An accepted TCP socket gets ``TCP_NODELAY`` (a
 response head and its small body are one write; nothing waits for Nagle) --
 on Linux from its listener (see :class:`~arbiter.sockets.Listener`), with no
 call per connection. The transports make the socket non-blocking (one
-``ioctl``): leaving it in blocking mode and passing ``MSG_DONTWAIT`` to every
-call saved that, but was taken back while a rare recycle drop (threaded
-behind nginx) is unexplained -- see the session note.
+``ioctl``).
 When the process or the system is out of descriptors or buffers
 (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``) the listener stays readable,
 so accepting again at once would spin: :class:`AcceptPaused` tells the caller

@@ -160,7 +160,9 @@ def hung_verdict(row: Any, now: float, timeout: float, policy: str
                  ) -> tuple[str, bool] | None:
     """Why a worker counts as hung, and whether to recycle (not kill) it; None if it isn't."""
     silent = now - row.heartbeat
-    oldest = now - row.request_started if row.in_flight else 0.0
+    # A start of 0 with a request in flight is a row read while its worker wrote it
+    # (it went idle between the two stores): no request has run since boot.
+    oldest = now - row.request_started if row.in_flight and row.request_started > 0 else 0.0
     if silent > timeout:
         return f"silent for {silent:.1f} s", False
     if policy == "recycle" and oldest > timeout:

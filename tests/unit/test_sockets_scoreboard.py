@@ -175,3 +175,32 @@ def test_a_reader_never_sees_a_torn_heartbeat_or_start_while_a_worker_writes():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert reads > 1000
+
+
+def test_a_row_read_while_its_worker_goes_idle_is_no_hung_request():
+    """Seen on a busy box: the master read a pooled worker's row between the two stores
+    of going idle (start 0, count still 1), took it for a request running since boot and
+    recycled a healthy worker, cutting its connections."""
+    import time
+    from types import SimpleNamespace
+
+    from arbiter.master.process import hung_verdict
+
+    now = time.monotonic()
+    torn = SimpleNamespace(heartbeat=now, in_flight=1, request_started=0.0)
+    assert hung_verdict(torn, now, 30.0, "recycle") is None
+    stuck = SimpleNamespace(heartbeat=now, in_flight=1, request_started=now - 31.0)
+    assert hung_verdict(stuck, now, 30.0, "recycle") == ("a request has run for 31.0 s", True)
+
+
+def test_going_idle_clears_the_count_before_the_start():
+    import time
+
+    board = Scoreboard(slots=2)
+    board.claim(0, 1, 1)
+    writer = board.writer(0)
+    writer.show_in_flight(1, time.monotonic(), "POST", "/x")
+    assert board.read(0).in_flight == 1
+    writer.show_in_flight(0, 0.0, "", "")
+    row = board.read(0)
+    assert row.in_flight == 0 and row.state == IDLE
