@@ -100,8 +100,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.lc: Lifecycle | None = None
         self.sockname: Any = None
         self.peer: Any = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the lifecycle's deadline
         self.timer_at = 0.0
+        self.request_timer: asyncio.TimerHandle | None = None  # the request's `timeout`
+        self.request_timer_at = 0.0
         self.cycle: RequestCycle | WebSocketSession | None = None
         self.upgraded: WebSocketSession | None = None  # the session that took the connection
         self.closed = False
@@ -201,7 +203,8 @@ class HTTPProtocol(asyncio.Protocol):
                 lc.writing(now)
                 self.transport.write(lc.take_output())
             elif action == RESPOND:
-                self.cancel_timer()
+                # The keep-alive timer stays (it finds a request running and is dropped):
+                # cancelling and filing a timer for every request cost more than this.
                 try:
                     self.cycle = (WebSocketSession(self) if wants_websocket(lc.request)
                                   else RequestCycle(self))
@@ -259,6 +262,28 @@ class HTTPProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
+
+    def arm_request_timer(self, due: float) -> None:
+        """Check the running request against ``timeout`` at ``due``. One timer serves the
+        connection's requests in turn: one due earlier stays (the request it finds
+        running re-arms it for what is left of its own time), so a kept-alive
+        connection does not file and cancel a timer per request."""
+        if self.request_timer is not None:
+            if self.request_timer_at <= due:
+                return
+            self.request_timer.cancel()
+        self.request_timer_at = due
+        self.request_timer = asyncio.get_running_loop().call_later(
+            max(due - time.monotonic(), 0.0), self.on_request_timer)
+
+    def on_request_timer(self) -> None:
+        self.request_timer = None
+        cycle = self.cycle
+        if not self.closed and type(cycle) is RequestCycle:
+            cycle.on_timeout()
 
     def on_deadline(self) -> None:
         self.timer = None
@@ -323,14 +348,12 @@ class RequestCycle:
         self.client_wait_since: float | None = None
         self.waiters: list[asyncio.Future] = []
         self.task: asyncio.Task | None = None
-        self.timeout_handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.task = loop.create_task(self.run())
+        self.task = asyncio.get_running_loop().create_task(self.run())
         timeout = self.conn.host.request_timeout
         if timeout:
-            self.timeout_handle = loop.call_later(timeout, self.on_timeout)
+            self.conn.arm_request_timer(self.started_at + timeout)
 
     async def run(self) -> None:
         response = self.response
@@ -358,8 +381,6 @@ class RequestCycle:
                     if not self.started else
                     "the ASGI app returned before its response was complete"))
         finally:
-            if self.timeout_handle is not None:
-                self.timeout_handle.cancel()
             self.write_pending()
             self.complete = True
             self.wake()
@@ -376,7 +397,7 @@ class RequestCycle:
                                        if self.client_wait_since is not None else 0.0)
         left = self.started_at + self.conn.host.request_timeout + waited - now
         if left > 0.01:  # time the client kept it waiting is the transfer budgets' business
-            self.timeout_handle = asyncio.get_running_loop().call_later(left, self.on_timeout)
+            self.conn.arm_request_timer(now + left)
             return
         request = self.request
         self.conn.host.log.error(
@@ -470,11 +491,10 @@ class RequestCycle:
 
     # -- the server's side -------------------------------------------------------------
     def write_pending(self) -> None:
+        """What the response has ready, in one write (a head and its body: one send)."""
         pieces = self.response.take_pending()
         if pieces and not self.gone and not self.conn.closed:
-            transport = self.conn.transport
-            for piece in pieces:
-                transport.write(piece)
+            self.conn.transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     async def drain(self) -> None:
         """Wait until the client has taken the output below the high-water mark, within

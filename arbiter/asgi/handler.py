@@ -40,11 +40,13 @@ from typing import Any
 from arbiter.http.inputs import EMPTY_INPUT
 from arbiter.http.protocol import Request
 from arbiter.http.settings import HTTPSettings
-from arbiter.http.wsgi import ConnectionInfo, WSGIHandler
+from arbiter.http.wsgi import ConnectionInfo, WSGIHandler, request_id
 
 __all__ = ["ASGIHandler", "as_asgi3"]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+# What a trusted proxy may say about the client (and its SCRIPT_NAME, an underscore name).
+_PROXY_HEADERS = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"))
 
 
 def as_asgi3(app: Any, asgi2: bool) -> Any:
@@ -67,6 +69,15 @@ def _text(value: str) -> str:
         return value
 
 
+def _server(sockname: Any) -> Any:
+    """The scope's ``server``: the listener's (host, port), or [path, None] for a unix
+    socket."""
+    if isinstance(sockname, tuple):
+        return (str(sockname[0]), int(sockname[1]))
+    return (sockname.decode("latin-1") if isinstance(sockname, bytes)
+            else str(sockname or ""), None)
+
+
 class ASGIHandler(WSGIHandler):
     """The asgi worker's handler (see the module docstring). Built once per worker."""
 
@@ -75,11 +86,59 @@ class ASGIHandler(WSGIHandler):
         super().__init__(app, settings, error_log, access_log)
         self.asgi_app = as_asgi3(app, asgi2)
         self.state: dict[str, Any] = {}  # the lifespan state, copied into every scope
+        self.root_path = _text(self.script_name)
 
     def build_scope(self, request: Request, info: ConnectionInfo,
-                    sockname: Any) -> tuple[dict, dict]:
+                    sockname: Any) -> tuple[dict, dict | None]:
         """The HTTP scope for ``request`` on the connection ``info`` (its listener's
-        address ``sockname``), and the environ it was derived from (for the access log)."""
+        address ``sockname``), and the environ it was derived from for the access log
+        (None when nothing needs one)."""
+        if self.access_log is not None or request.target[0] != 0x2F:
+            return self.scope_from_environ(request, info, sockname)
+        # Unless a trusted proxy's headers say otherwise, nothing but the request and its
+        # connection decide the scope: no environ.
+        trusted = info.trusted
+        headers = []
+        sent_id = None
+        for name, value in request.headers:
+            name = name.lower()
+            if name == b"x-request-id":
+                sent_id = value if sent_id is None else sent_id + b", " + value
+                continue
+            if trusted and (name in _PROXY_HEADERS or b"_" in name):
+                return self.scope_from_environ(request, info, sockname)
+            headers.append((name, value))
+        full_path, path_info = self.split_path(request)
+        root_path = self.root_path
+        headers.append((b"x-request-id", request_id(
+            sent_id.decode("latin-1") if sent_id is not None else None).encode("latin-1")))
+        peer = info.environ
+        remote = peer["REMOTE_ADDR"]
+        if not info.unix:
+            port = peer["REMOTE_PORT"]
+            client: Any = (remote, int(port) if port.isdigit() else 0)
+        else:
+            client = (remote, 0) if remote else None
+        return {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": peer["wsgi.url_scheme"],
+            "path": root_path + _text(path_info),
+            "raw_path": request.path,
+            "query_string": request.query,
+            "root_path": root_path,
+            "headers": headers,
+            "client": client,
+            "server": _server(sockname),
+            "state": self.state.copy(),
+        }, None
+
+    def scope_from_environ(self, request: Request, info: ConnectionInfo,
+                           sockname: Any) -> tuple[dict, dict]:
+        """The scope where forwarded headers, an absolute-form target or the access log
+        ask for the environ: derived from it, so both kinds of app see the same."""
         environ = self.build_environ(request, info, EMPTY_INPUT)
         root_path = _text(environ["SCRIPT_NAME"])
         target = request.target
@@ -99,11 +158,6 @@ class ASGIHandler(WSGIHandler):
             client: Any = (remote, int(port) if port.isdigit() else 0)
         else:
             client = (remote, 0) if remote else None
-        if isinstance(sockname, tuple):
-            server: Any = (str(sockname[0]), int(sockname[1]))
-        else:
-            server = (sockname.decode("latin-1") if isinstance(sockname, bytes)
-                      else str(sockname or ""), None)
         scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
@@ -116,7 +170,7 @@ class ASGIHandler(WSGIHandler):
             "root_path": root_path,
             "headers": headers,
             "client": client,
-            "server": server,
+            "server": _server(sockname),
             "state": self.state.copy(),
         }
         return scope, environ

@@ -102,6 +102,8 @@ __all__ = [
     "ResponseOutcome",
     "StreamInput",
     "WSGIHandler",
+    "new_request_id",
+    "request_id",
 ]
 
 
@@ -123,6 +125,14 @@ os.register_at_fork(after_in_child=_reseed_request_ids)
 def new_request_id() -> str:
     """A fresh request id: this process's random prefix + a counter, 32 hex digits."""
     return _rid_prefix + format(next(_rid_counter), "016x")
+
+
+def request_id(sent: str | None) -> str:
+    """The request's id: the client's ``X-Request-ID`` when it is fit (printable ASCII,
+    at most 200 characters), else a fresh one."""
+    if not sent or len(sent) > _REQUEST_ID_MAX or not (sent.isascii() and sent.isprintable()):
+        return _rid_prefix + format(next(_rid_counter), "016x")
+    return sent
 
 
 # -- observer -------------------------------------------------------------------
@@ -266,14 +276,7 @@ class WSGIHandler:
         raw = request.target.decode("latin-1")
         environ["RAW_URI"] = raw
         environ["REQUEST_URI"] = raw
-        path = request.path
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        full_path = path_info = path.decode("latin-1")
-        script_name = self.script_name
-        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
-            path_info = path_info[len(script_name):]
-        environ["PATH_INFO"] = path_info
+        full_path, environ["PATH_INFO"] = self.split_path(request)
         environ["QUERY_STRING"] = request.query.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
         environ["wsgi.input"] = wsgi_input
@@ -297,9 +300,7 @@ class WSGIHandler:
                 "latin-1")
         if request.content_length is None:
             environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # the one accepted value
-        rid = environ.get("HTTP_X_REQUEST_ID")
-        if not rid or len(rid) > _REQUEST_ID_MAX or not (rid.isascii() and rid.isprintable()):
-            environ["HTTP_X_REQUEST_ID"] = _rid_prefix + format(next(_rid_counter), "016x")
+        environ["HTTP_X_REQUEST_ID"] = request_id(environ.get("HTTP_X_REQUEST_ID"))
         if info.trusted:
             self._apply_proxy(environ)
             if proxy_script_name is not None:
@@ -307,6 +308,18 @@ class WSGIHandler:
         if info.unix:
             self._unix_server_name(environ)
         return environ
+
+    def split_path(self, request: Request) -> tuple[str, str]:
+        """The request's path percent-decoded (bytes as latin-1), and what of it is past
+        the ``SCRIPT_NAME`` mount prefix (``PATH_INFO``)."""
+        path = request.path
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        full_path = path_info = path.decode("latin-1")
+        script_name = self.script_name
+        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+            path_info = path_info[len(script_name):]
+        return full_path, path_info
 
     def _mount_prefix(self, environ: dict, value: Any, full_path: str) -> None:
         """A trusted proxy's ``SCRIPT_NAME`` header: the app is mounted under that prefix."""
