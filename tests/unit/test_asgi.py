@@ -49,7 +49,21 @@ def test_the_http_scope() -> None:
     assert scope["client"] == ("127.0.0.1", 5000)
     assert scope["server"] == ("127.0.0.1", 8000)
     assert scope["state"] == {}
-    assert environ["PATH_INFO"] == "/café/x/y".encode().decode("latin-1")
+    assert environ is None  # nothing needed one: the scope came straight from the request
+
+
+def test_the_scope_without_an_environ_is_the_one_derived_from_it() -> None:
+    raw = (b"GET /caf%C3%A9/x%2Fy?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Custom: Yes\r\n"
+           b"X-Request-ID: abc-123\r\nX-Request-ID: def\r\n\r\n")
+    for peer in (("127.0.0.1", 5000), ("10.1.2.3", 4000)):  # a trusted peer, an untrusted one
+        h = handler()
+        sockname = ("127.0.0.1", 8000)
+        info = h.connection_info(peer, sockname)
+        request = request_of(raw, h)
+        direct, none = h.build_scope(request, info, sockname)
+        derived, environ = h.scope_from_environ(request, info, sockname)
+        assert none is None and direct == derived
+        assert environ["PATH_INFO"] == "/café/x/y".encode().decode("latin-1")
 
 
 def test_an_absolute_form_target_names_the_host() -> None:
@@ -58,11 +72,14 @@ def test_an_absolute_form_target_names_the_host() -> None:
     assert [v for n, v in scope["headers"] if n == b"host"] == [b"example.org:8080"]
 
 
-def test_a_request_without_an_id_gets_the_environ_s_new_one() -> None:
-    scope, environ = scope_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    [rid] = [v for n, v in scope["headers"] if n == b"x-request-id"]
-    assert rid.decode() == environ["HTTP_X_REQUEST_ID"]
-    assert len(rid) == 32
+def test_a_request_without_an_id_gets_a_new_one() -> None:
+    ids = set()
+    for _ in range(2):
+        scope, _ = scope_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [rid] = [v for n, v in scope["headers"] if n == b"x-request-id"]
+        assert len(rid) == 32 and int(rid, 16) >= 0
+        ids.add(rid)
+    assert len(ids) == 2
 
 
 def test_a_trusted_proxy_names_the_client_and_the_scheme() -> None:
