@@ -119,21 +119,8 @@ class ASGIHandler(WSGIHandler):
             client: Any = (remote, int(port) if port.isdigit() else 0)
         else:
             client = (remote, 0) if remote else None
-        return {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": request.http_version,
-            "method": request.method,
-            "scheme": peer["wsgi.url_scheme"],
-            "path": root_path + _text(path_info),
-            "raw_path": request.path,
-            "query_string": request.query,
-            "root_path": root_path,
-            "headers": headers,
-            "client": client,
-            "server": _server(sockname),
-            "state": self.state.copy(),
-        }, None
+        return self._http_scope(request, peer["wsgi.url_scheme"], root_path, path_info,
+                                headers, client, sockname), None
 
     def scope_from_environ(self, request: Request, info: ConnectionInfo,
                            sockname: Any) -> tuple[dict, dict]:
@@ -158,13 +145,18 @@ class ASGIHandler(WSGIHandler):
             client: Any = (remote, int(port) if port.isdigit() else 0)
         else:
             client = (remote, 0) if remote else None
-        scope = {
+        return self._http_scope(request, environ["wsgi.url_scheme"], root_path,
+                                environ["PATH_INFO"], headers, client, sockname), environ
+
+    def _http_scope(self, request: Request, scheme: str, root_path: str, path_info: str,
+                    headers: list, client: Any, sockname: Any) -> dict:
+        return {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": request.http_version,
             "method": request.method,
-            "scheme": environ["wsgi.url_scheme"],
-            "path": root_path + _text(environ["PATH_INFO"]),
+            "scheme": scheme,
+            "path": root_path + _text(path_info),
             "raw_path": request.path,
             "query_string": request.query,
             "root_path": root_path,
@@ -173,7 +165,6 @@ class ASGIHandler(WSGIHandler):
             "server": _server(sockname),
             "state": self.state.copy(),
         }
-        return scope, environ
 
     def build_websocket_scope(self, request: Request, info: ConnectionInfo,
                               sockname: Any) -> tuple[dict, dict]:
