@@ -634,6 +634,12 @@ SETTINGS: tuple[Setting, ...] = (
             "a worker stuck this long is killed (threaded/pooled: recycled; forked: the stuck"
             " child; asgi: the request is cancelled, 504), with its traceback (0 = off)",
             ("--timeout",), "SECONDS"),
+    Setting("max_queue_time", 0, number(0),
+            "seconds a request may have waited before a worker starts it (X-Request-Start"
+            " from a trusted proxy, else the kernel's receive time of its first bytes):"
+            " one that waited longer is answered 503 with Retry-After, the app not called"
+            " (0 = off)",
+            ("--max-queue-time",), "SECONDS"),
     Setting("graceful_timeout", 30, number(0),
             "seconds to finish in-flight requests on stop/reload/scale-down",
             ("--graceful-timeout",), "SECONDS"),
@@ -738,7 +744,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log.access_format",
             '%(h)s - - [%(t)s] "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)sus', string,
             "access log line; h=client t=time r=request line s=status b=bytes f=referer"
-            " a=user agent D=microseconds",
+            " a=user agent D=microseconds Q=microseconds waited before the app started",
             ("--access-format",), "FORMAT", aliases=("--access-logformat",)),
     Setting("log.json", False, boolean,
             "one JSON object per line instead of text, for both logs"

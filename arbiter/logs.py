@@ -25,7 +25,8 @@ This module owns:
   - access log: ``timestamp`` (when the line is written), ``level`` ("info"),
     ``logger`` ("arbiter.access"), ``pid``, ``worker`` (when known), ``method``,
     ``path`` (SCRIPT_NAME + PATH_INFO, percent-decoded), ``query``, ``status``
-    (int), ``bytes`` (int), ``duration_us`` (int), ``remote_addr``,
+    (int), ``bytes`` (int), ``duration_us`` (int), ``queue_us`` (int: how long the
+    request waited before the app started, see ``max_queue_time``), ``remote_addr``,
     ``user_agent``, ``referer``, ``request_id`` (the ``X-Request-ID`` the HTTP
     layer put into the environ), ``protocol``.  Absent values are ``null``.
     ``log.access_format`` is ignored in JSON mode.
@@ -438,10 +439,17 @@ _SIMPLE_ATOMS: dict[str, _Getter] = {
     "D": lambda e, s, h, b, d: d,
     "L": lambda e, s, h, b, d: f"{d / 1_000_000:.6f}",
     "p": lambda e, s, h, b, d: os.getpid(),
+    "Q": lambda e, s, h, b, d: _queue_us(e),
 }
 _NUMERIC_ATOMS = frozenset("BTMDp")
 
 _BRACED_RE = re.compile(r"\{(?P<name>[^}]*)\}(?P<kind>[ioe])")
+
+
+def _queue_us(environ: dict) -> object:
+    """``%(Q)s``: microseconds the request waited before the app started ('-' unknown)."""
+    queued = environ.get("arbiter.queue_time")
+    return "-" if queued is None else int(queued * 1_000_000)
 
 
 def _missing(e: dict, s: str, h: list, b: int, d: int) -> object:
@@ -591,6 +599,7 @@ class AccessLog:
         referer = get("HTTP_REFERER")
         rid = get("HTTP_X_REQUEST_ID")
         proto = get("SERVER_PROTOCOL")
+        queued = get("arbiter.queue_time")
         return (
             f'{{"timestamp": "{_iso_time(time.time())}", {head}'
             f'"method": {_enc(method) if method else "null"}, '
@@ -598,6 +607,7 @@ class AccessLog:
             f'"query": {_enc(query) if query else "null"}, '
             f'"status": {_status_code(status)}, '
             f'"bytes": {body_bytes}, "duration_us": {duration_us}, '
+            f'"queue_us": {"null" if queued is None else int(queued * 1_000_000)}, '
             f'"remote_addr": {_enc(addr) if addr else "null"}, '
             f'"user_agent": {_enc(agent) if agent else "null"}, '
             f'"referer": {_enc(referer) if referer else "null"}, '
@@ -623,6 +633,8 @@ class AccessLog:
             "query": get("QUERY_STRING") or None,
             "status": int(code) if code.isdigit() else None,
             "bytes": body_bytes, "duration_us": duration_us,
+            "queue_us": (None if get("arbiter.queue_time") is None
+                         else int(get("arbiter.queue_time") * 1_000_000)),
             "remote_addr": get("REMOTE_ADDR") or None,
             "user_agent": get("HTTP_USER_AGENT") or None,
             "referer": get("HTTP_REFERER") or None,

@@ -130,6 +130,15 @@ class ArbiterCollector:
         yield HistogramMetricFamily("arbiter_request_duration_seconds",
                                     "Time from the request head to the end of the response",
                                     buckets=buckets, sum_value=requests["duration_sum"])
+        queue = [(_bound_label(bound), count) for bound, count in requests["queue_buckets"]]
+        yield HistogramMetricFamily("arbiter_request_queue_seconds",
+                                    "Time a request waited before a worker started it (a "
+                                    "trusted proxy's X-Request-Start, else the kernel's "
+                                    "receive time of its first bytes)",
+                                    buckets=queue, sum_value=requests["queue_sum"])
+        yield CounterMetricFamily("arbiter_requests_shed",
+                                  "Requests answered 503 unread: they waited longer than "
+                                  "max_queue_time", value=requests["shed"])
         yield GaugeMetricFamily("arbiter_requests_in_flight", "Requests being served now",
                                 value=sum(w["in_flight"] for w in workers))
 

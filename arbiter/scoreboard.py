@@ -20,7 +20,7 @@ import mmap
 import struct
 import time
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Worker states stored in a row.
 FREE = 0
@@ -55,8 +55,15 @@ _OFF_DURATION_SUM = _OFF_BUCKETS + 8 * len(DURATION_BUCKETS)
 # The event loop's stalls (reactor_block_warning): how many, and the seconds they lasted.
 _OFF_STALLS = _OFF_DURATION_SUM + 8
 _OFF_BLOCKED = _OFF_STALLS + 8
-_COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}QdQd")
-ROW_SIZE = 512
+# Queue time (max_queue_time): how long requests waited before their app started, in the
+# duration histogram's buckets, their sum, and the requests refused for waiting too long.
+QUEUE_BUCKETS = DURATION_BUCKETS
+_OFF_QUEUE_BUCKETS = _OFF_BLOCKED + 8
+_OFF_QUEUE_SUM = _OFF_QUEUE_BUCKETS + 8 * len(QUEUE_BUCKETS)
+_OFF_SHED = _OFF_QUEUE_SUM + 8
+_COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}QdQd"
+                          f"{len(QUEUE_BUCKETS)}QdQ")
+ROW_SIZE = 768
 assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
 
 # Offsets of the fields a worker updates on its hot path.
@@ -110,6 +117,9 @@ class Counters:
     duration_sum: float = 0.0
     stalls: int = 0  # times the worker's event loop was blocked past reactor_block_warning
     blocked_seconds: float = 0.0  # how long those stalls lasted in all
+    queue_buckets: list[int] = field(default_factory=lambda: [0] * len(QUEUE_BUCKETS))
+    queue_sum: float = 0.0  # seconds requests waited before their app started, in all
+    shed: int = 0  # requests answered 503 for waiting longer than max_queue_time
 
     @classmethod
     def zero(cls) -> Counters:
@@ -118,12 +128,15 @@ class Counters:
     def add(self, other: Counters) -> None:
         for mine, theirs in ((self.by_status, other.by_status),
                              (self.by_method, other.by_method),
-                             (self.buckets, other.buckets)):
+                             (self.buckets, other.buckets),
+                             (self.queue_buckets, other.queue_buckets)):
             for i, value in enumerate(theirs):
                 mine[i] += value
         self.duration_sum += other.duration_sum
         self.stalls += other.stalls
         self.blocked_seconds += other.blocked_seconds
+        self.queue_sum += other.queue_sum
+        self.shed += other.shed
 
     @property
     def total(self) -> int:
@@ -149,8 +162,12 @@ class Scoreboard:
     def counters(self, slot: int) -> Counters:
         values = _COUNTERS.unpack_from(self.memory, slot * ROW_SIZE + _OFF_COUNTERS)
         n_status, n_methods = len(STATUS_CLASSES), len(METHODS)
+        buckets_end = n_status + n_methods + len(DURATION_BUCKETS)
+        queue = buckets_end + 3
         return Counters(list(values[:n_status]), list(values[n_status:n_status + n_methods]),
-                        list(values[n_status + n_methods:-3]), values[-3], values[-2],
+                        list(values[n_status + n_methods:buckets_end]), values[buckets_end],
+                        values[buckets_end + 1], values[buckets_end + 2],
+                        list(values[queue:queue + len(QUEUE_BUCKETS)]), values[-2],
                         values[-1])
 
     def wants_recycle(self, slot: int) -> bool:
@@ -193,7 +210,7 @@ class SlotWriter:
                  "path", "method_shown",
                  "_bytes", "_i32", "_f64", "_u64", "_heartbeat", "_state", "_in_flight",
                  "_req_start", "_requests", "_duration_sum", "_qbase", "_connections",
-                 "stalls", "blocked_seconds")
+                 "stalls", "blocked_seconds", "queue_sum", "shed")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
@@ -203,6 +220,8 @@ class SlotWriter:
         self.duration_sum = 0.0
         self.stalls = 0
         self.blocked_seconds = 0.0
+        self.queue_sum = 0.0
+        self.shed = 0
         self.started = 0.0
         self.method = "GET"
         self.path: str | None = None  # what the row shows now
@@ -258,6 +277,18 @@ class SlotWriter:
         """The event loop was found blocked (the watchdog's thread writes this field only)."""
         self.stalls += 1
         self._u64[(self.base + _OFF_STALLS) // 8] = self.stalls
+
+    def record_queue(self, seconds: float, shed: bool) -> None:
+        """One request's wait before its app started (and whether it was shed: 503)."""
+        index = (_OFF_QUEUE_BUCKETS >> 3) + bisect_left(QUEUE_BUCKETS, seconds)
+        counts = self.counts
+        counts[index] += 1
+        self._u64[self._qbase + index] = counts[index]
+        self.queue_sum += seconds
+        self._f64[(self.base + _OFF_QUEUE_SUM) // 8] = self.queue_sum
+        if shed:
+            self.shed += 1
+            self._u64[(self.base + _OFF_SHED) // 8] = self.shed
 
     def count_blocked(self, seconds: float) -> None:
         """A stall ended after ``seconds`` (the loop's thread writes this field only)."""
@@ -340,7 +371,8 @@ class SlotWriter:
             self._u64[self._requests] = requests
         for first, values in ((_OFF_STATUS, counters.by_status),
                               (_OFF_METHODS, counters.by_method),
-                              (_OFF_BUCKETS, counters.buckets)):
+                              (_OFF_BUCKETS, counters.buckets),
+                              (_OFF_QUEUE_BUCKETS, counters.queue_buckets)):
             for i, value in enumerate(values):
                 index = (first >> 3) + i
                 if value != self.counts[index]:
@@ -349,6 +381,12 @@ class SlotWriter:
         if counters.duration_sum != self.duration_sum:
             self.duration_sum = counters.duration_sum
             self._f64[self._duration_sum] = self.duration_sum
+        if counters.queue_sum != self.queue_sum:
+            self.queue_sum = counters.queue_sum
+            self._f64[(self.base + _OFF_QUEUE_SUM) // 8] = self.queue_sum
+        if counters.shed != self.shed:
+            self.shed = counters.shed
+            self._u64[(self.base + _OFF_SHED) // 8] = self.shed
 
     def request_finished(self, status: int) -> None:
         now = time.monotonic()

@@ -16,6 +16,8 @@ import stat
 import sys
 from dataclasses import dataclass, field
 
+from arbiter.http.queue_time import enable_receive_timestamps
+
 # A unix socket a local proxy (nginx's workers run as another user) can connect to;
 # "unix:/path:0660" (or 0600) hardens it.
 UNIX_SOCKET_MODE = 0o666
@@ -87,6 +89,10 @@ class Listener:
                 self.nodelay_inherited = True
             except OSError:
                 pass
+            # And the kernel's receive timestamps, which the queue time is read from
+            # (arbiter.http.queue_time): on the listener, so that bytes waiting in the
+            # backlog are stamped when they arrived, not when a worker got to them.
+            enable_receive_timestamps(self.sock)
 
     @property
     def name(self) -> str:

@@ -118,6 +118,9 @@ class BenchHost:
     def request_finished(self, status: int, key: object = None) -> None:
         pass
 
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        pass
+
     def heartbeat(self) -> None:
         pass
 

@@ -53,6 +53,7 @@ from arbiter.http.app_response import (
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
+from arbiter.http.queue_time import peek_stamp
 from arbiter.io.event_loop import awaiting_stack, wake_all
 from arbiter.io.proxy import take_proxy_header
 
@@ -70,15 +71,17 @@ async def open_connection(host: Any, sock: Any, peer: Any, header_timeout: float
     (logged at debug); this never raises."""
     loop = asyncio.get_running_loop()
     handler, tls = host.handler, host.tls
+    stamp = peek_stamp(sock)  # asyncio's reads drop the kernel's stamps: the first one now
     try:
         proxy = None
         if handler.expects_proxy_header(peer):
             proxy = await take_proxy_header(loop, sock, handler.proxy_protocol,
                                             time.monotonic() + header_timeout)
         if tls is None:
-            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, False, proxy), sock)
+            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, False, proxy, stamp),
+                                               sock)
         else:
-            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, True, proxy), sock,
+            await loop.connect_accepted_socket(lambda: HTTPProtocol(host, True, proxy, stamp), sock,
                                                ssl=tls, ssl_handshake_timeout=header_timeout)
     except (TimeoutError, OSError) as exc:
         host.log.debug("connection from %r refused: %s", peer, exc)
@@ -92,10 +95,12 @@ class HTTPProtocol(asyncio.Protocol):
     ``request_timeout``, ``may_keep_alive()``, ``opened(conn)`` / ``forget(conn)``
     and the observer methods (``request_started`` / ``request_finished``)."""
 
-    def __init__(self, host: Any, tls: bool, proxy: Any = None) -> None:
+    def __init__(self, host: Any, tls: bool, proxy: Any = None,
+                 stamp: float | None = None) -> None:
         self.host = host
         self.tls = tls
         self.proxy = proxy  # the PROXY protocol header the worker took (a ProxyInfo)
+        self.stamp = stamp  # the kernel's receive time of the first bytes waiting at accept
         self.transport: Any = None
         self.lc: Lifecycle | None = None
         self.sockname: Any = None
@@ -122,7 +127,7 @@ class HTTPProtocol(asyncio.Protocol):
         http = HTTPConnection(handler.settings, make_head_parser(handler.parser_name))
         self.lc = Lifecycle(handler, http, self.peer, self.sockname, now, observer=host,
                             tls=self.tls, proxy=self.proxy is not None,
-                            may_keep_alive=host.may_keep_alive)
+                            may_keep_alive=host.may_keep_alive, stamp=self.stamp)
         if self.proxy is not None:
             self.lc.proxy_done(self.proxy, now)
         if self.tls:  # asyncio finished the handshake before calling us
@@ -206,8 +211,12 @@ class HTTPProtocol(asyncio.Protocol):
                 # The keep-alive timer stays (it finds a request running and is dropped):
                 # cancelling and filing a timer for every request cost more than this.
                 try:
-                    self.cycle = (WebSocketSession(self) if wants_websocket(lc.request)
-                                  else RequestCycle(self))
+                    if not wants_websocket(lc.request):
+                        self.cycle = RequestCycle(self)  # admitted when its task starts
+                    elif lc.admit():
+                        self.cycle = WebSocketSession(self)
+                    else:
+                        continue  # it waited too long: the lifecycle has a 503 to write
                 except Exception:
                     host.log.exception("cannot start a request from %r", self.peer)
                     lc.response_done(ResponseOutcome(0, False, 0, True), now)
@@ -331,10 +340,10 @@ class RequestCycle:
         self.conn = conn
         lc = conn.lc
         self.request = request = lc.request
-        handler = conn.host.handler
-        started = time.perf_counter()
-        self.scope, environ = handler.build_scope(request, lc.info, conn.sockname)
-        self.response = AppResponse(handler, environ, request, lc.may_keep_alive, started)
+        # The scope is built when the task starts (run): after the queue time is known.
+        self.scope: dict | None = None
+        self.response = AppResponse(conn.host.handler, None, request, lc.may_keep_alive,
+                                    time.perf_counter())
         self.budget = lc.writing(time.monotonic())
         self.body_done = False  # the last http.request message was received
         self.started = False
@@ -356,9 +365,20 @@ class RequestCycle:
             self.conn.arm_request_timer(self.started_at + timeout)
 
     async def run(self) -> None:
+        conn = self.conn
+        lc = conn.lc
+        if not lc.admit():  # it waited too long for this task to start: a 503 instead
+            self.complete = True
+            conn.cycle = None
+            if not conn.closed:
+                conn.guard(conn.drive)
+            return
         response = self.response
+        handler = conn.host.handler
         try:
-            await self.conn.host.handler.asgi_app(self.scope, self.receive, self.send)
+            self.scope, response.environ = handler.build_scope(self.request, lc.info,
+                                                               conn.sockname)
+            await handler.asgi_app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             if not self.timed_out:
                 response.client_gone("the worker stopped")

@@ -150,7 +150,7 @@ class ASGIHandler(WSGIHandler):
 
     def _http_scope(self, request: Request, scheme: str, root_path: str, path_info: str,
                     headers: list, client: Any, sockname: Any) -> dict:
-        return {
+        scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
             "http_version": request.http_version,
@@ -165,6 +165,9 @@ class ASGIHandler(WSGIHandler):
             "server": _server(sockname),
             "state": self.state.copy(),
         }
+        if request.queue_time is not None:  # how long it waited before this task started
+            scope["extensions"] = {"arbiter.queue_time": {"seconds": request.queue_time}}
+        return scope
 
     def build_websocket_scope(self, request: Request, info: ConnectionInfo,
                               sockname: Any) -> tuple[dict, dict]:
@@ -179,5 +182,5 @@ class ASGIHandler(WSGIHandler):
                 offered.extend(p.strip() for p in value.decode("latin-1").split(",")
                                if p.strip())
         scope["subprotocols"] = offered
-        scope["extensions"] = {"websocket.http.response": {}}
+        scope.setdefault("extensions", {})["websocket.http.response"] = {}
         return scope, environ

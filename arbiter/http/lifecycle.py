@@ -98,6 +98,7 @@ from arbiter.http.protocol import (
     ProtocolError,
     Request,
 )
+from arbiter.http.queue_time import REQUEST_START, parse_request_start
 from arbiter.http.response import CONTINUE_RESPONSE
 
 __all__ = [
@@ -185,13 +186,14 @@ class Lifecycle:
         "buffer_bodies", "body_store", "body_input", "continue_owed", "budget", "wait_start",
         "request_start", "hold_limit", "min_rate", "read_timeout", "header_timeout",
         "keepalive", "lingered", "tls", "peer", "answered", "giving_way", "drained",
+        "input_stamp", "first_stamp", "request_stamp", "queue_time", "max_queue_time",
     )
 
     def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
                  now: float, *, observer: Any, tls: bool = False, proxy: bool = False,
                  buffer_bodies: bool = False, body_store: Callable[[], Any] | None = None,
                  may_keep_alive: Callable[[], bool] = _always,
-                 hold_limit: float = 0.0) -> None:
+                 hold_limit: float = 0.0, stamp: float | None = None) -> None:
         settings = handler.settings
         self.handler = handler
         self.http = http
@@ -225,6 +227,13 @@ class Lifecycle:
         self.giving_way = False  # idle, another client waits: closing after a grace
         self.deadline = now + self.header_timeout
         self.phase = PROXY if proxy else HANDSHAKE if tls else FIRST_HEAD
+        # Queue time (see admit): wall-clock receive times. ``stamp``: the kernel's, of
+        # the first bytes waiting at accept (for a driver whose reads carry none).
+        self.first_stamp = stamp
+        self.input_stamp: float | None = None  # of the oldest bytes not yet parsed
+        self.request_stamp: float | None = None  # of the current request's first bytes
+        self.queue_time: float | None = None  # how long the current request waited
+        self.max_queue_time = settings.max_queue_time
 
     # -- inputs ------------------------------------------------------------------------
     def proxy_done(self, info: Any, now: float) -> None:
@@ -243,8 +252,9 @@ class Lifecycle:
         if self.phase == HANDSHAKE:
             self.phase = FIRST_HEAD
 
-    def received(self, data: bytes, now: float) -> None:
-        """Bytes from the client (``b""``: it closed its side)."""
+    def received(self, data: bytes, now: float, stamp: float | None = None) -> None:
+        """Bytes from the client (``b""``: it closed its side); ``stamp``: the kernel's
+        receive time of their first byte (wall clock), where the driver's read has it."""
         phase = self.phase
         if phase == LINGER:
             self.lingered += len(data)
@@ -262,7 +272,16 @@ class Lifecycle:
             self.deadline = budget.wait_deadline(now)
             if phase == DRAIN:
                 self.drained += len(data)
-        self.http.receive_data(data)
+        http = self.http
+        if data and not http.buffered:  # these bytes begin what is parsed next
+            if stamp is None:
+                stamp = self.first_stamp
+                if stamp is None:
+                    stamp = time.time()
+                else:
+                    self.first_stamp = None
+            self.input_stamp = stamp
+        http.receive_data(data)
 
     def timed_out(self, now: float) -> None:
         """``self.deadline`` passed: what that means depends on the phase."""
@@ -363,6 +382,7 @@ class Lifecycle:
         self.served += 1
         self.request = request
         self.request_start = now
+        self.request_stamp = self.input_stamp
         self.answered = False
         self.continue_owed = request.expect_continue and request.content_length != 0
 
@@ -373,6 +393,40 @@ class Lifecycle:
         assert request is not None
         self.observer.request_started(request.method, request.path.decode("latin-1"), self)
         return RESPOND
+
+    def admit(self) -> bool:
+        """The app is about to start on the current request (called by whoever starts
+        it, when it does: a pool thread, the asyncio task): how long the request waited
+        since its first bytes reached this server -- or its proxy, by a trusted proxy's
+        ``X-Request-Start`` -- as ``queue_time``, told to the observer. False when it
+        waited longer than ``max_queue_time``: it is answered ``503`` with
+        ``Retry-After`` instead (``next()`` has the answer to write) and the app is not
+        called -- refusing it now is cheaper than serving a client that gave up."""
+        request = self.request
+        assert request is not None
+        start = self.request_stamp
+        if self.info.trusted:
+            for name, value in request.headers:
+                if len(name) == 15 and name.lower() == REQUEST_START:
+                    sent = parse_request_start(value)
+                    if sent is not None:
+                        start = sent
+                    break
+        if start is None:
+            self.queue_time = None
+            return True
+        waited = time.time() - start
+        if waited < 0.0:  # a proxy's clock ahead of ours
+            waited = 0.0
+        self.queue_time = request.queue_time = waited
+        shed = 0.0 < self.max_queue_time < waited
+        self.observer.request_queued(waited, shed)
+        if shed:
+            self.handler.error_log.debug("request from %r waited %.3f s (max_queue_time "
+                                         "%g s): 503", self.peer, waited, self.max_queue_time)
+            self._refuse(ProtocolError(503, "waited longer than max_queue_time", request))
+            return False
+        return True
 
     def _await(self, now: float) -> int:
         """NEED_DATA: enter the phase that matches what is missing, with its deadline."""

@@ -99,6 +99,7 @@ class Request:
     content_length: int | None  # body length (0 = no body); None = chunked
     keep_alive: bool  # what the client asked for (1.1 default, 1.0 with keep-alive)
     expect_continue: bool  # "Expect: 100-continue" on HTTP/1.1
+    queue_time: float | None = None  # seconds it waited before the app started (admit)
 
     @property
     def chunked(self) -> bool:

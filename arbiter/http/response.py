@@ -69,6 +69,8 @@ def error_response(code: int, server_software: str = "", *, head_only: bool = Fa
     body = (status + "\n").encode("latin-1")
     headers = [("Content-Type", "text/plain; charset=utf-8"),
                ("Content-Length", str(len(body)))]
+    if code == 503:  # the core's 503 is load shedding: a moment later may find room
+        headers.append(("Retry-After", "1"))
     if close:
         headers.append(("Connection", "close"))
     headers.append(("Date", http_date()))

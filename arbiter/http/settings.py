@@ -34,6 +34,7 @@ class HTTPSettings:
     multithread: bool = False
     multiprocess: bool = True
     url_scheme: str = "http"
+    max_queue_time: float = 0.0  # seconds waited before the app starts -> 503 (0 = off)
 
 
 def resolve_parser(name: str) -> str:

@@ -145,6 +145,9 @@ class RequestObserver(Protocol):
 
     def request_finished(self, status: int, key: object = None) -> None: ...
 
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        """How long the request about to start waited; ``shed``: it is refused (503)."""
+
 
 class NullObserver:
     """A RequestObserver that ignores everything."""
@@ -156,6 +159,9 @@ class NullObserver:
         return None
 
     def request_finished(self, status: int, key: object = None) -> None:
+        return None
+
+    def request_queued(self, seconds: float, shed: bool) -> None:
         return None
 
 
@@ -301,6 +307,7 @@ class WSGIHandler:
         if request.content_length is None:
             environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # the one accepted value
         environ["HTTP_X_REQUEST_ID"] = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ["arbiter.queue_time"] = request.queue_time  # seconds it waited (or None)
         if info.trusted:
             self._apply_proxy(environ)
             if proxy_script_name is not None:

@@ -31,6 +31,7 @@ from arbiter.http.inputs import EMPTY_INPUT, StreamInput
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
+from arbiter.http.queue_time import peek_stamp
 from arbiter.http.wsgi import NULL_OBSERVER, RequestObserver, WSGIHandler
 from arbiter.io.proxy import ProxyHeaderTaker
 from arbiter.io.transport import (
@@ -78,7 +79,8 @@ def serve_connection(handler: WSGIHandler, sock: socket.socket, peer: Any, sockn
         lc = Lifecycle(handler, http, peer, sockname, time.monotonic(), observer=observer,
                        tls=tls is not None, proxy=proxy,
                        may_keep_alive=lambda: may_keep_alive() and not stopping(),
-                       hold_limit=hold_limit)
+                       hold_limit=hold_limit,
+                       stamp=peek_stamp(sock) if tls is not None else None)
         if proxy:  # before the TLS handshake: the proxy speaks first, in the clear
             lc.proxy_done(_take_proxy_header(handler.proxy_protocol, sock, lc.deadline,
                                              observer.heartbeat), time.monotonic())
@@ -137,7 +139,7 @@ def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
                 fresh = False
                 data = transport.recv()
                 if data is not None:
-                    lc.received(data, now)
+                    lc.received(data, now, transport.stamp)
                     continue
             if not lc.stopping and stopping():
                 lc.stop(now)
@@ -146,7 +148,7 @@ def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
             if state == READABLE:
                 data = transport.recv()
                 if data is not None:
-                    lc.received(data, now)
+                    lc.received(data, now, transport.stamp)
             elif state == TIMEOUT:
                 lc.timed_out(now)
             elif state == WATCHED:
@@ -169,6 +171,8 @@ def _drive(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport,
 
 def _respond(handler: WSGIHandler, lc: Lifecycle, transport: BlockingTransport) -> None:
     """Run the app for the lifecycle's request; write its response as it comes."""
+    if not lc.admit():
+        return  # it waited too long: the lifecycle answers 503 instead
     request = lc.request
     assert request is not None
     started = time.perf_counter()

@@ -50,6 +50,7 @@ from arbiter.http.lifecycle import (
 )
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
+from arbiter.http.queue_time import peek_stamp
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.balance import RECHECK, AcceptShare
 from arbiter.io.poller import READ as _READ
@@ -311,7 +312,8 @@ class Reactor:
                 lc = Lifecycle(handler, http, peer, sockname, now, observer=self.worker,
                                tls=tls is not None, proxy=proxy, buffer_bodies=True,
                                body_store=self.new_body,
-                               may_keep_alive=self.worker.may_keep_alive)
+                               may_keep_alive=self.worker.may_keep_alive,
+                               stamp=peek_stamp(sock) if tls is not None else None)
             except HANDSHAKE_ERRORS as exc:
                 log.debug("connection from %r refused: %s", peer, exc)
                 sock.close()
@@ -375,7 +377,7 @@ class Reactor:
                 data = transport.recv()
                 if data is None:
                     return
-                lc.received(data, now)
+                lc.received(data, now, transport.stamp)
                 if not data or not transport.buffered():
                     return
         except WouldBlock as exc:
@@ -430,6 +432,8 @@ class Reactor:
         """Run the app for the lifecycle's complete request (its body spooled, or none);
         the response is then pulled with :meth:`pull` (by whoever owns the connection)."""
         lc = conn.lc
+        if not lc.admit():
+            return  # it waited too long: the lifecycle answers 503 instead (lc.next)
         request = lc.request
         assert request is not None
         handler = self.handler
@@ -448,6 +452,8 @@ class Reactor:
         """Pull the response's next pieces while the output is low (the reactor thread
         or a pool thread, whoever owns the connection); finish it at the end."""
         response = conn.response
+        if response is None:
+            return  # shed (see start_response): nothing of the app's to pull
         while conn.out_size < OUTPUT_HIGH and conn.segment is None:
             piece = response.pull()
             if piece is None:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from arbiter.http.app_response import ClientDisconnected
+from arbiter.http.queue_time import recv_stamped, stamps_possible
 from arbiter.tls import close_notify, wrap
 
 __all__ = [
@@ -105,7 +106,7 @@ class BlockingTransport(_SocketEnds):
 
     plain = True
 
-    __slots__ = ("sock", "heartbeat", "_rpoll", "_wpoll", "_watch")
+    __slots__ = ("sock", "heartbeat", "_rpoll", "_wpoll", "_watch", "stamp", "_stamped")
 
     def __init__(self, sock: socket.socket, heartbeat: Callable[[], None] = _nothing,
                  watch_fds: tuple[int, ...] | list[int] = ()) -> None:
@@ -113,6 +114,8 @@ class BlockingTransport(_SocketEnds):
         worker's listeners and wakeup fd: someone else waits, or a signal came)."""
         sock.setblocking(False)  # MSG_DONTWAIT too, but never a blocking socket (see accept)
         self.sock = sock
+        self.stamp: float | None = None  # the kernel's receive time of the last read's bytes
+        self._stamped = stamps_possible(sock)
         self.heartbeat = heartbeat
         self._rpoll = select.poll()
         self._rpoll.register(sock, _POLLIN)
@@ -152,8 +155,12 @@ class BlockingTransport(_SocketEnds):
         return self.buffered() or bool(self._rpoll.poll(seconds * 1000.0))
 
     def recv(self) -> bytes | None:
-        """What the socket has now: bytes, b"" at EOF, None if nothing yet."""
+        """What the socket has now: bytes, b"" at EOF, None if nothing yet (``stamp``:
+        when the kernel received them, where it says)."""
         try:
+            if self._stamped:
+                data, self.stamp = recv_stamped(self.sock, RECV_SIZE, _MSG_DONTWAIT)
+                return data
             return self.sock.recv(RECV_SIZE, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
@@ -365,11 +372,13 @@ class NonBlockingTransport(_SocketEnds):
 
     plain = True
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "stamp", "_stamped")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)  # MSG_DONTWAIT too, but never a blocking socket (see accept)
         self.sock = sock
+        self.stamp: float | None = None  # the kernel's receive time of the last read's bytes
+        self._stamped = stamps_possible(sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -382,8 +391,12 @@ class NonBlockingTransport(_SocketEnds):
         return True
 
     def recv(self) -> bytes | None:
-        """Bytes, b"" at EOF, None if the socket has nothing now."""
+        """Bytes, b"" at EOF, None if the socket has nothing now (``stamp``: when the
+        kernel received them, where it says)."""
         try:
+            if self._stamped:
+                data, self.stamp = recv_stamped(self.sock, RECV_SIZE, _MSG_DONTWAIT)
+                return data
             return self.sock.recv(RECV_SIZE, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return None
@@ -423,6 +436,8 @@ class NonBlockingTLSTransport(_TLSEnds, NonBlockingTransport):
 
     def __init__(self, context: ssl.SSLContext, sock: socket.socket) -> None:
         self.sock = wrap(context, sock)
+        self.stamp = None  # decrypted bytes carry no stamp (the lifecycle's own clock)
+        self._stamped = False
         self.pending_write: bytes | None = None  # an SSL write to retry with the same bytes
 
     def buffered(self) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 from arbiter.master.process import process_memory
@@ -26,6 +27,7 @@ from arbiter.scoreboard import (
     BOOTING,
     DURATION_BUCKETS,
     METHODS,
+    QUEUE_BUCKETS,
     STATE_NAMES,
     STATUS_CLASSES,
     Counters,
@@ -141,6 +143,14 @@ class StatusReport:
                                      for bound, count
                                      in zip(DURATION_BUCKETS, cumulative, strict=True)],
                 "duration_sum": counters.duration_sum,
+                # How long requests waited before their app started (max_queue_time),
+                # and how many were refused 503 for waiting too long.
+                "queue_buckets": [[bound if bound != float("inf") else "+Inf", count]
+                                  for bound, count
+                                  in zip(QUEUE_BUCKETS, accumulate(counters.queue_buckets),
+                                         strict=True)],
+                "queue_sum": round(counters.queue_sum, 6),
+                "shed": counters.shed,
             },
             # The workers' event loops (evented, asgi) blocked past reactor_block_warning.
             "reactor": {"stalls": counters.stalls,

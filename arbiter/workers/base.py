@@ -93,6 +93,7 @@ def http_settings(cfg: Any, worker_type: str, multithread: bool = False,
         multithread=multithread,
         multiprocess=True,
         url_scheme="https" if tls else "http",
+        max_queue_time=float(cfg.max_queue_time),
     )
 
 
@@ -372,6 +373,14 @@ class Worker:
             self.running[threading.get_ident() if key is None else key] = (
                 time.monotonic(), method, path)
             self._show_running()
+
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        """How long a request waited before its app started (and if it was shed)."""
+        if not self.multithread:
+            self.slot.record_queue(seconds, shed)
+            return
+        with self.requests_lock:
+            self.slot.record_queue(seconds, shed)
 
     def request_finished(self, status: int, key: object = None) -> None:
         if not self.multithread:

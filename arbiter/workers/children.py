@@ -39,6 +39,9 @@ class ChildReport:
     def request_started(self, method: str, path: str, key: object = None) -> None:
         self.row.request_started(method, path)
 
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        self.row.record_queue(seconds, shed)
+
     def request_finished(self, status: int, key: object = None) -> None:
         self.row.request_finished(status)
         try:

@@ -18,6 +18,7 @@ LOG = logging.getLogger("test.http.serve")
 class Observer:
     def __init__(self) -> None:
         self.events: list = []
+        self.queued: list = []
         self.beats = 0
 
     def heartbeat(self) -> None:
@@ -28,6 +29,9 @@ class Observer:
 
     def request_finished(self, status: int, key: object = None) -> None:
         self.events.append(("finish", status))
+
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        self.queued.append((seconds, shed))
 
 
 class Server:

@@ -39,6 +39,7 @@ T0 = 1000.0
 class Recorder:
     def __init__(self) -> None:
         self.events: list = []
+        self.queued: list = []
 
     def heartbeat(self) -> None:
         return None
@@ -48,6 +49,9 @@ class Recorder:
 
     def request_finished(self, status: int, key: object = None) -> None:
         self.events.append(("finish", status))
+
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        self.queued.append((seconds, shed))
 
 
 def app(environ, start_response):

@@ -382,7 +382,8 @@ def test_time_atom_is_request_start() -> None:
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
 ACCESS_FIELDS = {
     "timestamp", "level", "logger", "pid", "method", "path", "query", "status", "bytes",
-    "duration_us", "remote_addr", "user_agent", "referer", "request_id", "protocol",
+    "duration_us", "queue_us", "remote_addr", "user_agent", "referer", "request_id",
+    "protocol",
 }
 
 
@@ -402,7 +403,7 @@ def json_line(environ: dict, status: str = "201 Created", body: int = 1234,
 
 def test_json_access_every_field(no_worker: None) -> None:
     before = time.time()
-    doc = json_line({**ENVIRON, "SCRIPT_NAME": "/app"})
+    doc = json_line({**ENVIRON, "SCRIPT_NAME": "/app", "arbiter.queue_time": 0.0123456})
     assert set(doc) == ACCESS_FIELDS  # no worker number outside a worker
     assert ISO.fullmatch(doc["timestamp"]), doc["timestamp"]
     stamp = datetime.fromisoformat(doc["timestamp"]).timestamp()
@@ -410,7 +411,8 @@ def test_json_access_every_field(no_worker: None) -> None:
     assert doc == {
         "timestamp": doc["timestamp"], "level": "info", "logger": "arbiter.access",
         "pid": os.getpid(), "method": "POST", "path": "/app/p/a th", "query": "x=1&y=2",
-        "status": 201, "bytes": 1234, "duration_us": 2_345_678, "remote_addr": "10.1.2.3",
+        "status": 201, "bytes": 1234, "duration_us": 2_345_678, "queue_us": 12345,
+        "remote_addr": "10.1.2.3",
         "user_agent": "curl/8.0", "referer": "http://ref.example/", "request_id": "abc-123",
         "protocol": "HTTP/1.1",
     }
@@ -428,7 +430,7 @@ def test_json_access_missing_values_are_null(no_worker: None) -> None:
     doc = json_line({}, status="404 Not Found", body=0, dur=0)
     assert doc["status"] == 404 and doc["bytes"] == 0 and doc["duration_us"] == 0
     for key in ("method", "path", "query", "remote_addr", "user_agent", "referer",
-                "request_id", "protocol"):
+                "request_id", "protocol", "queue_us"):
         assert doc[key] is None, key
 
 

@@ -34,12 +34,16 @@ UPGRADE = (b"GET /chat?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
 class Recorder:
     def __init__(self) -> None:
         self.events: list = []
+        self.queued: list = []
 
     def request_started(self, method: str, path: str, key: object = None) -> None:
         self.events.append(("start", method, path))
 
     def request_finished(self, status: int, key: object = None) -> None:
         self.events.append(("finish", status))
+
+    def request_queued(self, seconds: float, shed: bool) -> None:
+        self.queued.append((seconds, shed))
 
 
 def lifecycle(**settings) -> tuple[Lifecycle, Recorder, ASGIHandler]:
