@@ -425,6 +425,8 @@ class Lifecycle:
             self.handler.error_log.debug("request from %r waited %.3f s (max_queue_time "
                                          "%g s): 503", self.peer, waited, self.max_queue_time)
             self._refuse(ProtocolError(503, "waited longer than max_queue_time", request))
+            if request.content_length == 0 and not self.http.has_trailing_data:
+                self.linger_after = False  # nothing unread to reset the answer: close now
             return False
         return True
 
