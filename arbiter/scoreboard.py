@@ -388,9 +388,9 @@ class SlotWriter:
             self.shed = counters.shed
             self._u64[(self.base + _OFF_SHED) // 8] = self.shed
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int, duration: float | None = None) -> None:
         now = time.monotonic()
-        self.record(status, self.method, now - self.started)
+        self.record(status, self.method, now - self.started if duration is None else duration)
         self._i32[self._in_flight] = 0
         self.requests += 1
         self._u64[self._requests] = self.requests

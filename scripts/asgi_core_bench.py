@@ -115,7 +115,8 @@ class BenchHost:
     def request_started(self, method: str, path: str, key: object = None) -> None:
         pass
 
-    def request_finished(self, status: int, key: object = None) -> None:
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
         pass
 
     def request_queued(self, seconds: float, shed: bool) -> None:

@@ -187,6 +187,7 @@ class Lifecycle:
         "request_start", "hold_limit", "min_rate", "read_timeout", "header_timeout",
         "keepalive", "lingered", "tls", "peer", "answered", "giving_way", "drained",
         "input_stamp", "first_stamp", "request_stamp", "queue_time", "max_queue_time",
+        "handshake_seconds",
     )
 
     def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
@@ -234,6 +235,7 @@ class Lifecycle:
         self.request_stamp: float | None = None  # of the current request's first bytes
         self.queue_time: float | None = None  # how long the current request waited
         self.max_queue_time = settings.max_queue_time
+        self.handshake_seconds = 0.0  # an upgrade's: from its head to hand_over
 
     # -- inputs ------------------------------------------------------------------------
     def proxy_done(self, info: Any, now: float) -> None:
@@ -636,6 +638,7 @@ class Lifecycle:
         if not http.message_complete:
             http.next_event()  # the EndOfMessage of a request without a body
         rest = http.trailing_data
+        self.handshake_seconds = now - self.request_start  # its duration, for the observer
         self.phase = UPGRADED
         self.deadline = _INF
         self.close_after = True
@@ -644,10 +647,12 @@ class Lifecycle:
 
     def upgrade_finished(self, status: int, now: float) -> None:
         """The protocol the connection was handed over to ended: the request (``status``,
-        101 for an upgrade carried out) is done for the observer."""
+        101 for an upgrade carried out) is done for the observer -- its duration the
+        handshake's, not the new protocol's lifetime (a WebSocket open for an hour is not
+        an hour-long request in the duration histogram)."""
         if self.phase != UPGRADED:
             raise RuntimeError("upgrade_finished() without hand_over()")
-        self.observer.request_finished(status, self)
+        self.observer.request_finished(status, self, self.handshake_seconds)
         self.answered = True
         self.request = None
         self.phase = CLOSED

@@ -143,7 +143,10 @@ class RequestObserver(Protocol):
 
     def request_started(self, method: str, path: str, key: object = None) -> None: ...
 
-    def request_finished(self, status: int, key: object = None) -> None: ...
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
+        """The request ended with ``status``; ``duration``: the seconds to count it
+        for, when not the time since it started (an upgrade: its handshake)."""
 
     def request_queued(self, seconds: float, shed: bool) -> None:
         """How long the request about to start waited; ``shed``: it is refused (503)."""
@@ -158,7 +161,8 @@ class NullObserver:
     def request_started(self, method: str, path: str, key: object = None) -> None:
         return None
 
-    def request_finished(self, status: int, key: object = None) -> None:
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
         return None
 
     def request_queued(self, seconds: float, shed: bool) -> None:

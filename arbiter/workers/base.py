@@ -382,15 +382,17 @@ class Worker:
         with self.requests_lock:
             self.slot.record_queue(seconds, shed)
 
-    def request_finished(self, status: int, key: object = None) -> None:
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
         if not self.multithread:
-            self.slot.request_finished(status)
+            self.slot.request_finished(status, duration)
         else:
             with self.requests_lock:
                 started, method, _ = self.running.pop(
                     threading.get_ident() if key is None else key, (0.0, "", ""))
-                now = time.monotonic()
-                self.slot.count_request(status, method, now - started if started else 0.0)
+                if duration is None:
+                    duration = time.monotonic() - started if started else 0.0
+                self.slot.count_request(status, method, duration)
                 self._show_running()
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests:

@@ -42,8 +42,9 @@ class ChildReport:
     def request_queued(self, seconds: float, shed: bool) -> None:
         self.row.record_queue(seconds, shed)
 
-    def request_finished(self, status: int, key: object = None) -> None:
-        self.row.request_finished(status)
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
+        self.row.request_finished(status, duration)
         try:
             os.write(self.poke_fd, b".")
         except OSError:

@@ -393,17 +393,26 @@ def test_ctl_status_shows_an_open_websocket_in_flight_then_counts_it_101(make_se
         return json.loads(result.stdout)
     before = status()["requests"]["by_status"]["1xx"]
 
+    def under_quarter_second() -> int:
+        buckets = dict((str(bound), count)
+                       for bound, count in status()["requests"]["duration_buckets"])
+        return buckets["0.25"]
+    short_before = under_quarter_second()
+
     async def client():
         async with connect(url(server, "/watched")) as ws:
             await ws.send("x")
             await ws.recv()
             worker = (await asyncio.to_thread(status))["workers"][0]
+            await asyncio.sleep(1.2)  # open well past 0.25 s
         return worker
     worker = run(client())
     assert worker["in_flight"] == 1 and worker["state"] == "busy"
     assert worker["current"]["path"] == "/watched"
     wait_for(lambda: status()["requests"]["by_status"]["1xx"] == before + 1, 10,
              message="the ended WebSocket counted as a 1xx request")
+    # Its duration is the handshake's, not the socket's lifetime.
+    assert under_quarter_second() == short_before + 1
 
 
 # ------------------------------------------------------------------------- idle

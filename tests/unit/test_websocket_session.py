@@ -39,7 +39,8 @@ class Recorder:
     def request_started(self, method: str, path: str, key: object = None) -> None:
         self.events.append(("start", method, path))
 
-    def request_finished(self, status: int, key: object = None) -> None:
+    def request_finished(self, status: int, key: object = None,
+                         duration: float | None = None) -> None:
         self.events.append(("finish", status))
 
     def request_queued(self, seconds: float, shed: bool) -> None:
