@@ -35,12 +35,14 @@ def server(make_server) -> Server:
     return make_server()
 
 
-ALL_WORKER_TYPES = ("preforked", "forked", "threaded", "pooled", "evented")
+ALL_WORKER_TYPES = ("preforked", "forked", "threaded", "pooled", "evented")  # the WSGI ones
+SHARED_BEHAVIOUR_TYPES = (*ALL_WORKER_TYPES, "asgi")
 
 
-@pytest.fixture(params=ALL_WORKER_TYPES)
+@pytest.fixture(params=SHARED_BEHAVIOUR_TYPES)
 def worker_type(request) -> str:
-    """Parametrises a test over every worker type."""
+    """Parametrises a test over every worker type, asgi included: the test writes its
+    WSGI app through ``harness.asgi_twin(source, worker_type)``."""
     return request.param
 
 

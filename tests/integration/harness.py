@@ -137,6 +137,16 @@ def status_of(raw: bytes) -> int:
     return int(parts[1])
 
 
+def asgi_twin(wsgi_source: str, worker_type: str = "asgi") -> str:
+    """A test's WSGI app source, for ``worker_type``: unchanged for the WSGI types; for
+    asgi, with ``asgi_bridge.py`` appended (each WSGI callable in it served as an ASGI
+    app), so the shared behaviour tests run on the asgi worker too."""
+    if worker_type != "asgi":
+        return wsgi_source
+    bridge = (Path(__file__).parent / "asgi_bridge.py").read_text()
+    return textwrap.dedent(wsgi_source) + "\n\n" + bridge
+
+
 class Server:
     """One ``arbiter`` master started by a test, in a temporary directory."""
 

@@ -16,7 +16,7 @@ import textwrap
 import time
 
 import pytest
-from harness import free_port, http_request, wait_for
+from harness import asgi_twin, free_port, http_request, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,7 +52,7 @@ def configure(server, app: str = APP, worker_type: str = "preforked", workers: i
               extra: str = "") -> int:
     """Write the app and a config with admin_bind; return the admin port."""
     admin_port = free_port()
-    server.write_app(app)
+    server.write_app(asgi_twin(app, worker_type))
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from harness import ARBITER, pid_alive, wait_for
+from harness import ARBITER, asgi_twin, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,7 +29,7 @@ def ctl(server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def start(server, worker_type: str = "preforked", app: str = "app:app") -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(f"""
         app: {app}
         bind: ["127.0.0.1:{server.port}"]

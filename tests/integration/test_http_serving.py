@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from harness import raw_exchange, status_of, wait_for
+from conftest import ALL_WORKER_TYPES
+from harness import asgi_twin, raw_exchange, status_of, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,6 +144,7 @@ def test_expect_100_continue(running):
         assert _read_response(s).endswith(b"data")
 
 
+@pytest.mark.parametrize("worker_type", ALL_WORKER_TYPES)  # wsgiref's validator is WSGI's
 def test_validator_wrapped_app_runs_clean(make_server, worker_type):
     server = make_server()
     server.write_app(APP)
@@ -259,7 +261,7 @@ def _read_response(s: socket.socket) -> bytes:
 def test_an_idle_keepalive_connection_does_not_hold_back_a_new_client(make_server, worker_type):
     """One worker, one idle keep-alive client: a second client is served at once."""
     server = make_server()
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", worker_type,
                  "--keepalive", "30", "app:app")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as idle:

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from harness import raw_exchange, wait_for
+from harness import asgi_twin, raw_exchange, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -65,7 +65,7 @@ def error_lines(server) -> list[dict]:
 
 
 def test_json_logs_request_id_and_reopen(server, worker_type):
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]

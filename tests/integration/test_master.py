@@ -11,7 +11,8 @@ import threading
 import time
 
 import pytest
-from harness import ARBITER, children_of, cmdline, http_request, pid_alive, wait_for
+from conftest import ALL_WORKER_TYPES
+from harness import ARBITER, asgi_twin, children_of, cmdline, http_request, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +42,7 @@ def other(environ, start_response):
 
 def basic_config(server, workers: int = 2, extra: str = "", worker_type: str = "preforked",
                  graceful_timeout: float = 10) -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     extra = extra.replace("\n", "\n        ")  # keep every extra line in the mapping
     server.write_config(f"""
         app: app:app
@@ -282,6 +283,7 @@ def test_boot_crash_loop_backs_off_and_recovers(server):
     assert server.get("/").text == "ok"
 
 
+@pytest.mark.parametrize("worker_type", ALL_WORKER_TYPES)  # asgi cancels the request instead
 def test_hung_worker_is_killed_with_its_traceback_and_replaced(server, worker_type):
     basic_config(server, workers=1, extra="timeout: 2", worker_type=worker_type,
                  graceful_timeout=3)

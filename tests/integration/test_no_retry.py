@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import free_port, nginx_binary, running_nginx, wait_for
+from harness import asgi_twin, free_port, nginx_binary, running_nginx, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -89,7 +89,7 @@ def closed_loop(port: int, clients: int, seconds: float) -> tuple[int, list[str]
 
 
 def start(server, worker_type: str, extra: str = "") -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]

@@ -16,9 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ALL_WORKER_TYPES
 from harness import children_of, free_port, http_request, pid_alive, running_nginx, wait_for
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=ALL_WORKER_TYPES)
+def worker_type(request) -> str:
+    """The WSGI types: what a WSGI app's environ says (the asgi scope: test_worker_asgi)."""
+    return request.param
 
 APP = """
 import json

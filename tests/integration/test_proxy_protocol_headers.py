@@ -15,7 +15,7 @@ import struct
 import textwrap
 
 import pytest
-from harness import http_request, status_of
+from harness import asgi_twin, http_request, status_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +47,7 @@ def v2_local() -> bytes:
 
 
 def start(server, worker_type: str, extra: str = "") -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]

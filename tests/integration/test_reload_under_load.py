@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from harness import children_of, pid_alive, wait_for
+from harness import asgi_twin, children_of, pid_alive, wait_for
 
 APP = """
 import os, time
@@ -161,7 +161,7 @@ class Load:
 
 
 def configure(server, worker_type: str) -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]

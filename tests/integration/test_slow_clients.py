@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from harness import http_request, status_of, wait_for
+from harness import asgi_twin, http_request, status_of, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,7 +39,7 @@ def app(environ, start_response):
 
 
 def start(server, worker_type: str, workers: int = 1, extra: str = "") -> None:
-    server.write_app(APP)
+    server.write_app(asgi_twin(APP, worker_type))
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
