@@ -37,8 +37,10 @@ from arbiter.asgi.connection import HTTPProtocol  # noqa: E402
 from arbiter.asgi.handler import ASGIHandler  # noqa: E402
 from arbiter.http import HTTPSettings  # noqa: E402
 
-REQUEST = (b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n"
-           b"Accept: */*\r\n\r\n")
+REQUEST_TEMPLATE = (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n"
+                    b"Accept: */*\r\n\r\n")
+REQUEST = REQUEST_TEMPLATE % b"/hello"
+LAST_BYTES = b"World!"  # how the transport knows a response is complete
 
 
 class CountingTransport(asyncio.Transport):
@@ -58,7 +60,7 @@ class CountingTransport(asyncio.Transport):
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
-        if data.endswith(b"World!"):
+        if data.endswith(LAST_BYTES):
             self.responses += 1
             if self.done is not None and not self.done.done():
                 self.done.set_result(None)
@@ -145,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--asyncio", action="store_true", help="asyncio's loop, not uvloop")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--fastapi", action="store_true",
+                        help="the FastAPI JSON endpoint of bench_app instead of the hello")
     args = parser.parse_args(argv)
+    if args.fastapi:
+        import bench_app
+
+        global REQUEST, LAST_BYTES
+        REQUEST = REQUEST_TEMPLATE % b"/fastapi/items/42"
+        LAST_BYTES = bench_app.FASTAPI_JSON[-8:]
     if args.asyncio:
         loop = asyncio.new_event_loop()
     else:

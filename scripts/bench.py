@@ -139,10 +139,11 @@ SERVER_NAMES = ("arbiter", "gunicorn", *PEER_NAMES)
 # peer -> the modules its venv must import (the first is also its distribution's name)
 PEER_MODULES = {"granian": ("granian",), "uvicorn": ("uvicorn", "httptools", "uvloop"),
                 "meinheld": ("meinheld", "meinheld.server", "greenlet"), "bjoern": ("bjoern",)}
-STD_LOADS = ("keepalive", "close")
+STD_LOADS = ("keepalive", "close", "fastapi")  # fastapi: ASGI servers only
 BULK_LOADS = ("mem1m", "file1m", "post100k")
 LOAD_PATHS = {"keepalive": "/", "close": "/", "mem1m": "/mem1m", "file1m": "/file1m",
-              "post100k": "/post100k"}
+              "post100k": "/post100k", "fastapi": "/fastapi/items/42"}
+ASGI_ONLY_LOADS = ("fastapi",)  # a FastAPI JSON endpoint, keep-alive
 POST_LUA = ('wrk.method = "POST"\nwrk.body = string.rep("x", 100000)\n'
             'wrk.headers["Content-Type"] = "application/octet-stream"\n')
 NOISE_LOW, NOISE_HIGH = 0.83, 1.17  # README: a server against itself reads 0.83-1.17
@@ -763,6 +764,8 @@ def check_answer(port: int, load: str) -> str | None:
     expect = bench_app.BODY
     if load in ("mem1m", "file1m"):
         expect = bench_app.MEM1M
+    elif load == "fastapi":
+        expect = bench_app.FASTAPI_JSON
     elif load == "post100k":
         method, body = "POST", b"x" * bench_app.POST_SIZE
         headers = {"Content-Type": "application/octet-stream"}
@@ -1187,6 +1190,8 @@ def run_pair(pair: Pair, run: int, flip: bool, loads: list[str], bench: Bench,
     try:
         for role, spec in members:
             servers[role] = start_server(spec, bench)
+        if pair.worker_type != "asgi":
+            loads = [ld for ld in loads if ld not in ASGI_ONLY_LOADS]
         for role, _ in members:
             wait_ready(servers[role])
             if bad := check_all(servers[role], loads):
@@ -1224,7 +1229,8 @@ def run_field(bench: Bench, result: Field, loads: list[str]) -> None:
             if spec.label in result.failures:
                 continue
             errors = result.load_errors.setdefault(spec.label, {})
-            mine = [ld for ld in loads if (spec.wsgi or ld in STD_LOADS) and ld not in errors]
+            mine = [ld for ld in loads if (spec.wsgi or ld in STD_LOADS) and ld not in errors
+                    and (spec.kind == "asgi" or ld not in ASGI_ONLY_LOADS)]
             if not mine:
                 continue
             log(f"run {run}/{args.runs}: {spec.title}")
@@ -1460,7 +1466,7 @@ def _md_table(head: list[str], lines: list[list[str]], right_from: int = 1) -> s
 
 def field_table(fld: Field, loads: list[str]) -> str:
     """One row per server: req/s and us/req per hello-world load, ratios, balance."""
-    names = {"keepalive": "keep-alive", "close": "close"}
+    names = {"keepalive": "keep-alive", "close": "close", "fastapi": "FastAPI JSON"}
     head = ["server"]
     for load in loads:
         head += [f"{names[load]} req/s", "µs/req"]

@@ -13,8 +13,9 @@ meinheld and bjoern all run the same code (``bench_app:app``):
   and answers its length in decimal (``100000`` for the load's body).
 
 ``asgi_app`` is the hello world for uvicorn: the same 13 bytes with a
-Content-Length (it answers every path with them; uvicorn runs only the
-hello-world loads).  The body bytes are deterministic so bench.py can check
+Content-Length on every path but one -- ``/fastapi/items/{id}``, a small FastAPI
+JSON endpoint (a path parameter, a query parameter with a default, a pydantic
+response model: ``FASTAPI_JSON``), when FastAPI is installed.  The body bytes are deterministic so bench.py can check
 each server's answer once before measuring it.
 """
 
@@ -89,8 +90,40 @@ _ASGI_START = {
 _ASGI_BODY = {"type": "http.response.body", "body": BODY}
 
 
+FASTAPI_JSON = b'{"id":42,"name":"item 42","tags":["a","b"],"price":4.2}'
+
+
+def _fastapi_app():
+    """The FastAPI JSON endpoint (None without FastAPI)."""
+    try:
+        from fastapi import FastAPI
+        from pydantic import BaseModel
+    except ImportError:
+        return None
+
+    class Item(BaseModel):
+        id: int
+        name: str
+        tags: list[str]
+        price: float
+
+    api = FastAPI()
+
+    @api.get("/fastapi/items/{item_id}", response_model=Item)
+    async def read_item(item_id: int, tag: str = "a") -> Item:
+        return Item(id=item_id, name=f"item {item_id}", tags=[tag, "b"], price=item_id / 10)
+
+    return api
+
+
+_FASTAPI = _fastapi_app()
+
+
 async def asgi_app(scope: dict, receive: Callable, send: Callable) -> None:
     if scope["type"] != "http":  # uvicorn runs with --lifespan off; nothing else comes
+        return
+    if _FASTAPI is not None and scope["path"].startswith("/fastapi/"):
+        await _FASTAPI(scope, receive, send)
         return
     await send(_ASGI_START)
     await send(_ASGI_BODY)
