@@ -40,6 +40,7 @@ input goes to the session (``upgraded``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ from arbiter.asgi.websocket import WebSocketSession, wants_websocket
 from arbiter.http.app_response import (
     AppResponse,
     ClientDisconnected,
+    FileSegment,
     RequestBodyError,
     ResponseOutcome,
 )
@@ -60,6 +62,7 @@ from arbiter.io.proxy import take_proxy_header
 __all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle", "open_connection"]
 
 READ_HIGH = 64 * 1024  # unparsed bytes held while the app has the request; then pause reading
+FILE_BLOCK = 256 * 1024  # http.response.pathsend without sendfile: read and written in these
 CLOSE_FLUSH_LIMIT = 5.0  # seconds a closing connection may take to flush what it still holds
 
 
@@ -506,8 +509,56 @@ class RequestCycle:
                 self.wake()
             if self.conn.write_paused and not self.gone:
                 await self.drain()
+        elif kind == "http.response.pathsend":
+            if not self.started:
+                raise RuntimeError("http.response.pathsend before http.response.start")
+            await self.send_path(message["path"])
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+    async def send_path(self, path: str) -> None:
+        """``http.response.pathsend``: the file at ``path`` is the whole body -- sent with
+        the loop's ``sendfile`` where it has one (asyncio's, on a plain socket), else read
+        and written in blocks as the client takes them (uvloop, TLS): never held whole."""
+        conn, response = self.conn, self.response
+        with open(path, "rb") as file:  # an error here is the app's: a 500
+            response.send_file(file)
+            for piece in response.take_pending():
+                if self.gone or conn.closed:
+                    break
+                if type(piece) is not FileSegment:
+                    conn.transport.write(piece)
+                    continue
+                sent = await self.sendfile(piece)
+                response.file_sent(sent)
+                if sent < piece.count:
+                    break
+        self.complete = True
+        self.wake()
+
+    async def sendfile(self, segment: FileSegment) -> int:
+        """Write ``segment``; how many of its bytes went out (fewer: the client is gone)."""
+        conn = self.conn
+        loop = asyncio.get_running_loop()
+        if not conn.tls:
+            try:
+                return await loop.sendfile(conn.transport, segment.file, segment.offset,
+                                           segment.count, fallback=False)
+            except (NotImplementedError, RuntimeError, asyncio.SendfileNotAvailableError):
+                pass  # uvloop has none: in blocks below
+            except OSError:
+                return 0
+        sent = 0
+        fd = segment.file.fileno()
+        while sent < segment.count and not (self.gone or conn.closed):
+            block = os.pread(fd, min(FILE_BLOCK, segment.count - sent), segment.offset + sent)
+            if not block:
+                break  # the file shrank: the response is cut short (keep-alive off)
+            conn.transport.write(block)
+            sent += len(block)
+            if conn.write_paused:
+                await self.drain()
+        return sent
 
     # -- the server's side -------------------------------------------------------------
     def write_pending(self) -> None:

@@ -164,9 +164,10 @@ class ASGIHandler(WSGIHandler):
             "client": client,
             "server": _server(sockname),
             "state": self.state.copy(),
+            "extensions": {"http.response.pathsend": {}},
         }
         if request.queue_time is not None:  # how long it waited before this task started
-            scope["extensions"] = {"arbiter.queue_time": {"seconds": request.queue_time}}
+            scope["extensions"]["arbiter.queue_time"] = {"seconds": request.queue_time}
         return scope
 
     def build_websocket_scope(self, request: Request, info: ConnectionInfo,
@@ -182,5 +183,7 @@ class ASGIHandler(WSGIHandler):
                 offered.extend(p.strip() for p in value.decode("latin-1").split(",")
                                if p.strip())
         scope["subprotocols"] = offered
-        scope.setdefault("extensions", {})["websocket.http.response"] = {}
+        extensions = scope["extensions"]
+        del extensions["http.response.pathsend"]  # an HTTP response's, not a WebSocket's
+        extensions["websocket.http.response"] = {}
         return scope, environ

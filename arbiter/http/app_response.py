@@ -425,6 +425,17 @@ class AppResponse:
         self.pending.append(FileSegment(filelike, offset, count))
         return True
 
+    def send_file(self, file: Any) -> None:
+        """An app that sends its response itself gives a regular file (open for reading,
+        at its start) as the whole body (ASGI ``http.response.pathsend``): the head
+        (its size as Content-Length, unless the app declared one), then a
+        :class:`FileSegment` to take with :meth:`take_pending`. Raises ValueError for
+        what is not a regular file, or after the head went out."""
+        if self.head_sent or self.finished:
+            raise ValueError("a file must be the whole response body")
+        if not self._file(FileWrapper(file)):
+            raise ValueError(f"not a regular file: {file!r}")
+
     # -- the driver's side -------------------------------------------------------------
     def start(self) -> None:
         """Call the app; whatever it does, the response is ready to be pulled."""

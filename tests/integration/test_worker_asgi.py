@@ -11,7 +11,9 @@ the mismatch errors, and a graceful stop that lets a request in flight finish.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -819,3 +821,53 @@ def test_a_streaming_response_to_http_1_0_is_delimited_by_the_close(fastapi_serv
     assert b"transfer-encoding" not in head.lower()
     assert b"connection: close" in head.lower()
     assert body == b"".join(f"piece {i}\n".encode() for i in range(5))
+
+
+PATHSEND_APP = """
+import os
+
+FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "big.bin")
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    assert "http.response.pathsend" in scope["extensions"]
+    path = FILE if scope["path"] == "/file" else FILE + ".missing"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")]})
+    await send({"type": "http.response.pathsend", "path": path})
+"""
+
+
+@pytest.mark.parametrize("loop", ["default", "asyncio"])
+def test_pathsend_serves_a_file_whole_and_keeps_the_connection(server, tmp_path, loop):
+    """``http.response.pathsend``: the file as the body with its Content-Length (the
+    loop's sendfile on asyncio, blocks as the client takes them on uvloop); HEAD gets the
+    head; a path that cannot be opened is the app's error, a 500."""
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    (server.workdir / "big.bin").write_bytes(content)
+    server.write_app(PATHSEND_APP)
+    env = {}
+    if loop == "asyncio":  # uvloop made unimportable in the worker
+        hide = tmp_path / "no-uvloop"
+        hide.mkdir()
+        (hide / "uvloop.py").write_text("raise ImportError('hidden by the test')\n")
+        env["PYTHONPATH"] = str(hide)
+    server.start("-b", f"127.0.0.1:{server.port}", "-w", "1", "-k", "asgi", "app:app", env=env)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    try:
+        for _ in range(2):  # the same connection twice: kept alive after a file
+            conn.request("GET", "/file")
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200 and resp.getheader("content-length") == str(len(content))
+            assert body == content
+        conn.request("HEAD", "/file")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b""
+        assert resp.getheader("content-length") == str(len(content))
+    finally:
+        conn.close()
+    assert http_request(server.port, "/missing").status == 500
+    assert "big.bin.missing" in server.stderr
