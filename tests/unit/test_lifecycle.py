@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -290,3 +291,47 @@ def test_next_body_piece_raises_the_core_s_refusal_and_too_slow_is_408() -> None
         lc.next_body_piece(T0)
     assert info.value.status == 413
     assert lc.body_too_slow().status == 408
+
+
+# -- queue time (admit) -------------------------------------------------------------
+def test_each_request_waits_from_its_own_first_bytes() -> None:
+    """Queue time runs from the kernel's stamp of a request's first bytes: the rest of a
+    split head does not restart it, a kept-alive connection's next request has its own,
+    a pipelined one shares the read that brought it."""
+    lc, observer = make()
+    wall = time.time()
+    lc.received(b"GET /a HTTP/1.1\r\n", T0, stamp=wall - 3.0)
+    lc.received(b"Host: x\r\n\r\n", T0, stamp=wall - 0.1)
+    assert lc.next(T0) == RESPOND and lc.admit()
+    assert 2.9 < lc.queue_time < 3.5 and lc.request.queue_time == lc.queue_time
+    answered(lc, T0)
+    assert lc.next(T0) == READ
+    lc.received(GET % b"b" + GET % b"c", T0, stamp=wall - 1.0)
+    for _ in "bc":
+        assert lc.next(T0) == RESPOND and lc.admit()
+        assert 0.9 < lc.queue_time < 1.5
+        answered(lc, T0)
+    assert [shed for _, shed in observer.queued] == [False, False, False]
+
+
+def test_a_request_that_waited_past_max_queue_time_is_answered_503_unread() -> None:
+    lc, observer = make(max_queue_time=0.5)
+    lc.received(GET % b"late", T0, stamp=time.time() - 2.0)
+    assert lc.next(T0) == RESPOND
+    assert not lc.admit()
+    assert lc.next(T0) == WRITE
+    answer = lc.take_output()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in answer
+    assert b"\r\nConnection: close\r\n" in answer
+    assert lc.next(T0) == CLOSE  # nothing unread: no linger
+    assert observer.events[-1] == ("finish", 503) and observer.queued[-1][1] is True
+
+
+def test_a_trusted_proxys_request_start_is_the_clock_an_untrusted_ones_is_not() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Start: t=%.3f\r\n\r\n" % (time.time() - 4)
+    lc, _ = make()  # the peer 127.0.0.1 is in forwarded_allow_ips by default
+    lc.received(head, T0, stamp=time.time())
+    assert lc.next(T0) == RESPOND and lc.admit() and 3.9 < lc.queue_time < 4.5
+    lc, _ = make(forwarded_allow_ips=())
+    lc.received(head, T0, stamp=time.time())
+    assert lc.next(T0) == RESPOND and lc.admit() and lc.queue_time < 0.5
