@@ -356,9 +356,10 @@ class Worker:
                             serving=self.requests_in_progress, counts=self.slot)
 
     def _show_running(self) -> None:
-        """Multithreaded workers: publish the in-flight count and the oldest request."""
+        """Multithreaded workers: publish the in-flight count and the oldest request --
+        the first one in ``running``, which keeps them in the order they started."""
         if self.running:
-            started, method, path = min(self.running.values())
+            started, method, path = next(iter(self.running.values()))
             self.slot.show_in_flight(len(self.running), started, method, path)
         else:
             self.slot.show_in_flight(0, 0.0, "", "")
@@ -369,9 +370,12 @@ class Worker:
         if not self.multithread:
             self.slot.request_started(method, path)
             return
+        key = threading.get_ident() if key is None else key
         with self.requests_lock:
-            self.running[threading.get_ident() if key is None else key] = (
-                time.monotonic(), method, path)
+            running = self.running
+            if key in running:  # (never, but the order must stay the order they started)
+                del running[key]
+            running[key] = (time.monotonic(), method, path)
             self._show_running()
 
     def request_queued(self, seconds: float, shed: bool) -> None:
