@@ -35,8 +35,14 @@ class AppLoadError(Exception):
 
 
 def _exception_line() -> str:
-    """The current exception as its traceback's last line: ``ImportError: no module x``."""
-    return "".join(traceback.format_exception_only(*sys.exc_info()[:2])).strip().splitlines()[-1]
+    """The current exception as its traceback's last line: ``ImportError: no module x``;
+    a SyntaxError with where it is (``SyntaxError: ... (app.py, line 3)``)."""
+    kind, exc = sys.exc_info()[:2]
+    line = "".join(traceback.format_exception_only(kind, exc)).strip().splitlines()[-1]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = os.path.relpath(exc.filename) if os.path.isabs(exc.filename) else exc.filename
+        line += f" ({where}, line {exc.lineno})"
+    return line
 
 
 def prepare_import_path(chdir: str | None, pythonpath: Iterable[str]) -> None:

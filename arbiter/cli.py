@@ -36,8 +36,6 @@ EXIT_USAGE = 1
 
 # Gunicorn flags with no arbiter flag, and what to do instead (said when one is typed).
 GUNICORN_ONLY_FLAGS = {
-    "--reload": "planned for a later release; until then send HUP (kill -HUP or 'arbiter "
-                "ctl reload') after a change: a reload that never drops a request",
     "--proxy-protocol": "planned for a later release, as the proxy_protocol setting",
     "--statsd-host": "arbiter has no StatsD client; admin_bind serves Prometheus /metrics",
     "--ca-certs": "set ssl.ca_certs in the config file (in arbiter it also requires "

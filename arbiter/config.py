@@ -701,6 +701,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pidfile", None, _opt_str,
             "write the master's pid here",
             ("--pidfile",), "FILE", aliases=("-p", "--pid")),
+    Setting("reload", False, boolean,
+            "development: watch the project's *.py files and the config file (watchfiles"
+            " when installed, else a scan each second); a change runs the reload"
+            " transaction, as a HUP -- a release that does not import keeps the old"
+            " workers serving, its error in the log",
+            ("--reload",)),
     Setting("daemon", False, boolean,
             "detach (python-daemon); set pidfile to find the master again",
             ("--daemon",), aliases=("-D",)),

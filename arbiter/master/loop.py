@@ -33,6 +33,7 @@ from arbiter.master.startup import Startup
 from arbiter.master.status import StatusReport
 from arbiter.master.supervisor import Generation, Supervisor, WorkerProcess
 from arbiter.master.upgrade import Upgrade
+from arbiter.master.watch import SourceWatcher
 from arbiter.notices import NoticePipe
 from arbiter.scoreboard import Counters, Scoreboard
 from arbiter.sockets import Listener
@@ -87,6 +88,7 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         self.admin: Any = None  # arbiter.admin.AdminServer when admin_bind is set
         self.draining_until = 0.0  # TERM with drain_delay: /readyz 503 until then
         self.notices: NoticePipe | None = None  # workers -> master: ready, recycle, failed
+        self.watcher: SourceWatcher | None = None  # --reload: the project's files
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> int:
@@ -112,6 +114,11 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
             self.begin_stop("graceful")
         if self.stop_mode:
             return self.stop_progress()
+        if self.watcher is not None and (changed := self.watcher.changed()):
+            self.log.info("--reload: %s changed; reloading", ", ".join(
+                os.path.relpath(path, self.launch_cwd) for path in changed[:5])
+                + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""))
+            self.reload_requested = True
         if self.reload_requested and self.pending is None:
             self.reload_requested = False
             self.begin_reload()

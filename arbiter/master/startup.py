@@ -191,6 +191,15 @@ class Startup:
             kind = f"worker(s) ({cls.worker_type} for a WSGI app, asgi for an ASGI app)"
         self.log.info("arbiter master (pid %d) starting %d %s, app %s",
                       self.pid, self.target, kind, cfg.app)
+        if cfg.reload:  # after daemonize: nothing of the watcher crosses that fork
+            from arbiter.master.watch import SourceWatcher
+
+            root = os.path.abspath(cfg.chdir or self.launch_cwd)
+            config = [os.path.join(self.launch_cwd, cfg.source)] if cfg.source else []
+            self.watcher = SourceWatcher([root], config, self.log)
+            self.log.info("--reload (development): watching %s for changes to *.py%s (%s)",
+                          root, " and the config file" if cfg.source else "",
+                          self.watcher.how)
 
     def daemonize(self) -> None:
         """--daemon: detach from the terminal (python-daemon), keeping listeners and logs.

@@ -389,10 +389,10 @@ def test_a_gunicorn_python_config_file_is_named_as_such(tmp_path):
 
 
 def test_a_gunicorn_only_flag_gets_a_hint(tmp_path):
-    done = run(tmp_path, "--reload")
+    done = run(tmp_path, "--statsd-host", "localhost:8125")
     assert done.returncode == 1
-    assert "unrecognized arguments: --reload" in done.stderr
-    assert "gunicorn's --reload: planned for a later release" in done.stderr
+    assert "unrecognized arguments: --statsd-host" in done.stderr
+    assert "gunicorn's --statsd-host: arbiter has no StatsD client" in done.stderr
 
 
 def test_check_config_is_check(tmp_path):
