@@ -123,6 +123,12 @@ class Worker:
       ``graceful_timeout`` while a replacement starts; a Python thread cannot
       be killed), or ``"self"`` (the worker kills its own hung children; the
       master only watches the worker's heartbeat).
+
+    Utilization (the scoreboard's busy time) is the fraction of the worker's
+    capacity in use: one request at a time for a single-threaded worker, and
+    for a multithreaded one ``request_capacity()`` requests (pooled: its
+    ``threads``; threaded: ``max_connections``), or, when that is None (asgi:
+    no bound but the connections), any request in flight counts as busy.
     """
 
     worker_type = "base"
@@ -337,7 +343,7 @@ class Worker:
                 self.requests_lock.release()
         else:
             slot = self.slot
-            running = [(slot.started, slot.method, slot.path or "")] if slot.busy else []
+            running = [(slot.started, slot.method, slot.path or "")] if slot.in_flight else []
         shown = ", ".join(f"{method} {path} ({now - started:.2f} s)"
                           for started, method, path in running[:3])
         more = len(running) - 3
@@ -354,8 +360,18 @@ class Worker:
         return LoopWatchdog(threshold, self.log, f"worker #{self.number} (pid {os.getpid()})",
                             serving=self.requests_in_progress, counts=self.slot)
 
-    def _show_running(self) -> None:
-        """Multithreaded workers: publish the in-flight count and the oldest request."""
+    def request_capacity(self) -> int | None:
+        """Multithreaded workers: how many requests at once use the whole worker
+        (None: no such bound; busy means a request is in flight)."""
+        return None
+
+    def _show_running(self, now: float) -> None:
+        """Multithreaded workers: publish the in-flight count, the oldest request, and
+        the fraction of capacity in use from ``now``."""
+        capacity = self.request_capacity()
+        running = len(self.running)
+        self.slot.account_busy(now, min(running, capacity) / capacity if capacity
+                               else 1.0 if running else 0.0)
         if self.running:
             started, method, path = min(self.running.values())
             self.slot.show_in_flight(len(self.running), started, method, path)
@@ -369,9 +385,9 @@ class Worker:
             self.slot.request_started(method, path)
             return
         with self.requests_lock:
-            self.running[threading.get_ident() if key is None else key] = (
-                time.monotonic(), method, path)
-            self._show_running()
+            now = time.monotonic()
+            self.running[threading.get_ident() if key is None else key] = (now, method, path)
+            self._show_running(now)
 
     def request_finished(self, status: int, key: object = None) -> None:
         if not self.multithread:
@@ -382,7 +398,7 @@ class Worker:
                     threading.get_ident() if key is None else key, (0.0, "", ""))
                 now = time.monotonic()
                 self.slot.count_request(status, method, now - started if started else 0.0)
-                self._show_running()
+                self._show_running(now)
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests:
             self.ask_for_recycle()
