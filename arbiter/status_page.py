@@ -56,11 +56,13 @@ text-align:center;color:#fff}
 .s-draining{background:var(--dim)}.s-unknown{background:var(--hot)}
 table{width:100%;border-collapse:collapse;background:#fff;border:1px solid var(--line);
 border-radius:8px;overflow:hidden}
-th,td{padding:7px 10px;text-align:left;border-bottom:1px solid var(--line);white-space:nowrap}
+th,td{padding:7px 9px;text-align:left;border-bottom:1px solid var(--line);white-space:nowrap}
 th{font-size:12px;text-transform:uppercase;letter-spacing:.5px;color:var(--dim);background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.req{font-family:ui-monospace,monospace;max-width:420px;overflow:hidden;text-overflow:ellipsis}
-.bar{display:inline-block;width:70px;height:8px;background:#e8ebf0;border-radius:4px;
+td.req span{display:inline-block;max-width:330px;overflow:hidden;text-overflow:ellipsis;
+vertical-align:bottom;font-family:ui-monospace,monospace}
+.scroll{overflow-x:auto}
+.bar{display:inline-block;width:54px;height:8px;background:#e8ebf0;border-radius:4px;
 vertical-align:middle;margin-right:6px;overflow:hidden}
 .bar i{display:block;height:100%}
 dl{display:grid;grid-template-columns:auto auto;gap:2px 14px;margin:0}
@@ -142,7 +144,7 @@ def _worker_row(worker: dict[str, Any]) -> str:
         f'<td class="num">{_age(worker["age"])}</td>',
         f'<td class="num">{esc(worker["requests"])}</td>',
         f'<td class="num">{esc(worker["in_flight"])}</td>',
-        f'<td class="req" title="{request}">{request}</td>',
+        f'<td class="req"><span title="{request}">{request}</span></td>',
         f'<td class="num">{age}</td>',
         f'<td class="num">{_mib(worker.get("rss"))}</td>',
         f'<td class="num">{_mib(worker.get("uss"))}</td>',
@@ -164,6 +166,7 @@ def render(snapshot: dict[str, Any]) -> str:
                         for state, letter in STATE_LETTERS.items())
     in_flight = sum(w["in_flight"] for w in workers)
     busy = sum(1 for w in workers if w["state"] == "busy")
+    idle = sum(1 for w in workers if w["state"] == "idle")
     total = requests["total"]
     mean = requests["duration_sum"] / total * 1000 if total else 0.0
     restarts = [(reason, count) for reason, count in snapshot["restarts"].items()]
@@ -173,11 +176,11 @@ def render(snapshot: dict[str, Any]) -> str:
             for window, value in utilization.items()) or '<div class="small">–</div>'),
         _card("Workers", f'<div class="big">{len(workers)} <span class="small">of target '
                          f'{esc(master["target_workers"])}</span></div>'
-                         f'<div class="small">{busy} busy, {in_flight} request(s) in flight'
-                         f"</div>"),
+                         f'<div class="small">{busy} busy, {idle} idle</div>'),
         _card("Requests", f'<div class="big">{total}</div>' + _pairs(
-            [*((f"{k} responses", v) for k, v in requests["by_status"].items()),
-             ("mean duration", f"{mean:.1f} ms")])),
+            [*((f"{k} responses", v) for k, v in requests["by_status"].items()
+               if v or k in ("2xx", "4xx", "5xx")),
+             ("in flight", in_flight), ("mean duration", f"{mean:.1f} ms")])),
         _card("Reloads", _pairs([("generation", master["generation"]),
                                  ("succeeded", snapshot["reloads"].get("succeeded", 0)),
                                  ("failed", snapshot["reloads"].get("failed", 0))])),
@@ -211,7 +214,7 @@ listening on {esc(", ".join(master["listeners"]) or "nothing")}</span>
 <main><div class="cards">{"".join(cards)}</div>
 <h2 class="small">SCOREBOARD — {legend}</h2>
 <div class="strip">{strip}</div>
-<table><thead>{head}</thead><tbody>{rows}</tbody></table></main>
+<div class="scroll"><table><thead>{head}</thead><tbody>{rows}</tbody></table></div></main>
 <footer>config {esc(master["config"] or "(none)")} · refreshes every {REFRESH} s ·
 JSON at <code>/status</code>, Prometheus at <code>/metrics</code></footer>
 </body></html>

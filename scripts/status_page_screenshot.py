@@ -3,10 +3,10 @@
 
 This script owns the picture in the README (``docs/status-page.png``) and
 the check that the page renders in a real browser: it starts arbiter
-(``-w 4`` pooled workers by default, 2 threads each, on 127.0.0.1 ports it
+(``-w 6`` pooled workers by default, 2 threads each, on 127.0.0.1 ports it
 picks, a config and app written to a temporary directory, ``admin_bind``
 set), keeps them busy with client threads sending requests that take 0.2 to
-1.5 s (some with a hostile path, ``/<script>…``, which the page must show
+2.5 s (some with a hostile path, ``/<script>…``, which the page must show
 escaped), waits ``--warmup`` seconds so the utilization windows fill, and
 runs::
 
@@ -23,7 +23,8 @@ failed, 2 when chromium is missing or the server would not start.
 Usage::
 
     python scripts/status_page_screenshot.py [--out docs/status-page.png]
-        [--workers 4] [--worker-type pooled] [--warmup 6] [--chromium /usr/bin/chromium]
+        [--workers 6] [--worker-type pooled] [--clients 8] [--warmup 15]
+        [--chromium /usr/bin/chromium]
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def app(environ, start_response):
 """
 
 # (path, seconds) the clients cycle through: a storefront's worth of slow endpoints.
-REQUESTS = [("/api/orders", 0.6), ("/reports/monthly.csv", 1.5), ("/api/search", 0.3),
-            ("/<script>alert('xss')</script>", 0.9), ("/checkout/confirm", 0.4),
-            ("/api/users/42/avatar", 0.2), ("/static/app.js", 0.2)]
+REQUESTS = [("/api/orders", 0.6), ("/reports/monthly.csv", 2.5), ("/api/search", 0.3),
+            ("/<script>alert('xss')</script>", 1.8), ("/checkout/confirm", 0.4),
+            ("/api/users/42/avatar", 0.2), ("/static/app.js", 0.1), ("/api/cart", 0.5)]
 
 
 def free_port() -> int:
@@ -103,10 +104,10 @@ def load(port: int, offset: int, stopping: threading.Event) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "status-page.png"))
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--worker-type", default="pooled")
-    parser.add_argument("--clients", type=int, default=6)
-    parser.add_argument("--warmup", type=float, default=6.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     if not os.access(args.chromium, os.X_OK):
@@ -140,7 +141,12 @@ def main() -> int:
             for client in clients:
                 client.start()
             time.sleep(args.warmup)
-            status, page = get(admin_port, "/")
+            deadline = time.monotonic() + 10  # until a worker runs the hostile request
+            while True:
+                status, page = get(admin_port, "/")
+                if "&lt;script&gt;" in page or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             checks = {
                 "answers 200": status == 200,
                 "a row per worker": page.count('<tr class="worker">') == args.workers,
