@@ -4,8 +4,9 @@ Owns the window arithmetic, nothing else (no clock, no scoreboard): the
 master hands it readings and times. A worker's row carries the seconds of
 full capacity it has used since it started (:mod:`arbiter.scoreboard`; what
 "capacity" is per worker type: :class:`arbiter.workers.base.Worker`), a
-counter that only grows. The master samples every live worker's counter
-about once a second (``SAMPLE_INTERVAL``) into a small ring per worker;
+counter that only grows from 0 at the worker's start. The master samples
+every live worker's counter about once a second (``SAMPLE_INTERVAL``) into
+a small ring per worker, the first sample being (its start, 0);
 over a window of W seconds a worker's utilization is::
 
     (busy now - busy at the oldest sample not older than W) / (the seconds between)
@@ -83,8 +84,13 @@ class Utilization:
         """Is it time for the next sample?"""
         return now >= self.next_sample
 
-    def sample(self, readings: Mapping[Hashable, float], now: float) -> None:
-        """Record every live worker's busy counter; forget the workers not in ``readings``."""
+    def sample(self, readings: Mapping[Hashable, float], now: float,
+               born: Mapping[Hashable, float] | None = None) -> None:
+        """Record every live worker's busy counter; forget the workers not in ``readings``.
+
+        ``born``: when each worker's counter was 0 (its start). A worker seen for the
+        first time gets that as its first sample, so what it did before this sample
+        (a request served in its first second) is inside its windows."""
         self.next_sample = now + self.interval
         for key in [k for k in self.histories if k not in readings]:
             del self.histories[key]
@@ -92,6 +98,9 @@ class Utilization:
             history = self.histories.get(key)
             if history is None:
                 history = self.histories[key] = BusyHistory(self.size)
+                start = (born or {}).get(key)
+                if start is not None and start < now:
+                    history.add(start, 0.0)
             history.add(now, busy)
 
     def spans(self, key: Hashable, busy: float, now: float) -> dict[str, tuple[float, float]]:

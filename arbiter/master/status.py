@@ -89,7 +89,8 @@ class StatusReport:
         """Once a second (each turn of the loop asks): sample the busy counters."""
         now = time.monotonic()
         if self.scoreboard is not None and self.utilization.due(now):
-            self.utilization.sample(self.busy_readings(now), now)
+            self.utilization.sample(self.busy_readings(now), now,
+                                    {pid: w.spawned_at for pid, w in self.workers.items()})
 
     def request_counters(self) -> tuple[Counters, int]:
         """Exact request counters: finished workers plus the live ones."""

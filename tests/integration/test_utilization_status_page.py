@@ -101,13 +101,24 @@ def ctl(server, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("worker_type", ["preforked", "threaded", "pooled", "forked", "asgi"])
 def test_a_busy_worker_shows_utilization(server, worker_type):
     admin_port = start(server, worker_type)
+    before = {w["pid"]: w["requests"]
+              for w in json.loads(ctl(server, "status", "--json").stdout)["workers"]}
     for _ in range(4):
         assert server.get("/slow").status == 200  # 0.5 s each, one after the other
 
-    status = json.loads(ctl(server, "status", "--json").stdout)
-    served = [w for w in status["workers"] if w["requests"]]
-    assert served, status["workers"]
-    for worker in served:  # it spent at least 0.5 s of the last 10 s in a request
+    # Every slow request was served by a worker that shows itself busy (it spent at
+    # least 0.5 s of the last 10 s in a request). A worker counts a request just after
+    # its client has the answer, and the start-up probe's may be counted after `before`
+    # was read: so, polled, and the sum compared, not each worker's count.
+    def settled() -> dict | None:
+        status = json.loads(ctl(server, "status", "--json").stdout)
+        served = [w for w in status["workers"] if w["utilization"]["10s"] > 0]
+        grown = sum(w["requests"] - before.get(w["pid"], 0) for w in served)
+        return status if grown >= 4 else None
+
+    status = wait_for(settled, 5, interval=0.2, message="the 4 slow requests on busy workers")
+    served = [w for w in status["workers"] if w["utilization"]["10s"] > 0]
+    for worker in served:
         assert 0 < worker["utilization"]["10s"] <= 1, worker
         assert 0 < worker["utilization"]["60s"] <= 1, worker
     assert 0 < status["utilization"]["10s"] <= 1, status["utilization"]

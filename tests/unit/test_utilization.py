@@ -48,6 +48,15 @@ def test_a_young_worker_is_measured_over_its_life():
     assert util.worker("w", 1.0, 102.0) == {"10s": 0.5, "60s": 0.5}
 
 
+def test_what_a_worker_did_before_its_first_sample_counts():
+    # born at t=10 (counter 0); first sampled at t=11, after a 0.5 s request
+    util = Utilization()
+    util.sample({"w": 0.5}, 11.0, born={"w": 10.0})
+    assert util.worker("w", 0.5, 12.0)["10s"] == 0.25
+    util.sample({"w": 0.5, "v": 0.2}, 12.0)  # no birth time: measured from first sight
+    assert util.worker("v", 0.2, 13.0)["10s"] == 0.0
+
+
 def test_no_sample_or_no_time_is_zero():
     util = Utilization()
     assert util.worker("unknown", 3.0, 5.0) == {"10s": 0.0, "60s": 0.0}
