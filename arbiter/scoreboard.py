@@ -343,10 +343,20 @@ class SlotWriter:
 
     def request_started(self, method: str, path: str) -> None:
         now = time.monotonic()
-        self.account_busy(now, 1.0)
+        f64 = self._f64
+        if self.busy_rate:  # a start without a finish: what ran so far is busy time
+            self.account_busy(now, 1.0)
+        else:  # account_busy(now, 1.0) inlined (the busy seconds stay as they are)
+            u64, index, seq = self._u64, self._busy_seq, self.busy_seq
+            u64[index] = seq + 1
+            f64[index + 2] = now
+            f64[index + 3] = 1.0
+            u64[index] = self.busy_seq = seq + 2
+            self.busy_mark = now
+            self.busy_rate = 1.0
         self.started = now
         self.method = method
-        self._f64[self._req_start] = now
+        f64[self._req_start] = now
         self._write_request(method, path)
         self._f64[self._heartbeat] = now
         self._i32[self._in_flight] = 1
@@ -401,7 +411,14 @@ class SlotWriter:
 
     def request_finished(self, status: int) -> None:
         now = time.monotonic()
-        self.account_busy(now, 0.0)
+        # account_busy(now, 0.0) inlined (busy_rate is 1 since request_started)
+        busy = self.busy = self.busy + now - self.busy_mark if self.busy_mark else self.busy
+        u64, f64, index, seq = self._u64, self._f64, self._busy_seq, self.busy_seq
+        u64[index] = seq + 1
+        f64[index + 1] = busy
+        f64[index + 3] = 0.0
+        u64[index] = self.busy_seq = seq + 2
+        self.busy_rate = 0.0
         self.record(status, self.method, now - self.started)
         self._i32[self._in_flight] = 0
         self.requests += 1

@@ -119,9 +119,12 @@ def test_a_row_counts_busy_seconds_single_request():
     # while it runs, a reader sees it grow up to "now"
     assert board.busy_seconds(1, started + 2.0) == pytest.approx(2.0)
     writer.request_finished(200)
-    done = writer.busy_mark
-    assert board.busy_seconds(1, done + 100.0) == pytest.approx(done - started)
+    done = time.monotonic()
+    assert 0 < board.busy_seconds(1, done) <= done - started
+    assert board.busy_seconds(1, done + 100.0) == board.busy_seconds(1, done)  # idle now
     assert board.busy_seconds(0, done) == 0.0  # the other row
+    writer.request_started("GET", "/again")  # a second request adds to the first
+    assert board.busy_seconds(1, writer.busy_mark + 1.0) == pytest.approx(writer.busy + 1.0)
 
 
 def test_a_row_counts_a_fraction_of_capacity():
