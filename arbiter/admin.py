@@ -12,6 +12,8 @@ loop goes on.
 
 Routes:
 
+``/``        the status page, HTML (:mod:`arbiter.status_page`), with a
+             Content-Security-Policy that allows no script and nothing external.
 ``/livez``   200 ``ok`` while the master loop runs.
 ``/readyz``  200 when ``master.serving_ready()``, else 503 with the reason:
              starting, draining (TERM with ``drain_delay``), stopping, or no
@@ -32,6 +34,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from arbiter import status_page
 from arbiter.metrics import make_registry
 from arbiter.sockets import parse_address
 
@@ -44,7 +47,7 @@ BACKLOG = 64
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
-ROUTES = ("/livez", "/readyz", "/status", "/metrics")
+ROUTES = ("/", "/livez", "/readyz", "/status", "/metrics")
 
 
 def bind_admin_socket(bind: str) -> socket.socket:
@@ -235,11 +238,18 @@ class AdminServer:
         except Exception as exc:  # a bug here must not take the master down
             self.log.exception("admin endpoint %s failed", path)
             status, body, content_type = 500, f"internal error: {exc}\n", "text/plain"
-        self._answer(conn, status, body, head_only, content_type)
+        extra = None
+        if content_type.startswith("text/html"):
+            extra = [("Content-Security-Policy", status_page.CONTENT_SECURITY_POLICY),
+                     ("X-Content-Type-Options", "nosniff")]
+        self._answer(conn, status, body, head_only, content_type, extra)
 
     def _handlers(self) -> dict[str, Callable[[], tuple[int, str | bytes, str]]]:
-        return {"/livez": self.livez, "/readyz": self.readyz, "/status": self.status,
+        return {"/": self.page, "/livez": self.livez, "/readyz": self.readyz, "/status": self.status,
                 "/metrics": self.metrics}
+
+    def page(self) -> tuple[int, str | bytes, str]:
+        return 200, status_page.render(self.master.snapshot()), "text/html; charset=utf-8"
 
     def livez(self) -> tuple[int, str | bytes, str]:
         return 200, "ok\n", "text/plain; charset=utf-8"

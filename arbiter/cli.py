@@ -278,6 +278,16 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1048576:.1f}M"
 
 
+def _percents(utilization: dict[str, float] | None, between: str = "") -> str:
+    """Utilization by window as percents: "12% / 40%" (between given), or
+    "12% (10s), 40% (60s)"."""
+    if not utilization:
+        return "-"
+    if between:
+        return between.join(f"{value:.0%}" for value in utilization.values())
+    return ", ".join(f"{value:.0%} ({window})" for window, value in utilization.items())
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The human table of ``arbiter ctl status``."""
     master = status["master"]
@@ -292,9 +302,10 @@ def format_status(status: dict[str, Any]) -> str:
            if master["crash_loop_failures"] else ""),
         f"listening on {', '.join(master['listeners']) or '(nothing)'}",
         f"requests served: {status['requests']['total']}",
+        f"utilization: {_percents(status.get('utilization'))}",
         "",
         f"{'PID':>7} {'#':>3} {'GEN':>3} {'STATE':<9} {'AGE':>7} {'REQS':>8} {'INFL':>4} "
-        f"{'RSS':>7} {'USS':>7} {'BEAT':>5}  CURRENT",
+        f"{'RSS':>7} {'USS':>7} {'BEAT':>5} {'UTIL 10s/60s':>12}  CURRENT",
     ]
     for w in status["workers"]:
         current = ""
@@ -304,7 +315,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"{w['pid']:>7} {w['number']:>3} {w['generation']:>3} {w['state']:<9} "
             f"{_age(w['age']):>7} {w['requests']:>8} {w['in_flight']:>4} {_mib(w['rss']):>7} "
-            f"{_mib(w['uss']):>7} {w['last_heartbeat']:>4.1f}s  {current}")
+            f"{_mib(w['uss']):>7} {w['last_heartbeat']:>4.1f}s "
+            f"{_percents(w.get('utilization'), ' / '):>12}  {current}")
     restarts = ", ".join(f"{k} {v}" for k, v in status["restarts"].items() if v) or "none"
     lines += ["", f"restarts: {restarts}; reloads: {status['reloads']['succeeded']} ok, "
                   f"{status['reloads']['failed']} failed"]

@@ -11,6 +11,13 @@ separately (not their cross product), so they are two metrics:
 ``arbiter_responses_total{status_class}`` and
 ``arbiter_requests_by_method_total{method}``.
 
+Utilization (:mod:`arbiter.utilization`) is two gauges per window (``10s``,
+``60s``): ``arbiter_worker_utilization{worker,generation,window}``, each live
+worker's busy fraction (worker numbers repeat across generations during a
+reload, hence the generation label), and ``arbiter_utilization{window}``, the
+whole server's (busy seconds summed over capacity) -- what an autoscaler
+reads.
+
 ``arbiter_listen_queue_depth{listener}`` is read from Linux's ``TCP_INFO`` on
 each listening TCP socket: for a socket in the LISTEN state the kernel reports
 the current accept-queue length as ``tcpi_unacked`` and the backlog as
@@ -94,6 +101,7 @@ class ArbiterCollector:
         info, workers, requests = snap["master"], snap["workers"], snap["requests"]
         yield from self._requests(requests, workers)
         yield from self._workers(info, workers)
+        yield from self._utilization(snap["utilization"], workers)
         yield from self._lifecycle(snap)
         yield from self._master(info)
         yield from self._listen_queues()
@@ -167,6 +175,25 @@ class ArbiterCollector:
             largest.add_metric([kind], max(values, default=0))
         yield memory
         yield largest
+
+    def _utilization(self, server: dict[str, float], workers: list[dict[str, Any]]
+                     ) -> Iterator[Metric]:
+        per_worker = GaugeMetricFamily(
+            "arbiter_worker_utilization",
+            "Fraction of a worker's capacity in use over the window (time in requests / "
+            "wall time; pooled, threaded, forked: divided by their concurrency)",
+            labels=["worker", "generation", "window"])
+        for worker in workers:
+            for window, value in worker["utilization"].items():
+                per_worker.add_metric([str(worker["number"]), str(worker["generation"]), window],
+                                      value)
+        yield per_worker
+        whole = GaugeMetricFamily("arbiter_utilization",
+                                  "Fraction of all workers' capacity in use over the window",
+                                  labels=["window"])
+        for window, value in server.items():
+            whole.add_metric([window], value)
+        yield whole
 
     # -- restarts and reloads -------------------------------------------------------
     def _lifecycle(self, snap: dict[str, Any]) -> Iterator[Metric]:

@@ -12,6 +12,13 @@ request's start time, method and path; then the connections it holds open
 (what its peers read to share the load, :mod:`arbiter.io.balance`). Times
 are ``time.monotonic()`` values, which on Linux (CLOCK_MONOTONIC) are
 comparable across processes.
+
+Busy time, for utilization (:mod:`arbiter.utilization`): each row carries the
+seconds of full capacity its worker has used -- ``busy`` up to ``busy_mark``,
+plus ``busy_rate`` (the fraction of capacity in use since then, 0 to 1) times
+the seconds since -- so a reader sees a long request count as it runs, not
+when it ends. The writer updates the three at each request start and finish,
+inside a sequence count (odd while writing) the reader retries on.
 """
 
 from __future__ import annotations
@@ -63,8 +70,15 @@ _OFF_QUEUE_SUM = _OFF_QUEUE_BUCKETS + 8 * len(QUEUE_BUCKETS)
 _OFF_SHED = _OFF_QUEUE_SUM + 8
 _COUNTERS = struct.Struct(f"<{len(STATUS_CLASSES)}Q{len(METHODS)}Q{len(DURATION_BUCKETS)}QdQd"
                           f"{len(QUEUE_BUCKETS)}QdQ")
+# Busy time (utilization): a sequence count, seconds used up to the mark, the mark, the rate.
+_OFF_BUSY_SEQ = _OFF_SHED + 8
+_OFF_BUSY = _OFF_BUSY_SEQ + 8
+_OFF_BUSY_MARK = _OFF_BUSY + 8
+_OFF_BUSY_RATE = _OFF_BUSY_MARK + 8
+_BUSY = struct.Struct("<Qddd")
 ROW_SIZE = 768
-assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size <= ROW_SIZE
+assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size == _OFF_BUSY_SEQ
+assert _OFF_BUSY_SEQ + _BUSY.size <= ROW_SIZE
 
 # Offsets of the fields a worker updates on its hot path.
 _OFF_STATE = 12
@@ -170,6 +184,17 @@ class Scoreboard:
                         list(values[queue:queue + len(QUEUE_BUCKETS)]), values[-2],
                         values[-1])
 
+    def busy_seconds(self, slot: int, now: float) -> float:
+        """Seconds of full capacity the worker in ``slot`` has used up to ``now``
+        (a request running counts up to ``now``)."""
+        base = slot * ROW_SIZE + _OFF_BUSY_SEQ
+        for _ in range(100):
+            seq, busy, mark, rate = _BUSY.unpack_from(self.memory, base)
+            if not seq & 1 and _BUSY.unpack_from(self.memory, base)[0] == seq:
+                break
+        # (after 100 tries with a writer mid-update, the last reading is close enough)
+        return busy + rate * max(0.0, now - mark) if mark else busy
+
     def wants_recycle(self, slot: int) -> bool:
         """Did the worker in ``slot`` ask to be replaced (it reached ``max_requests``)?"""
         return self.memory[slot * ROW_SIZE + _OFF_RECYCLE] != 0
@@ -210,7 +235,8 @@ class SlotWriter:
                  "path", "method_shown",
                  "_bytes", "_i32", "_f64", "_u64", "_heartbeat", "_state", "_in_flight",
                  "_req_start", "_requests", "_duration_sum", "_qbase", "_connections",
-                 "stalls", "blocked_seconds", "queue_sum", "shed")
+                 "stalls", "blocked_seconds", "queue_sum", "shed", "busy", "busy_mark",
+                 "busy_rate", "_busy_seq", "busy_seq")
 
     def __init__(self, memory: mmap.mmap, base: int) -> None:
         self.memory = memory
@@ -222,6 +248,10 @@ class SlotWriter:
         self.blocked_seconds = 0.0
         self.queue_sum = 0.0
         self.shed = 0
+        self.busy = 0.0  # seconds of full capacity used up to busy_mark
+        self.busy_mark = 0.0
+        self.busy_rate = 0.0  # fraction of capacity in use since busy_mark
+        self.busy_seq = 0
         self.started = 0.0
         self.method = "GET"
         self.path: str | None = None  # what the row shows now
@@ -239,6 +269,7 @@ class SlotWriter:
         self._duration_sum = (base + _OFF_DURATION_SUM) // 8
         self._qbase = base // 8
         self._connections = (base + _OFF_CONNECTIONS) // 4
+        self._busy_seq = (base + _OFF_BUSY_SEQ) // 8
 
     def _write_request(self, method: str, path: str) -> None:
         if path == self.path and method == self.method_shown:
@@ -269,9 +300,26 @@ class SlotWriter:
         self._f64[self._duration_sum] = self.duration_sum
 
     @property
-    def busy(self) -> bool:
+    def in_flight(self) -> bool:
         """A request is in flight (as the row shows it)."""
         return self._i32[self._in_flight] != 0
+
+    def account_busy(self, now: float, rate: float) -> None:
+        """From ``now`` on, ``rate`` (0 to 1) of this worker's capacity is in use."""
+        self.busy += self.busy_rate * (now - self.busy_mark) if self.busy_mark else 0.0
+        self.publish_busy(self.busy, now, rate)
+
+    def publish_busy(self, busy: float, mark: float, rate: float) -> None:
+        """Busy seconds someone else added up (a forked worker: its children's)."""
+        self.busy, self.busy_mark, self.busy_rate = busy, mark, rate
+        u64, f64, index = self._u64, self._f64, self._busy_seq
+        self.busy_seq += 1
+        u64[index] = self.busy_seq  # odd: the reader waits
+        f64[index + 1] = busy
+        f64[index + 2] = mark
+        f64[index + 3] = rate
+        self.busy_seq += 1
+        u64[index] = self.busy_seq
 
     def count_stall(self) -> None:
         """The event loop was found blocked (the watchdog's thread writes this field only)."""
@@ -326,9 +374,20 @@ class SlotWriter:
 
     def request_started(self, method: str, path: str) -> None:
         now = time.monotonic()
+        f64 = self._f64
+        if self.busy_rate:  # a start without a finish: what ran so far is busy time
+            self.account_busy(now, 1.0)
+        else:  # account_busy(now, 1.0) inlined (the busy seconds stay as they are)
+            u64, index, seq = self._u64, self._busy_seq, self.busy_seq
+            u64[index] = seq + 1
+            f64[index + 2] = now
+            f64[index + 3] = 1.0
+            u64[index] = self.busy_seq = seq + 2
+            self.busy_mark = now
+            self.busy_rate = 1.0
         self.started = now
         self.method = method
-        self._f64[self._req_start] = now
+        f64[self._req_start] = now
         self._write_request(method, path)
         self._f64[self._heartbeat] = now
         self._i32[self._in_flight] = 1
@@ -390,6 +449,16 @@ class SlotWriter:
 
     def request_finished(self, status: int, duration: float | None = None) -> None:
         now = time.monotonic()
+        # account_busy(now, 0.0) inlined (busy_rate is 1 since request_started; 0 when the
+        # core refused a request before it started)
+        busy = self.busy = (self.busy + (now - self.busy_mark) * self.busy_rate
+                            if self.busy_mark else self.busy)
+        u64, f64, index, seq = self._u64, self._f64, self._busy_seq, self.busy_seq
+        u64[index] = seq + 1
+        f64[index + 1] = busy
+        f64[index + 3] = 0.0
+        u64[index] = self.busy_seq = seq + 2
+        self.busy_rate = 0.0
         self.record(status, self.method, now - self.started if duration is None else duration)
         self._i32[self._in_flight] = 0
         self.requests += 1

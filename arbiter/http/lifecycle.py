@@ -187,7 +187,7 @@ class Lifecycle:
         "request_start", "hold_limit", "min_rate", "read_timeout", "header_timeout",
         "keepalive", "lingered", "tls", "peer", "answered", "giving_way", "drained",
         "input_stamp", "first_stamp", "request_stamp", "queue_time", "max_queue_time",
-        "handshake_seconds",
+        "handshake_seconds", "observed",
     )
 
     def __init__(self, handler: Any, http: HTTPConnection, peer: Any, sockname: Any,
@@ -236,6 +236,7 @@ class Lifecycle:
         self.queue_time: float | None = None  # how long the current request waited
         self.max_queue_time = settings.max_queue_time
         self.handshake_seconds = 0.0  # an upgrade's: from its head to hand_over
+        self.observed = False  # the observer was told the current request started
 
     # -- inputs ------------------------------------------------------------------------
     def proxy_done(self, info: Any, now: float) -> None:
@@ -394,6 +395,7 @@ class Lifecycle:
         request = self.request
         assert request is not None
         self.observer.request_started(request.method, request.path.decode("latin-1"), self)
+        self.observed = True
         return RESPOND
 
     def admit(self) -> bool:
@@ -467,7 +469,10 @@ class Lifecycle:
         handler = self.handler
         self.out.append(handler.error_response(error, self.info))
         status = error.status if isinstance(error, ProtocolError) else error
-        self.observer.request_finished(status, self)
+        # A request refused before it reached the app was never started for the observer:
+        # it took no time of the worker's (not the time since the last one started).
+        self.observer.request_finished(status, self, None if self.observed else 0.0)
+        self.observed = False
         self.answered = True
         self.close_after = self.linger_after = True
         self.request = None
@@ -602,6 +607,7 @@ class Lifecycle:
     def response_done(self, outcome: ResponseOutcome, now: float) -> None:
         """The app's response is completely written (or abandoned)."""
         self.observer.request_finished(outcome.status, self)
+        self.observed = False
         self.answered = True
         if self.body_input is not None:
             close = getattr(self.body_input, "close", None)
@@ -653,6 +659,7 @@ class Lifecycle:
         if self.phase != UPGRADED:
             raise RuntimeError("upgrade_finished() without hand_over()")
         self.observer.request_finished(status, self, self.handshake_seconds)
+        self.observed = False
         self.answered = True
         self.request = None
         self.phase = CLOSED

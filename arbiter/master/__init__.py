@@ -11,7 +11,7 @@ or failed to boot), the control socket and the admin listener. Signal
 handlers do nothing; each turn of the loop does its work first and then
 waits (at most a second, less when a deadline is due), in a fixed order:
 
-    signals -> reap -> (stopping?) -> reload progress -> boot checks
+    signals -> reap -> utilization sample -> (stopping?) -> reload progress -> boot checks
     -> hung workers -> recycles -> kill deadlines -> spawn / retire to the
     target count -> wait
 
@@ -38,7 +38,8 @@ method of another through ``self`` its docstring names it:
     recycling   hung workers, max_requests, max_worker_memory
     reload      the reload transaction
     upgrade     the USR2 upgrade, and WINCH
-    status      the snapshot, readiness, systemd status, the ctl commands
+    status      the snapshot (utilization included), readiness, systemd status,
+                the ctl commands
     process     exit codes, pidfile, privileges, memory, liveness (no Master)
 """
 

@@ -37,6 +37,7 @@ from arbiter.master.watch import SourceWatcher
 from arbiter.notices import NoticePipe
 from arbiter.scoreboard import Counters, Scoreboard
 from arbiter.sockets import Listener
+from arbiter.utilization import Utilization
 
 FAST_STOP_GRACE = 1.0  # INT/QUIT: how long workers get before SIGKILL
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # acted on while stopping
@@ -89,6 +90,7 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         self.draining_until = 0.0  # TERM with drain_delay: /readyz 503 until then
         self.notices: NoticePipe | None = None  # workers -> master: ready, recycle, failed
         self.watcher: SourceWatcher | None = None  # --reload: the project's files
+        self.utilization = Utilization()  # every worker's busy time, sampled each second
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> int:
@@ -109,6 +111,7 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         for sig in self.read_signals():
             self.handle_signal(sig)
         self.reap_workers()
+        self.sample_utilization()
         if self.draining_until and not self.stop_mode \
                 and time.monotonic() >= self.draining_until:
             self.begin_stop("graceful")

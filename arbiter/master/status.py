@@ -1,9 +1,11 @@
 """What the master tells: the status snapshot, readiness, systemd, ``arbiter ctl``.
 
 Owns ``snapshot()``, everything ``arbiter ctl status`` and the admin
-``/status`` and ``/metrics`` show, as plain data: the master, each worker's
-scoreboard row and memory, restarts, reloads, and exact request counters
-(finished workers plus the live ones); ``serving_ready()`` for ``/readyz``;
+``/status``, ``/metrics`` and status page show, as plain data: the master,
+each worker's scoreboard row, memory and utilization, restarts, reloads, and
+exact request counters (finished workers plus the live ones); the sampling of
+every worker's busy time once a second for the utilization windows
+(:mod:`arbiter.utilization`); ``serving_ready()`` for ``/readyz``;
 the one-line status systemd shows, READY=1 once the first generation serves,
 and the watchdog ping; and the control socket's command handler (status,
 scale, reload, reopen, stop).
@@ -79,6 +81,19 @@ class StatusReport:
         reply({"ok": True, "outcome": f"scaling to {target} worker(s)", "workers": target})
 
     # -- status ---------------------------------------------------------------------
+    def busy_readings(self, now: float) -> dict[int, float]:
+        """Every live worker's busy seconds (its scoreboard counter), by pid."""
+        assert self.scoreboard is not None
+        return {pid: self.scoreboard.busy_seconds(worker.slot, now)
+                for pid, worker in self.workers.items()}
+
+    def sample_utilization(self) -> None:
+        """Once a second (each turn of the loop asks): sample the busy counters."""
+        now = time.monotonic()
+        if self.scoreboard is not None and self.utilization.due(now):
+            self.utilization.sample(self.busy_readings(now), now,
+                                    {pid: w.spawned_at for pid, w in self.workers.items()})
+
     def request_counters(self) -> tuple[Counters, int]:
         """Exact request counters: finished workers plus the live ones."""
         assert self.scoreboard is not None
@@ -94,6 +109,7 @@ class StatusReport:
         """Everything `arbiter ctl status`, /status and /metrics show, as plain data."""
         assert self.scoreboard is not None and self.current is not None
         now = time.monotonic()
+        busy = self.busy_readings(now)
         workers = []
         for worker in sorted(self.workers.values(), key=lambda w: (w.generation.number, w.number)):
             row = self.scoreboard.read(worker.slot)
@@ -112,6 +128,7 @@ class StatusReport:
                 "in_flight": row.in_flight, "connections": row.connections, "current": current,
                 "rss": memory[0], "uss": memory[1],
                 "last_heartbeat": round(now - row.heartbeat, 3),
+                "utilization": self.utilization.worker(worker.pid, busy[worker.pid], now),
             })
         counters, requests = self.request_counters()
         cumulative, running = [], 0
@@ -132,6 +149,8 @@ class StatusReport:
                 "ready": self.serving_ready(),
             },
             "workers": workers,
+            # Busy fraction of all live workers' capacity, per window (arbiter.utilization).
+            "utilization": self.utilization.server(busy, now),
             "restarts": dict(self.restarts),
             "reloads": dict(self.reloads),
             "requests": {

@@ -124,6 +124,12 @@ class Worker:
       ``graceful_timeout`` while a replacement starts; a Python thread cannot
       be killed), or ``"self"`` (the worker kills its own hung children; the
       master only watches the worker's heartbeat).
+
+    Utilization (the scoreboard's busy time) is the fraction of the worker's
+    capacity in use: one request at a time for a single-threaded worker, and
+    for a multithreaded one ``request_capacity()`` requests (pooled: its
+    ``threads``; threaded: ``max_connections``), or, when that is None (asgi:
+    no bound but the connections), any request in flight counts as busy.
     """
 
     worker_type = "base"
@@ -338,7 +344,7 @@ class Worker:
                 self.requests_lock.release()
         else:
             slot = self.slot
-            running = [(slot.started, slot.method, slot.path or "")] if slot.busy else []
+            running = [(slot.started, slot.method, slot.path or "")] if slot.in_flight else []
         shown = ", ".join(f"{method} {path} ({now - started:.2f} s)"
                           for started, method, path in running[:3])
         more = len(running) - 3
@@ -355,9 +361,19 @@ class Worker:
         return LoopWatchdog(threshold, self.log, f"worker #{self.number} (pid {os.getpid()})",
                             serving=self.requests_in_progress, counts=self.slot)
 
-    def _show_running(self) -> None:
-        """Multithreaded workers: publish the in-flight count and the oldest request --
-        the first one in ``running``, which keeps them in the order they started."""
+    def request_capacity(self) -> int | None:
+        """Multithreaded workers: how many requests at once use the whole worker
+        (None: no such bound; busy means a request is in flight)."""
+        return None
+
+    def _show_running(self, now: float) -> None:
+        """Multithreaded workers: publish the in-flight count, the oldest request -- the
+        first one in ``running``, which keeps them in the order they started -- and the
+        fraction of capacity in use from ``now``."""
+        capacity = self.request_capacity()
+        running = len(self.running)
+        self.slot.account_busy(now, min(running, capacity) / capacity if capacity
+                               else 1.0 if running else 0.0)
         if self.running:
             started, method, path = next(iter(self.running.values()))
             self.slot.show_in_flight(len(self.running), started, method, path)
@@ -375,8 +391,9 @@ class Worker:
             running = self.running
             if key in running:  # (never, but the order must stay the order they started)
                 del running[key]
-            running[key] = (time.monotonic(), method, path)
-            self._show_running()
+            now = time.monotonic()
+            running[key] = (now, method, path)
+            self._show_running(now)
 
     def request_queued(self, seconds: float, shed: bool) -> None:
         """How long a request waited before its app started (and if it was shed)."""
@@ -394,10 +411,11 @@ class Worker:
             with self.requests_lock:
                 started, method, _ = self.running.pop(
                     threading.get_ident() if key is None else key, (0.0, "", ""))
+                now = time.monotonic()
                 if duration is None:
-                    duration = time.monotonic() - started if started else 0.0
+                    duration = now - started if started else 0.0
                 self.slot.count_request(status, method, duration)
-                self._show_running()
+                self._show_running(now)
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests:
             self.ask_for_recycle()

@@ -76,6 +76,7 @@ class ChildTable:
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (row, kill_at or 0)
         self.folded = Counters.zero()  # what reaped children counted
         self.folded_requests = 0
+        self.folded_busy = 0.0  # seconds reaped children spent in requests
 
     def __len__(self) -> int:
         return len(self.children)
@@ -94,6 +95,7 @@ class ChildTable:
     def fold(self, row: int) -> None:
         self.folded.add(self.rows.counters(row))
         self.folded_requests += self.rows.read(row).requests
+        self.folded_busy += self.rows.busy_seconds(row, time.monotonic())
         self.free_rows.append(row)
 
     def reap(self) -> None:
@@ -116,21 +118,24 @@ class ChildTable:
                 self.log.warning("child pid %d of worker #%d ended with %s", pid, self.number,
                                  how)
 
-    def totals(self) -> tuple[Counters, int, int, tuple[float, str, str]]:
-        """(counters, requests, requests running now, the oldest running one)."""
+    def totals(self, now: float) -> tuple[Counters, int, int, tuple[float, str, str], float]:
+        """(counters, requests, requests running now, the oldest running one, the seconds
+        all children have spent in requests up to ``now``)."""
         running, oldest = 0, (0.0, "", "")
         total = Counters.zero()
         total.add(self.folded)
         requests = self.folded_requests
+        busy = self.folded_busy
         for row, _ in self.children.values():
             child = self.rows.read(row)
             total.add(self.rows.counters(row))
             requests += child.requests
+            busy += self.rows.busy_seconds(row, now)
             if child.in_flight:
                 running += 1
                 if not oldest[0] or child.request_started < oldest[0]:
                     oldest = (child.request_started, child.method, child.path)
-        return total, requests, running, oldest
+        return total, requests, running, oldest, busy
 
     def kill_hung(self) -> None:
         """A request older than ``timeout``: traceback (SIGUSR2), then SIGKILL."""

@@ -206,10 +206,13 @@ class ForkedWorker(Worker):
     # -- the worker's row ---------------------------------------------------------------
     def publish(self) -> None:
         """The worker's row: its children's requests in flight, the oldest, the exact
-        counts; and max_requests applied to them."""
-        counters, requests, running, oldest = self.children.totals()
+        counts, their busy time (utilization: children in requests / max_connections);
+        and max_requests applied to them."""
+        now = time.monotonic()
+        counters, requests, running, oldest, busy = self.children.totals(now)
         self.slot.set_counters(counters, requests)
         self.slot.show_in_flight(running, *oldest)
+        self.slot.publish_busy(busy / self.limit, now, min(running, self.limit) / self.limit)
         self.requests_served = requests
         if self.max_requests and requests >= self.max_requests:
             self.ask_for_recycle()

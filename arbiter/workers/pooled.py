@@ -77,6 +77,9 @@ class PooledWorker(Worker):
     def may_keep_alive(self) -> bool:
         return self.alive
 
+    def request_capacity(self) -> int:
+        return max(1, int(self.cfg.threads))  # utilization: busy threads / threads
+
     # -- the strategy: the reactor side ----------------------------------------------------
     def respond(self, conn: Connection) -> bool:
         self.dispatch(conn, _RUN)

@@ -62,6 +62,9 @@ class ThreadedWorker(Worker):
     multithread = True
     hung_policy = "recycle"
 
+    def request_capacity(self) -> int:
+        return max(1, int(self.cfg.max_connections))  # utilization: requests / the bound
+
     def serve(self) -> None:
         self.limit = max(1, int(self.cfg.max_connections))
         self.active = 0  # connections being served

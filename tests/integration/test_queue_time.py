@@ -151,6 +151,9 @@ def test_a_request_that_waited_too_long_is_shed_with_503_unread(server, worker_t
     assert http_request(server.port, "/").status == 200  # and the worker serves on
     samples = scrape(admin_port)
     assert samples[("arbiter_requests_shed_total", frozenset())] == statuses.count(503)
+    page = http_request(admin_port, "/").text  # the status page has them too
+    assert "Queue time / shed" in page
+    assert f"<dt>shed (503)</dt><dd>{statuses.count(503)}</dd>" in page, page
     assert samples[("arbiter_responses_total", frozenset({("status_class", "5xx")}))] \
         == statuses.count(503)
 
