@@ -109,6 +109,7 @@ class StatusReport:
                 "state": state, "ready": worker.ready, "requests": row.requests,
                 "in_flight": row.in_flight, "connections": row.connections, "current": current,
                 "rss": memory[0], "uss": memory[1],
+                "refork_generation": worker.refork_generation, "mold": worker is self.mold,
                 "last_heartbeat": round(now - row.heartbeat, 3),
             })
         counters, requests = self.request_counters()
@@ -128,6 +129,7 @@ class StatusReport:
                 "crash_loop_failures": self.boot_failures,
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - now), 3),
                 "ready": self.serving_ready(),
+                "mold": self.mold.pid if self.mold is not None else None,
             },
             "workers": workers,
             "restarts": dict(self.restarts),
