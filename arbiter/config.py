@@ -1371,7 +1371,8 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
+        return "[" + ", ".join(repr(v) if isinstance(v, int) and not isinstance(v, bool)
+                               else json.dumps(str(v)) for v in value) + "]"
     s = str(value)
     try:
         plain_ok = yaml.safe_load(s) == s and "#" not in s and s == s.strip()
