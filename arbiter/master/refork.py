@@ -114,8 +114,9 @@ class Reforking:
                 self.adopt(request, row.pid)
                 continue
             mold_gone = request.mold.pid not in self.workers
-            if (mold_gone and row.state == FORK_REQUESTED) or self.stop_mode and \
-                    now >= self.stop_deadline or \
+            never_taken = mold_gone and row.state == FORK_REQUESTED
+            stopped = bool(self.stop_mode) and now >= self.stop_deadline
+            if never_taken or stopped or \
                     now - request.asked_at > request.generation.cfg.boot_timeout:
                 del self.fork_requests[slot]
                 self.scoreboard.release(slot)
@@ -139,10 +140,13 @@ class Reforking:
                       "mold: refork generation %d", worker.number, pid,
                       request.generation.number, mold.number, mold.pid,
                       worker.refork_generation)
-        if self.stop_mode:
+        if self.stop_mode:  # forked while we stop: it stops with the others
             worker.retiring = True
             worker.kill_at = self.stop_deadline
-            os.kill(pid, signal.SIGTERM)
+            try:
+                os.kill(pid, signal.SIGTERM if self.stop_mode == "graceful" else signal.SIGINT)
+            except ProcessLookupError:
+                pass
         elif request.generation is not self.current and (
                 self.pending is None or request.generation is not self.pending.generation):
             self.stop_worker(worker, signal.SIGTERM, "replaced by reload")
