@@ -6,8 +6,8 @@ the others are replaced one at a time by workers forked from it, and after
 never retries runs all along and sees no failure. The new workers are the
 master's children (``ps``), ``ctl status`` shows their refork generation
 and the mold; the app itself reports its parent and that the collector is
-frozen. The master still replaces a reforked worker killed with SIGKILL, a
-HUP goes back to workers forked from the master, and TERM stops them all.
+frozen. The master still replaces a reforked worker killed with SIGKILL
+(and a TTIN's worker comes from the mold too), a HUP goes back to workers forked from the master, and TERM stops them all.
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ def answer(server) -> tuple[int, int, int]:
     return int(pid), int(ppid), int(frozen)
 
 
-def settled(server, condition) -> dict:
-    """The status once ``condition(status)`` holds and every worker is ready and serving."""
+def settled(server, condition, count: int = 3) -> dict:
+    """The status once ``condition(status)`` holds and ``count`` workers are ready and
+    serving."""
     def check() -> dict | None:
         snap = status(server)
         workers = snap["workers"]
-        if len(workers) == 3 and all(w["ready"] and w["state"] in ("idle", "busy")
+        if len(workers) == count and all(w["ready"] and w["state"] in ("idle", "busy")
                                      for w in workers) and condition(snap):
             return snap
         return None
@@ -151,11 +152,18 @@ def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server
     assert set(children_of(master)) == {w["pid"] for w in snap["workers"]}
     assert snap["restarts"]["refork"] >= 4 and snap["restarts"]["crash"] == 1
 
+    # one worker more (TTIN): it too is forked from the mold
+    before = {w["pid"] for w in snap["workers"]}
+    server.signal(signal.SIGTTIN)
+    snap = settled(server, lambda s: True, count=4)
+    [added] = [w for w in snap["workers"] if w["pid"] not in before]
+    assert added["refork_generation"] == 2 and added["pid"] in children_of(master)
+
     # HUP: a fresh generation forked from the master, no mold
     reforked = {w["pid"] for w in snap["workers"]}
     server.signal(signal.SIGHUP)
     snap = settled(server, lambda s: s["master"]["generation"] == 2
-                   and all(w["generation"] == 2 for w in s["workers"]))
+                   and all(w["generation"] == 2 for w in s["workers"]), count=4)
     assert all(w["refork_generation"] == 0 and not w["mold"] for w in snap["workers"])
     assert snap["master"]["mold"] is None
     wait_for(lambda: not any(pid_alive(p) for p in reforked), message="the old workers to stop")
