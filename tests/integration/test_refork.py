@@ -184,3 +184,23 @@ def test_a_worker_type_that_cannot_refork_says_so_and_still_freezes_the_collecto
         _, ppid, frozen = answer(server)
         assert ppid == server.pid and frozen > 0
     assert "it is the mold" not in server.stderr
+
+
+def test_the_post_fork_hook_runs_in_each_worker_a_mold_forks(server):
+    server.write_app("""
+        import os
+        def post_fork(master, worker):
+            with open("post_fork.log", "a") as log:
+                log.write(f"{os.getpid()} {worker.number}\\n")
+    """, name="myhooks.py")
+    start(server, "refork_after: [20]\nhooks:\n  post_fork: myhooks:post_fork\n")
+    load = ClosedLoop(server.port, 2)
+    try:
+        snap = settled(server, lambda s: sum(w["refork_generation"] == 1
+                                             for w in s["workers"]) == 2)
+    finally:
+        _, failures = load.stop()
+    assert failures == []
+    lines = (server.workdir / "post_fork.log").read_text().split("\n")
+    calls = {tuple(int(x) for x in line.split()) for line in lines if line}
+    assert {(w["pid"], w["number"]) for w in snap["workers"]} <= calls
