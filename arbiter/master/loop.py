@@ -97,6 +97,7 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Refor
         self.refork_stage = 0
         self.fork_requests: dict[int, ForkRequest] = {}
         self.subreaper = False
+        self.refork_refused: Generation | None = None  # told once: its type can't refork
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> int:

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from arbiter.appload import worker_type_chosen
 from arbiter.master.process import become_subreaper
 from arbiter.scoreboard import FORK_REQUESTED
 from arbiter.workers.mold import REFORK_SIGNAL
@@ -177,8 +178,16 @@ class Reforking:
         if gen is None or self.pending is not None or self.winched or not self.subreaper:
             return
         steps = gen.cfg.refork_after
-        if not steps or not getattr(gen.worker_cls, "can_refork", False) \
+        if not steps:
+            return
+        if not getattr(gen.worker_cls, "can_refork", False) \
                 or gen.worker_type != gen.worker_cls.worker_type:
+            # worker_type unset and the app ASGI (an explicit type was warned about at start)
+            if not worker_type_chosen(gen.cfg) and self.refork_refused is not gen:
+                self.refork_refused = gen
+                self.log.warning("refork_after has no effect on %s workers (preforked only "
+                                 "so far): every worker is forked from the master",
+                                 gen.worker_type)
             return
         self.choose_mold(gen, steps)
         mold = self.mold
