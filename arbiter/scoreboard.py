@@ -281,9 +281,10 @@ class SlotWriter:
         """How many rows the table has."""
         return len(self.memory) // ROW_SIZE
 
-    def set_closed(self) -> None:
-        """This worker accepts no more connections (it drains what it has)."""
-        self._bytes[self.base + _OFF_CLOSED] = 1
+    def set_closed(self, closed: bool = True) -> None:
+        """This worker accepts no more connections (it drains what it has); False: it
+        accepts again (a mold that drained to fork)."""
+        self._bytes[self.base + _OFF_CLOSED] = closed
 
     def set_deferring(self, deferring: bool) -> None:
         self._bytes[self.base + _OFF_DEFERRING] = deferring

@@ -345,7 +345,9 @@ class Worker:
         return self.alive
 
     def stopping(self) -> bool:
-        return not self.alive
+        """Connections end after their response in progress: the worker stops, or it is
+        a mold about to fork (``fork_due``: only ``can_refork`` types ever set it)."""
+        return not self.alive or self.fork_due
 
     # -- RequestObserver (called by the HTTP core) -------------------------------
     def heartbeat(self) -> None:

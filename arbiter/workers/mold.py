@@ -4,9 +4,13 @@ A worker the master chose as the *mold* keeps serving; the master asks it
 for a worker by claiming a scoreboard row in state ``FORK_REQUESTED`` and
 sending it ``REFORK_SIGNAL`` (SIGURG: ignored by default, so it is harmless
 to a worker that is not a mold). The mold forks only from its main thread
-at a quiet point -- the preforked loop leaves ``serve()`` between
-connections, holding no client socket -- so nothing half-done is carried
-into the child. Each child is double-forked: the mold forks an intermediate
+at a quiet point, so nothing half-done is carried into the child: the
+preforked loop leaves ``serve()`` between connections, holding no client
+socket; the threaded one drains first (no new connection, each one ended
+after its response in progress, its threads gone), and a mold with any
+thread left but its main one does not fork (the request expires). The
+mold and its children then enter ``serve()`` afresh: new threads, new
+selector. Each child is double-forked: the mold forks an intermediate
 process that forks the worker and exits at once, so the worker is
 re-parented to the master (a ``PR_SET_CHILD_SUBREAPER``), which reaps it,
 signals it and kills it when it hangs like any worker it forked itself. The
@@ -31,6 +35,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -47,9 +52,16 @@ def fork_requested_workers(worker: Any) -> bool:
 
     Returns False in the mold (it serves on), True in a child, which is then a
     new worker ready to serve."""
-    worker.fork_due = False
     requests = worker.slot.fork_requests()
+    deadline = time.monotonic() + 1.0
+    while requests and threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.005)  # a thread that said it is done is still on its way out
+    worker.fork_due = False  # (while it was set, the threads knew to exit)
     if not requests or not worker.alive:
+        return False
+    if threading.active_count() > 1:  # never fork beside a live thread: the request expires
+        worker.log.warning("worker #%d (pid %d) did not fork: %d thread(s) still run",
+                           worker.number, os.getpid(), threading.active_count() - 1)
         return False
     gc.collect()
     gc.freeze()  # what is alive now stays where it is in both processes

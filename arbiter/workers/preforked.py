@@ -67,10 +67,7 @@ class PreforkedWorker(Worker):
         # so a slow client cannot keep the worker from everyone else.
         hold_limit = float(self.cfg.timeout)
         handler = self.handler
-        # A mold asked for workers ends its connection after the response in progress
-        # (Connection: close), as a stopping worker does, to fork at a quiet point.
-        def stopping() -> bool:
-            return not self.alive or self.fork_due
+        stopping = self.stopping  # and a mold about to fork: see Worker.stopping
         tls = self.tls  # TLS: serve_connection does the handshake, bounded by header_timeout
         try:
             while self.between_requests() and not self.fork_due:

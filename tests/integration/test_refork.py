@@ -80,12 +80,13 @@ def status(server) -> dict:
     return json.loads(ctl.stdout)
 
 
-def start(server, extra: str = "", workers: int = 3) -> None:
+def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked") -> None:
     server.write_app(APP)
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
         workers: {workers}
+        worker_type: {worker_type}
         control_socket: arbiter.ctl
         graceful_timeout: 10
     """) + extra)
@@ -110,8 +111,9 @@ def settled(server, condition, count: int = 3) -> dict:
     return wait_for(check, 30, interval=0.2, message="the workers to settle")
 
 
-def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server):
-    start(server, "refork_after: [50, 50]\n")
+@pytest.mark.parametrize("worker_type", ["preforked", "threaded"])
+def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server, worker_type):
+    start(server, "refork_after: [50, 50]\n", worker_type=worker_type)
     master = server.pid
     first = set(server.wait_workers(3))
     load = ClosedLoop(server.port, 3)
@@ -176,10 +178,10 @@ def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server
 
 
 def test_a_worker_type_that_cannot_refork_says_so_and_still_freezes_the_collector(server):
-    start(server, "worker_type: threaded\nrefork_after: [10]\n", workers=1)
+    start(server, "refork_after: [10]\n", workers=1, worker_type="pooled")
     server.wait_log("refork_after: [10] (set by server.yaml:")
-    assert "has no effect with worker_type threaded: it applies to preforked only" \
-        in server.stderr
+    assert "has no effect with worker_type pooled: it applies to preforked and threaded " \
+        "only" in server.stderr
     for _ in range(30):
         _, ppid, frozen = answer(server)
         assert ppid == server.pid and frozen > 0

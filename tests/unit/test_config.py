@@ -946,6 +946,8 @@ def test_refork_after_is_a_list_of_request_counts(tmp_path: Path) -> None:
     cfg = load_config(path, env={}, cli={"worker_type": "pooled"})
     [warning] = ineffective_settings(cfg)
     assert warning.startswith(f"refork_after: [1000, 5000] (set by {path}:1) has no effect "
-                              f"with worker_type pooled: it applies to preforked only")
-    assert ineffective_settings(load_config(path, env={}, cli={"worker_type": "preforked"})) \
-        == []
+                              f"with worker_type pooled: it applies to preforked and threaded "
+                              f"only")
+    for worker_type in ("preforked", "threaded"):
+        cfg = load_config(path, env={}, cli={"worker_type": worker_type})
+        assert ineffective_settings(cfg) == [], worker_type
