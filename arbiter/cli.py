@@ -304,7 +304,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"requests served: {status['requests']['total']}",
         f"utilization: {_percents(status.get('utilization'))}",
         "",
-        f"{'PID':>7} {'#':>3} {'GEN':>3} {'STATE':<9} {'AGE':>7} {'REQS':>8} {'INFL':>4} "
+        f"{'PID':>7} {'#':>3} {'GEN':>5} {'STATE':<9} {'AGE':>7} {'REQS':>8} {'INFL':>4} "
         f"{'RSS':>7} {'USS':>7} {'BEAT':>5} {'UTIL 10s/60s':>12}  CURRENT",
     ]
     for w in status["workers"]:
@@ -312,8 +312,14 @@ def format_status(status: dict[str, Any]) -> str:
         if w["current"]:
             c = w["current"]
             current = f"{c['method']} {c['path']} ({c['age']:.1f}s)"
+        # GEN: the generation, and after a dot the refork generation (forks from warm
+        # workers since the master); a * marks the mold the next workers are forked from
+        gen = str(w["generation"])
+        if w.get("refork_generation"):
+            gen += f".{w['refork_generation']}"
+        gen += "*" if w.get("mold") else ""
         lines.append(
-            f"{w['pid']:>7} {w['number']:>3} {w['generation']:>3} {w['state']:<9} "
+            f"{w['pid']:>7} {w['number']:>3} {gen:>5} {w['state']:<9} "
             f"{_age(w['age']):>7} {w['requests']:>8} {w['in_flight']:>4} {_mib(w['rss']):>7} "
             f"{_mib(w['uss']):>7} {w['last_heartbeat']:>4.1f}s "
             f"{_percents(w.get('utilization'), ' / '):>12}  {current}")

@@ -660,6 +660,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_requests_jitter", 0, integer(0),
             "+ random 0..N so workers don't recycle together (needs max_requests)",
             ("--max-requests-jitter",), "N"),
+    Setting("refork_after", (), list_of(integer(1), "request counts"),
+            "e.g. [1000, 5000] (Linux): once a worker has served the first count it becomes"
+            " the mold the next workers are forked from, warm (memory shared); the old ones are"
+            " replaced one at a time; after the next count, a worker of that generation"
+            " becomes the mold, and so on ([] = off)",
+            applies_to=("preforked", "threaded")),
     Setting("max_worker_memory", 0, number(0),
             "MiB of the worker's private memory (USS, not RSS: pages shared with the master"
             " don't count); recycle it gracefully above (0 = off)"),
@@ -1199,6 +1205,14 @@ _TYPE_HINTS: Mapping[tuple[str, str], str] = MappingProxyType({
                               "into gthread when threads > 1; arbiter does not)",
     ("threads", "threaded"): "threaded starts a thread per connection, up to max_connections",
     ("max_connections", "preforked"): "a preforked worker serves one connection at a time",
+    ("refork_after", "forked"): "reforking is done for preforked and threaded workers only so far; "
+                              "forked workers are forked from the master",
+    ("refork_after", "pooled"): "reforking is done for preforked and threaded workers only so far; "
+                              "pooled workers are forked from the master",
+    ("refork_after", "evented"): "reforking is done for preforked and threaded workers only so far; "
+                              "evented workers are forked from the master",
+    ("refork_after", "asgi"): "reforking is done for preforked and threaded workers only so far; "
+                              "asgi workers are forked from the master",
 })
 
 
@@ -1367,7 +1381,8 @@ def _yaml_scalar(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
+        return "[" + ", ".join(repr(v) if isinstance(v, int) and not isinstance(v, bool)
+                               else json.dumps(str(v)) for v in value) + "]"
     s = str(value)
     try:
         plain_ok = yaml.safe_load(s) == s and "#" not in s and s == s.strip()

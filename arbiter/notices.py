@@ -14,7 +14,8 @@ dropped, and the master still finds the state in the scoreboard on its tick.
 Kinds: ``ready`` (the app is loaded, the worker serves), ``recycle`` (the
 worker reached ``max_requests`` and asks for a replacement; it keeps serving
 until the master stops it), ``failed`` (the app could not be loaded; the text
-says why).
+says why), ``forked`` (``refork_after``: the mold forked a worker; the text is
+its scoreboard slot and pid, so the master can adopt it before it is reaped).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 READY = "ready"
 RECYCLE = "recycle"
 FAILED = "failed"
+FORKED = "forked"
 
 _MAX_LINE = getattr(select, "PIPE_BUF", 512)
 

@@ -4,7 +4,10 @@ The master creates it (an anonymous shared ``mmap``) before forking any worker,
 so every worker inherits the same memory. Each worker writes only its own row;
 the master reads all rows. One mechanism serves boot detection ("ready"),
 hung-worker detection (heartbeat and the running request's start time), and
-later ``arbiter ctl status`` and metrics. No files, no pipes.
+later ``arbiter ctl status`` and metrics. No files, no pipes. With
+``refork_after`` it also carries the master's requests to the mold: a row
+claimed in state ``FORK_REQUESTED`` is a worker the mold is to fork, and
+the child's pid written in it is how the master learns of its new worker.
 
 Row layout (little-endian, see ``_ROW``): pid, generation, worker number,
 state, boot time, heartbeat, requests served, requests in flight, the running
@@ -35,8 +38,12 @@ BOOTING = 1
 IDLE = 2
 BUSY = 3
 DRAINING = 4
+FORK_REQUESTED = 5  # claimed for a worker the mold is to fork (refork_after)
 
-STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", DRAINING: "draining"}
+STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", DRAINING: "draining",
+               FORK_REQUESTED: "booting"}
+# Rows of workers not ready yet: being forked by the mold, or loading the app.
+NOT_READY = (FREE, BOOTING, FORK_REQUESTED)
 
 METHOD_SIZE = 16
 PATH_SIZE = 96
@@ -81,6 +88,7 @@ assert _ROW.size <= _OFF_COUNTERS and _OFF_COUNTERS + _COUNTERS.size == _OFF_BUS
 assert _OFF_BUSY_SEQ + _BUSY.size <= ROW_SIZE
 
 # Offsets of the fields a worker updates on its hot path.
+_OFF_NUMBER = 8
 _OFF_STATE = 12
 _OFF_RECYCLE = 13  # one byte in the row's padding: 1 = "replace me" (max_requests)
 _OFF_DEFERRING = 14  # one byte: 1 = leaving the accept queue to its peers for a moment
@@ -165,10 +173,11 @@ class Scoreboard:
         self.memory = mmap.mmap(-1, slots * ROW_SIZE)
 
     # -- master side -------------------------------------------------------
-    def claim(self, slot: int, generation: int, number: int) -> None:
-        """Reset a slot for a worker about to be forked (pid filled in by the worker)."""
+    def claim(self, slot: int, generation: int, number: int, state: int = BOOTING) -> None:
+        """Reset a slot for a worker about to be forked (pid filled in by the worker);
+        ``FORK_REQUESTED``: the mold is to fork it."""
         now = time.monotonic()
-        _ROW.pack_into(self.memory, slot * ROW_SIZE, 0, generation, number, BOOTING,
+        _ROW.pack_into(self.memory, slot * ROW_SIZE, 0, generation, number, state,
                        now, now, 0, 0, 0.0, b"", b"")
         base = slot * ROW_SIZE + _OFF_CONNECTIONS
         self.memory[base:base + 4] = bytes(4)
@@ -351,9 +360,10 @@ class SlotWriter:
         """How many rows the table has."""
         return len(self.memory) // ROW_SIZE
 
-    def set_closed(self) -> None:
-        """This worker accepts no more connections (it drains what it has)."""
-        self._bytes[self.base + _OFF_CLOSED] = 1
+    def set_closed(self, closed: bool = True) -> None:
+        """This worker accepts no more connections (it drains what it has); False: it
+        accepts again (a mold that drained to fork)."""
+        self._bytes[self.base + _OFF_CLOSED] = closed
 
     def set_deferring(self, deferring: bool) -> None:
         self._bytes[self.base + _OFF_DEFERRING] = deferring
@@ -367,6 +377,27 @@ class SlotWriter:
 
     def heartbeat(self) -> None:
         self._f64[self._heartbeat] = time.monotonic()
+
+    def fork_requests(self) -> list[int]:
+        """The mold's side: the slots the master claimed for workers it is to fork."""
+        raw = self._bytes
+        return [slot for slot in range(self.slots)
+                if raw[slot * ROW_SIZE + _OFF_STATE] == FORK_REQUESTED]
+
+    @property
+    def index(self) -> int:
+        """The slot this writer writes."""
+        return self.base // ROW_SIZE
+
+    def claimed_number(self) -> int:
+        """The worker number the master wrote when it claimed the row."""
+        return self._i32[(self.base + _OFF_NUMBER) // 4]
+
+    def take_fork_request(self, slot: int) -> SlotWriter:
+        """The mold forks the worker of ``slot`` now: the row boots (never forked twice);
+        the writer is the child's."""
+        self._bytes[slot * ROW_SIZE + _OFF_STATE] = BOOTING
+        return SlotWriter(self.memory, slot * ROW_SIZE)
 
     def ask_for_recycle(self) -> None:
         """Ask the master for a replacement; this worker serves on until it is stopped."""

@@ -12,7 +12,7 @@ handlers do nothing; each turn of the loop does its work first and then
 waits (at most a second, less when a deadline is due), in a fixed order:
 
     signals -> reap -> utilization sample -> (stopping?) -> reload progress -> boot checks
-    -> hung workers -> recycles -> kill deadlines -> spawn / retire to the
+    -> hung workers -> recycles -> reforks -> kill deadlines -> spawn / retire to the
     target count -> wait
 
 so the first workers are forked before the master first waits, and a
@@ -36,6 +36,7 @@ method of another through ``self`` its docstring names it:
     supervisor  the workers' life: spawn, reap, respawn with backoff, boot
                 checks, stop one, scale to the target
     recycling   hung workers, max_requests, max_worker_memory
+    refork      refork_after: the mold, workers forked from it, the old replaced
     reload      the reload transaction
     upgrade     the USR2 upgrade, and WINCH
     status      the snapshot (utilization included), readiness, systemd status,

@@ -28,6 +28,7 @@ from arbiter import logs, systemd
 from arbiter.control import ControlServer
 from arbiter.master.process import EXIT_OK, remove_pidfile
 from arbiter.master.recycling import Recycling
+from arbiter.master.refork import ForkRequest, Reforking
 from arbiter.master.reload import PendingReload, ReloadTransaction
 from arbiter.master.startup import Startup
 from arbiter.master.status import StatusReport
@@ -43,7 +44,8 @@ FAST_STOP_GRACE = 1.0  # INT/QUIT: how long workers get before SIGKILL
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # acted on while stopping
 
 
-class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Supervisor):
+class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Reforking,
+             Supervisor):
     """The supervising process. ``run()`` returns the exit code."""
 
     def __init__(self, cfg: Any, reload_config: Callable[[], Any], log: logging.Logger) -> None:
@@ -82,7 +84,8 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         self.finished_counters = Counters.zero()
         self.finished_requests = 0
         self.restarts: dict[str, int] = dict.fromkeys(
-            ("crash", "timeout", "max_requests", "memory", "reload", "scale_down", "winch"), 0)
+            ("crash", "timeout", "max_requests", "memory", "reload", "scale_down", "winch",
+             "refork"), 0)
         self.reloads = {"succeeded": 0, "failed": 0}
         self.reload_waiters: list[Callable[[dict[str, Any]], None]] = []
         self.control: ControlServer | None = None
@@ -91,6 +94,14 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         self.notices: NoticePipe | None = None  # workers -> master: ready, recycle, failed
         self.watcher: SourceWatcher | None = None  # --reload: the project's files
         self.utilization = Utilization()  # every worker's busy time, sampled each second
+        # refork_after: the worker the next ones are forked from, the step of the list
+        # reached, the workers asked of it and not seen yet (by slot), and whether Linux
+        # re-parents them to us (PR_SET_CHILD_SUBREAPER).
+        self.mold: WorkerProcess | None = None
+        self.refork_stage = 0
+        self.fork_requests: dict[int, ForkRequest] = {}
+        self.subreaper = False
+        self.refork_refused: Generation | None = None  # told once: its type can't refork
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> int:
@@ -131,6 +142,7 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
         self.kill_hung_workers()
         self.recycle_requested_workers()
         self.recycle_large_workers()
+        self.manage_reforks()
         self.retire_replaced_workers()
         self.enforce_kill_deadlines()
         self.manage_workers()
@@ -278,9 +290,10 @@ class Master(Startup, ReloadTransaction, Upgrade, StatusReport, Recycling, Super
                 pass
 
     def stop_progress(self) -> bool:
-        """True when every worker is gone."""
+        """True when every worker is gone (those a mold was forking too)."""
+        self.adopt_forks()
         self.enforce_kill_deadlines()
-        return not self.workers
+        return not self.workers and not self.fork_requests
 
     def shutdown(self) -> None:
         for worker in self.workers.values():

@@ -6,11 +6,14 @@ atomically, removed only by its owner); the workers' identity (``user`` and
 ``group`` resolved at start, log files handed to it, privileges dropped
 after the fork); a process's memory (RSS, USS) and liveness, read from
 ``/proc``; the verdict on a worker's scoreboard row past ``timeout``; and
-where the error log goes, in words. Plain functions: no ``Master`` here.
+where the error log goes, in words; forking with the collector frozen, and
+becoming the subreaper of the workers' descendants. Plain functions: no
+``Master`` here.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -87,14 +90,37 @@ def fork_with_signals_blocked() -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    # The child starts with everything the master holds frozen: its collector never
+    # walks (and so never writes to) the pages it shares with the master. The master
+    # unfreezes its own copy: what a reload drops must still be collectable here.
+    gc.freeze()
     try:
         pid = os.fork()
     except OSError:
+        gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         raise
     if pid:
+        gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     return pid
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def become_subreaper() -> bool:
+    """Ask Linux to re-parent our orphaned descendants to us (``refork_after``: a
+    worker forked by a worker is then the master's child). False where it can't."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def describe_log_target(error_log: str) -> str:

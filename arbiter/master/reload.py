@@ -116,6 +116,7 @@ class ReloadTransaction:
             self.reload_aborted(str(exc))
             return
         self.apply_log_settings(new_cfg)
+        self.enable_reforking(new_cfg)
         old_target = self.target
         if new_cfg.workers != self.current.cfg.workers:
             self.target = new_cfg.workers
@@ -145,6 +146,7 @@ class ReloadTransaction:
         self.current = gen
         self.cfg = gen.cfg
         self.pending = None
+        self.reset_reforks()  # the new generation comes from the master: the list starts over
         for worker in self.workers.values():
             if worker.generation is old and not worker.retiring:
                 self.stop_worker(worker, signal.SIGTERM, "replaced by reload")

@@ -142,6 +142,7 @@ class Startup:
             self.close_listeners(list(self.listeners.values()))
             raise
         self.current = Generation(1, cfg, listeners, cls, app, tls, hooks)
+        self.enable_reforking(cfg)
         self.scoreboard = Scoreboard()
         setproctitle(f"arbiter: master [{cfg.proc_name}]")
         self.install_signals()

@@ -127,6 +127,7 @@ class StatusReport:
                 "state": state, "ready": worker.ready, "requests": row.requests,
                 "in_flight": row.in_flight, "connections": row.connections, "current": current,
                 "rss": memory[0], "uss": memory[1],
+                "refork_generation": worker.refork_generation, "mold": worker is self.mold,
                 "last_heartbeat": round(now - row.heartbeat, 3),
                 "utilization": self.utilization.worker(worker.pid, busy[worker.pid], now),
             })
@@ -147,6 +148,7 @@ class StatusReport:
                 "crash_loop_failures": self.boot_failures,
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - now), 3),
                 "ready": self.serving_ready(),
+                "mold": self.mold.pid if self.mold is not None else None,
             },
             "workers": workers,
             # Busy fraction of all live workers' capacity, per window (arbiter.utilization).

@@ -10,7 +10,9 @@ marking workers ready from the scoreboard and killing those past
 retiring workers to the target count.
 
 A mixin of :class:`arbiter.master.loop.Master`, which holds the state. From
-the other parts it calls ``abort_reload`` (a worker of a pending reload
+the other parts it calls ``fork_from_mold``, ``forks_in_flight``,
+``forked_notice`` and ``worker_gone`` (``refork_after``:
+:mod:`arbiter.master.refork`), ``abort_reload`` (a worker of a pending reload
 failed to boot: :mod:`arbiter.master.reload`), ``upgrade_exited`` (the
 reaped child was the USR2 master: :mod:`arbiter.master.upgrade`) and
 ``begin_stop`` (:mod:`arbiter.master.loop`).
@@ -36,8 +38,8 @@ from arbiter.master.process import (
     drop_privileges,
     fork_with_signals_blocked,
 )
-from arbiter.notices import FAILED, READY
-from arbiter.scoreboard import BOOTING, FREE
+from arbiter.notices import FAILED, FORKED, READY
+from arbiter.scoreboard import NOT_READY
 from arbiter.sockets import Listener
 from arbiter.workers.base import EXIT_APP_KIND_MISMATCH, EXIT_APP_LOAD_FAILED
 
@@ -45,7 +47,7 @@ from arbiter.workers.base import EXIT_APP_KIND_MISMATCH, EXIT_APP_LOAD_FAILED
 RESTART_REASONS = {"timed out": "timeout", "max_worker_memory": "memory",
                    "max_requests": "max_requests",
                    "replaced by reload": "reload", "scaled down": "scale_down",
-                   "WINCH": "winch", "reload rolled back": "reload"}
+                   "WINCH": "winch", "reload rolled back": "reload", "reforked": "refork"}
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
@@ -87,6 +89,7 @@ class WorkerProcess:
     reason: str = ""  # why it is being stopped, for the log
     awaiting_replacement: bool = False  # recycle (TERM) once a replacement is ready
     failure: str = ""  # why it could not boot, as the worker said (the exception's last line)
+    refork_generation: int = 0  # forks from warm workers (molds) between the master and it
 
 
 class Supervisor:
@@ -101,9 +104,13 @@ class Supervisor:
                 worker.failure = notice.text
             elif worker is not None and notice.kind == READY and notice.text:
                 worker.generation.serving_type = notice.text
+            elif notice.kind == FORKED:
+                self.forked_notice(notice.text)
 
     def spawn_worker(self, gen: Generation) -> None:
         assert self.scoreboard is not None
+        if self.fork_from_mold(gen):  # refork_after: the mold forks it, warm
+            return
         slot = self.free_slot()
         if slot is None:
             self.log.error("no free scoreboard slot (%d workers): not spawning",
@@ -172,6 +179,8 @@ class Supervisor:
             drop_privileges(*self.worker_identity)
         if gen.hooks is not None:
             gen.hooks.call("post_fork", self, worker)
+            # and in each worker a mold forks (refork_after), right after that fork
+            worker.after_refork = lambda forked: gen.hooks.call("post_fork", self, forked)
         return worker.run()
 
     def free_slot(self) -> int | None:
@@ -198,16 +207,20 @@ class Supervisor:
                 self.upgrade_exited(status)
                 continue
             worker = self.workers.pop(pid, None)
+            if worker is None and self.fork_requests:
+                self.read_notices(0)  # forked by the mold: its notice may have just come
+                worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
             assert self.scoreboard is not None
             if not worker.ready:
                 # It may have announced itself just before dying.
-                worker.ready = self.scoreboard.read(worker.slot).state not in (BOOTING, FREE)
+                worker.ready = self.scoreboard.read(worker.slot).state not in NOT_READY
                 self.ever_ready = self.ever_ready or worker.ready
             self.finished_counters.add(self.scoreboard.counters(worker.slot))
             self.finished_requests += self.scoreboard.read(worker.slot).requests
             self.scoreboard.release(worker.slot)
+            self.worker_gone(worker)
             self.worker_exited(worker, status)
 
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
@@ -271,7 +284,7 @@ class Supervisor:
         for worker in self.workers.values():
             if worker.ready or worker.retiring:
                 continue
-            if self.scoreboard.read(worker.slot).state not in (BOOTING, FREE):
+            if self.scoreboard.read(worker.slot).state not in NOT_READY:
                 worker.ready = True
                 self.ever_ready = True
                 if self.boot_failures:
@@ -335,7 +348,7 @@ class Supervisor:
             if gen is None:
                 continue
             live = self.live_workers(gen)
-            missing = self.target - len(live)
+            missing = self.target - len(live) - self.forks_in_flight(gen)
             if missing > 0:
                 if time.monotonic() < self.next_spawn_at:
                     continue

@@ -4,7 +4,10 @@ Owns what happens between ``fork()`` and exit: process title, signal handlers
 (TERM graceful, INT/QUIT at once, USR1 reopen logs, USR2 dump every thread's
 traceback for the master's hung-worker report), loading the app, announcing
 "ready" through the scoreboard, the heartbeat, ``max_requests`` (+ jitter),
-noticing that the master is gone, and the exit code the master reads.
+noticing that the master is gone, and the exit code the master reads. A
+worker the master made the mold (``refork_after``, a type with
+``can_refork``) leaves ``serve()`` at a quiet point when asked, forks the
+next workers (:mod:`arbiter.workers.mold`) and serves again.
 
 A worker type subclasses :class:`Worker` and implements only ``serve()``: how
 it waits for connections and who runs the next piece of work (the asgi type
@@ -135,6 +138,8 @@ class Worker:
     worker_type = "base"
     multithread = False
     hung_policy = "kill"
+    # serve() returns at a quiet point once fork_due is set, so this type can be a mold
+    can_refork = False
 
     def __init__(self, *, cfg: Any, listeners: list, slot: SlotWriter, number: int,
                  generation: int, master_pid: int, app: Any = None,
@@ -157,9 +162,10 @@ class Worker:
         self.requests_served = 0
         self.recycle_asked = False
         self.notices = notices  # wakes the master: ready, recycle me, failed to boot
-        self.max_requests = 0
-        if cfg.max_requests:
-            self.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        self.max_requests = self.pick_max_requests()
+        self.refork_generation = 0  # forks from warm workers between the master and us
+        self.fork_due = False  # REFORK_SIGNAL: the master asks this mold for workers
+        self.after_refork: Any = None  # the post_fork hook, for a worker a mold forks
         timeout = float(cfg.timeout)
         # Heartbeat often enough that an idle worker is never mistaken for a hung one.
         self.tick = min(1.0, timeout / 4) if timeout > 0 else 1.0
@@ -172,11 +178,20 @@ class Worker:
         self.requests_lock = threading.Lock()
         self.running: dict[object, tuple[float, str, str]] = {}
 
+    def pick_max_requests(self) -> int:
+        """This worker's ``max_requests`` with its jitter (0: never recycled)."""
+        if not self.cfg.max_requests:
+            return 0
+        return self.cfg.max_requests + random.randint(0, self.cfg.max_requests_jitter)
+
+    def set_title(self) -> None:
+        setproctitle(f"arbiter: worker [{self.cfg.proc_name}] #{self.number}")
+
     # -- boot ----------------------------------------------------------------
     def run(self) -> int:
         """Boot, serve until told to stop, and return the process exit code."""
         self.slot.set_pid(os.getpid())
-        setproctitle(f"arbiter: worker [{self.cfg.proc_name}] #{self.number}")
+        self.set_title()
         self.install_signals()
         self.watch_master_death()
         if self.app is None:
@@ -221,6 +236,13 @@ class Worker:
         self.log.debug("worker #%d (pid %d) booted", self.number, os.getpid())
         try:
             self.serve()
+            # A mold asked for workers left serve() at a quiet point: fork them, serve
+            # again (the mold, and each child as the new worker it became).
+            while self.alive and self.fork_due and self.can_refork:
+                from arbiter.workers.mold import fork_requested_workers
+
+                fork_requested_workers(self)
+                self.serve()
         finally:
             self.slot.set_state(DRAINING)
             if self.access_log is not None:
@@ -266,6 +288,7 @@ class Worker:
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
         signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.signal(signal.SIGURG, self.handle_urg)  # mold.REFORK_SIGNAL
         os.set_blocking(self.wakeup_w, False)
         os.set_blocking(self.wakeup_r, False)
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
@@ -283,6 +306,10 @@ class Worker:
 
     def handle_usr1(self, signum: int, frame: Any) -> None:
         self.reopen_requested = True
+
+    def handle_urg(self, signum: int, frame: Any) -> None:
+        """The master asks this worker, the mold, to fork workers (``can_refork`` types)."""
+        self.fork_due = self.can_refork
 
     def drain_wakeup(self) -> None:
         try:
@@ -325,7 +352,9 @@ class Worker:
         return self.alive
 
     def stopping(self) -> bool:
-        return not self.alive
+        """Connections end after their response in progress: the worker stops, or it is
+        a mold about to fork (``fork_due``: only ``can_refork`` types ever set it)."""
+        return not self.alive or self.fork_due
 
     # -- RequestObserver (called by the HTTP core) -------------------------------
     def heartbeat(self) -> None:

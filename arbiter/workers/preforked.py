@@ -23,8 +23,12 @@ killing a worker silent past ``timeout``: the slow client is cut, the worker
 goes back to ``accept``.
 
 Its other weakness, memory (each process a full copy), is answered by
-``preload_app`` (copy-on-write sharing of the imported app) and the master's
-recycling.
+``preload_app`` (copy-on-write sharing of the imported app), the master's
+recycling, and reforking (``refork_after``): this type can be the mold. Asked
+for workers (``fork_due``), it leaves ``serve()`` between two connections --
+holding none, its only thread -- keeping its listeners open;
+:mod:`arbiter.workers.mold` forks, and the mold and its children each serve
+again.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class PreforkedWorker(Worker):
     """Accept, serve the connection to the end, repeat."""
 
     worker_type = "preforked"
+    can_refork = True
 
     def serve(self) -> None:
         selector = selectors.DefaultSelector()
@@ -62,10 +67,10 @@ class PreforkedWorker(Worker):
         # so a slow client cannot keep the worker from everyone else.
         hold_limit = float(self.cfg.timeout)
         handler = self.handler
-        stopping = self.stopping
+        stopping = self.stopping  # and a mold about to fork: see Worker.stopping
         tls = self.tls  # TLS: serve_connection does the handshake, bounded by header_timeout
         try:
-            while self.between_requests():
+            while self.between_requests() and not self.fork_due:
                 for key, _ in selector.select(self.tick):
                     listener = key.data
                     if listener is None:
@@ -89,11 +94,12 @@ class PreforkedWorker(Worker):
                                              hold_limit=hold_limit)
                         finally:
                             conn.close()
-                        if not self.between_requests():
+                        if not self.between_requests() or self.fork_due:
                             break
-                    if not self.alive:
+                    if not self.alive or self.fork_due:
                         break
         finally:
             selector.close()
-            for listener in self.listeners:
-                listener.sock.close()
+            if not (self.alive and self.fork_due):  # a mold serves again after forking
+                for listener in self.listeners:
+                    listener.sock.close()

@@ -29,6 +29,8 @@ A request stuck in the app cannot be killed in a thread: the master dumps every
 thread's traceback and recycles the worker (``hung_policy = "recycle"``) once
 a replacement is ready: it then stops accepting, and every other connection
 finishes as its lifecycle promised.
+As a mold (``refork_after``) it drains like a stopping worker, keeping its listeners,
+then forks from its only thread (:mod:`arbiter.workers.mold`); both serve afresh.
 """
 
 from __future__ import annotations
@@ -61,11 +63,13 @@ class ThreadedWorker(Worker):
     worker_type = "threaded"
     multithread = True
     hung_policy = "recycle"
+    can_refork = True
 
     def request_capacity(self) -> int:
         return max(1, int(self.cfg.max_connections))  # utilization: requests / the bound
 
     def serve(self) -> None:
+        self.slot.set_closed(False)  # a mold that forked accepts again
         self.limit = max(1, int(self.cfg.max_connections))
         self.active = 0  # connections being served
         self.idle_threads: list[ConnectionThread] = []
@@ -90,7 +94,7 @@ class ThreadedWorker(Worker):
         selector.register(self.freed_r, selectors.EVENT_READ, THREAD_FREED)
         socknames = {listener.fileno: listener.sock.getsockname() for listener in self.listeners}
         try:
-            while self.between_requests():
+            while self.between_requests() and not self.fork_due:
                 wait = RECHECK if self.deferring else self.tick
                 for key, _ in selector.select(wait):
                     data = key.data
@@ -120,9 +124,12 @@ class ThreadedWorker(Worker):
                            self.number, os.getpid(), self.active)
         finally:
             selector.close()
-            for listener in self.listeners:
-                listener.sock.close()
+            if not (self.alive and self.fork_due):  # a mold serves again after forking
+                for listener in self.listeners:
+                    listener.sock.close()
         self.finish_connections()
+        for fd in (self.freed_r, self.freed_w):  # no thread is left to write to it
+            os.close(fd)
 
     # -- accepting --------------------------------------------------------------
     def watch_listeners(self, selector: selectors.BaseSelector) -> None:
@@ -204,19 +211,20 @@ class ThreadedWorker(Worker):
                     os.write(self.freed_w, b"\0")
                 except BlockingIOError:
                     pass
-            if not self.alive:
+            if self.stopping():
                 self.connection_ended.notify()
                 return None
             self.idle_threads.append(worker_thread)
             deadline = time.monotonic() + THREAD_LINGER_SECONDS
             while not worker_thread.handoff:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.alive:
+                if remaining <= 0 or self.stopping():
                     break
                 worker_thread.handed.wait(remaining)
             if worker_thread.handoff:
                 return worker_thread.handoff.popleft()
-            self.idle_threads.remove(worker_thread)
+            if worker_thread in self.idle_threads:  # a mold's next serve() has a new list
+                self.idle_threads.remove(worker_thread)
             return None
 
     def nobody_waiting(self) -> bool:

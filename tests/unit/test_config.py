@@ -932,3 +932,22 @@ def test_asgi_settings_with_worker_type_unset_warn_only_once_the_app_is_known(tm
     [warning] = ineffective_settings(cfg, "preforked")
     assert warning.startswith('lifespan: "on" (set by ')
     assert "has no effect with worker_type preforked: it applies to asgi only" in warning
+
+
+def test_refork_after_is_a_list_of_request_counts(tmp_path: Path) -> None:
+    path = write(tmp_path, "refork_after: [1000, 5000]\n")
+    assert load_config(path, env={}).refork_after == (1000, 5000)
+    assert load_config(env={}).refork_after == ()
+    assert load_config(env={"ARBITER_REFORK_AFTER": "50,200"}).refork_after == (50, 200)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "refork_after: [100, 0]\n", "bad.yaml"), env={})
+    assert "refork_after[1]: expected an integer >= 1, got 0" in str(err.value)
+    # on a type that cannot be a mold yet, a warning that says so, with the counts as numbers
+    cfg = load_config(path, env={}, cli={"worker_type": "pooled"})
+    [warning] = ineffective_settings(cfg)
+    assert warning.startswith(f"refork_after: [1000, 5000] (set by {path}:1) has no effect "
+                              f"with worker_type pooled: it applies to preforked and threaded "
+                              f"only")
+    for worker_type in ("preforked", "threaded"):
+        cfg = load_config(path, env={}, cli={"worker_type": worker_type})
+        assert ineffective_settings(cfg) == [], worker_type

@@ -204,3 +204,19 @@ def test_going_idle_clears_the_count_before_the_start():
     writer.show_in_flight(0, 0.0, "", "")
     row = board.read(0)
     assert row.in_flight == 0 and row.state == IDLE
+
+
+def test_a_fork_request_is_taken_once_by_the_mold():
+    from arbiter.scoreboard import FORK_REQUESTED, NOT_READY
+
+    board = Scoreboard(slots=4)
+    mold = board.writer(0)
+    board.claim(0, 1, 1)
+    board.claim(2, 1, 3, FORK_REQUESTED)
+    assert mold.fork_requests() == [2]
+    assert board.read(2).state in NOT_READY  # the master does not count it ready
+    child = mold.take_fork_request(2)
+    assert mold.fork_requests() == []  # never forked twice
+    assert (child.index, child.claimed_number()) == (2, 3)
+    child.set_pid(4242)
+    assert board.read(2).pid == 4242 and board.read(2).state == BOOTING
