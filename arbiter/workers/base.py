@@ -138,6 +138,7 @@ class Worker:
     worker_type = "base"
     multithread = False
     hung_policy = "kill"
+    capacity_setting: str | None = None  # the setting that bounds requests at once (utilization)
     # serve() returns at a quiet point once fork_due is set, so this type can be a mold
     can_refork = False
 
@@ -391,9 +392,11 @@ class Worker:
                             serving=self.requests_in_progress, counts=self.slot)
 
     def request_capacity(self) -> int | None:
-        """Multithreaded workers: how many requests at once use the whole worker
-        (None: no such bound; busy means a request is in flight)."""
-        return None
+        """Multithreaded workers: how many requests at once use the whole worker -- the
+        setting named by ``capacity_setting`` (None: no such bound; busy means a request
+        is in flight)."""
+        name = self.capacity_setting
+        return max(1, int(getattr(self.cfg, name))) if name else None
 
     def _show_running(self, now: float) -> None:
         """Multithreaded workers: publish the in-flight count, the oldest request -- the

@@ -53,6 +53,7 @@ class PooledWorker(Worker):
     worker_type = "pooled"
     multithread = True
     hung_policy = "recycle"
+    capacity_setting = "threads"  # utilization: busy threads / threads
 
     def serve(self) -> None:
         self.reactor = reactor = Reactor(self, self, max(1, int(self.cfg.max_connections)))
@@ -76,9 +77,6 @@ class PooledWorker(Worker):
 
     def may_keep_alive(self) -> bool:
         return self.alive
-
-    def request_capacity(self) -> int:
-        return max(1, int(self.cfg.threads))  # utilization: busy threads / threads
 
     # -- the strategy: the reactor side ----------------------------------------------------
     def respond(self, conn: Connection) -> bool:

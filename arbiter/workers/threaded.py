@@ -28,9 +28,8 @@ turn over to the waiting clients instead of staying with the ones they have.
 A request stuck in the app cannot be killed in a thread: the master dumps every
 thread's traceback and recycles the worker (``hung_policy = "recycle"``) once
 a replacement is ready: it then stops accepting, and every other connection
-finishes as its lifecycle promised.
-As a mold (``refork_after``) it drains like a stopping worker, keeping its listeners,
-then forks from its only thread (:mod:`arbiter.workers.mold`); both serve afresh.
+finishes as its lifecycle promised. A mold (``refork_after``) drains, keeping its
+listeners, then forks from its only thread (:mod:`arbiter.workers.mold`).
 """
 
 from __future__ import annotations
@@ -63,10 +62,8 @@ class ThreadedWorker(Worker):
     worker_type = "threaded"
     multithread = True
     hung_policy = "recycle"
+    capacity_setting = "max_connections"  # utilization: requests / the bound
     can_refork = True
-
-    def request_capacity(self) -> int:
-        return max(1, int(self.cfg.max_connections))  # utilization: requests / the bound
 
     def serve(self) -> None:
         self.slot.set_closed(False)  # a mold that forked accepts again
