@@ -22,6 +22,7 @@ import pytest
 from harness import asgi_twin, free_port, nginx_binary, running_nginx, wait_for
 
 pytestmark = pytest.mark.timeout(90)
+LOAD_SECONDS = 2.0  # of load per test, with three HUPs in it (or recycles every 40 requests)
 
 APP = """
 def app(environ, start_response):
@@ -114,8 +115,8 @@ def hup_while(server, seconds: float, hups: int) -> threading.Thread:
 @pytest.mark.parametrize("mode", ["hup", "recycle"])
 def test_no_request_fails_on_reload_or_recycle(server, worker_type, mode):
     start(server, worker_type, "max_requests: 40\n" if mode == "recycle" else "")
-    sender = hup_while(server, 3.0, 3) if mode == "hup" else None
-    answered, failures = closed_loop(server.port, 6, 3.0)
+    sender = hup_while(server, LOAD_SECONDS, 3) if mode == "hup" else None
+    answered, failures = closed_loop(server.port, 6, LOAD_SECONDS)
     if sender is not None:
         sender.join(10)
     assert not failures, f"{len(failures)} of {answered + len(failures)}: {failures[:3]}"
@@ -146,8 +147,8 @@ def test_no_502_behind_nginx_with_upstream_keepalive(server, worker_type, mode, 
         except OSError:
             return False
     with running_nginx(base, conf, port, ready=nginx_answers):
-        sender = hup_while(server, 3.0, 3) if mode == "hup" else None
-        answered, failures = closed_loop(port, 6, 3.0)
+        sender = hup_while(server, LOAD_SECONDS, 3) if mode == "hup" else None
+        answered, failures = closed_loop(port, 6, LOAD_SECONDS)
         if sender is not None:
             sender.join(10)
     bad_gateway = [line for line in (base / "access.log").read_text().splitlines()
