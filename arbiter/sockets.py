@@ -16,7 +16,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 
-from arbiter.http.queue_time import enable_receive_timestamps
+from arbiter.io.stamps import enable_receive_timestamps
 
 # A unix socket a local proxy (nginx's workers run as another user) can connect to;
 # "unix:/path:0660" (or 0600) hardens it.
@@ -90,7 +90,7 @@ class Listener:
             except OSError:
                 pass
             # And the kernel's receive timestamps, which the queue time is read from
-            # (arbiter.http.queue_time): on the listener, so that bytes waiting in the
+            # (arbiter.io.stamps): on the listener, so that bytes waiting in the
             # backlog are stamped when they arrived, not when a worker got to them.
             enable_receive_timestamps(self.sock)
 

@@ -55,9 +55,9 @@ from arbiter.http.app_response import (
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
-from arbiter.http.queue_time import peek_stamp
 from arbiter.io.event_loop import awaiting_stack, wake_all
 from arbiter.io.proxy import take_proxy_header
+from arbiter.io.stamps import peek_stamp
 
 __all__ = ["HTTPProtocol", "READ_HIGH", "RequestCycle", "open_connection"]
 

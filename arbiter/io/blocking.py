@@ -31,9 +31,9 @@ from arbiter.http.inputs import EMPTY_INPUT, StreamInput
 from arbiter.http.lifecycle import CLOSE, LINGER_THEN_CLOSE, READ, RESPOND, WRITE, Lifecycle
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
-from arbiter.http.queue_time import peek_stamp
 from arbiter.http.wsgi import NULL_OBSERVER, RequestObserver, WSGIHandler
 from arbiter.io.proxy import ProxyHeaderTaker
+from arbiter.io.stamps import peek_stamp
 from arbiter.io.transport import (
     READABLE,
     TIMEOUT,

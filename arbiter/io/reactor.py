@@ -50,13 +50,13 @@ from arbiter.http.lifecycle import (
 )
 from arbiter.http.parsers import make_head_parser
 from arbiter.http.protocol import HTTPConnection
-from arbiter.http.queue_time import peek_stamp
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
 from arbiter.io.balance import RECHECK, AcceptShare
 from arbiter.io.poller import READ as _READ
 from arbiter.io.poller import WRITE as _WRITE
 from arbiter.io.poller import Poller
 from arbiter.io.proxy import ProxyHeaderTaker
+from arbiter.io.stamps import peek_stamp
 from arbiter.io.transport import NonBlockingTLSTransport, NonBlockingTransport, WouldBlock
 from arbiter.tls import HANDSHAKE_ERRORS
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from arbiter.http.app_response import ClientDisconnected
-from arbiter.http.queue_time import recv_stamped, stamps_possible
+from arbiter.io.stamps import recv_stamped, stamps_possible
 from arbiter.tls import close_notify, wrap
 
 __all__ = [

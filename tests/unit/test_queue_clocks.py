@@ -8,12 +8,8 @@ import time
 
 import pytest
 
-from arbiter.http.queue_time import (
-    enable_receive_timestamps,
-    parse_request_start,
-    peek_stamp,
-    recv_stamped,
-)
+from arbiter.http.queue_time import parse_request_start
+from arbiter.io.stamps import enable_receive_timestamps, peek_stamp, recv_stamped
 
 pytestmark = pytest.mark.timeout(10)
 
