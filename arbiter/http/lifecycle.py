@@ -30,7 +30,9 @@ The driver's loop::
         READ     -> wait for bytes until lc.deadline: lc.received(data, now) (b"" = EOF),
                     or lc.timed_out(now) when the deadline passes
         WRITE    -> write lc.take_output() (a 100 Continue, a core error answer)
-        RESPOND  -> run the app for lc.request (lc.body_input when bodies are buffered,
+        RESPOND  -> when the app is about to start, lc.admit() (False: the request waited
+                    past max_queue_time -- skip the app, next() has its 503 to write);
+                    run the app for lc.request (lc.body_input when bodies are buffered,
                     else pull the body with lc.read_body, or lc.next_body_piece from a
                     driver that must not block); then lc.response_done(outcome)
         LINGER   -> shut the write side; READ until lc.deadline, discarding; then close
