@@ -424,21 +424,24 @@ class SlotWriter:
         self._i32[self._in_flight] = 1
         self._bytes[self._state] = BUSY
 
-    def show_in_flight(self, in_flight: int, started: float, method: str, path: str) -> None:
+    def show_in_flight(self, in_flight: int, started: float, method: str, path: str,
+                       now: float | None = None) -> None:
         """For workers running several requests at once: the count and the oldest one.
         Going idle, the count is cleared before the start, so no reader pairs a request
         in flight with a start of 0 (the master once took that for a request running
-        since boot, and recycled a healthy worker)."""
+        since boot, and recycled a healthy worker); the last request line stays (it is
+        read only while a request is in flight)."""
+        if now is None:
+            now = time.monotonic()
         if not in_flight:
             self._i32[self._in_flight] = 0
             self._bytes[self._state] = IDLE
-            self._f64[self._heartbeat] = time.monotonic()
+            self._f64[self._heartbeat] = now
             self._f64[self._req_start] = started
-            self._write_request(method, path)
             return
         self._f64[self._req_start] = started
         self._write_request(method, path)
-        self._f64[self._heartbeat] = time.monotonic()
+        self._f64[self._heartbeat] = now
         self._i32[self._in_flight] = in_flight
         self._bytes[self._state] = BUSY
 

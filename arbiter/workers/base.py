@@ -178,6 +178,7 @@ class Worker:
         # Multithreaded workers: the requests running now, by thread (start, method, path).
         self.requests_lock = threading.Lock()
         self.running: dict[object, tuple[float, str, str]] = {}
+        self.capacity = self.request_capacity()  # utilization's denominator (None: 1 or 0)
 
     def pick_max_requests(self) -> int:
         """This worker's ``max_requests`` with its jitter (0: never recycled)."""
@@ -402,15 +403,15 @@ class Worker:
         """Multithreaded workers: publish the in-flight count, the oldest request -- the
         first one in ``running``, which keeps them in the order they started -- and the
         fraction of capacity in use from ``now``."""
-        capacity = self.request_capacity()
+        capacity = self.capacity
         running = len(self.running)
         self.slot.account_busy(now, min(running, capacity) / capacity if capacity
                                else 1.0 if running else 0.0)
-        if self.running:
+        if running:
             started, method, path = next(iter(self.running.values()))
-            self.slot.show_in_flight(len(self.running), started, method, path)
+            self.slot.show_in_flight(running, started, method, path, now)
         else:
-            self.slot.show_in_flight(0, 0.0, "", "")
+            self.slot.show_in_flight(0, 0.0, "", "", now)
 
     def request_started(self, method: str, path: str, key: object = None) -> None:
         """A request begins. ``key`` names it for a multithreaded worker when another
