@@ -74,14 +74,18 @@ class LoopWatchdog:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, join: bool = False) -> None:
+        """Stop watching (``join``: and wait for the thread to be gone, before a fork)."""
         self.stop_event.set()
+        if join and self.thread.is_alive():
+            self.thread.join(timeout=self.threshold + 1.0)
 
     def follow(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hear an asyncio loop turn: a callback every :attr:`period` calls :meth:`turned`."""
         def turning() -> None:
-            self.turned()
-            loop.call_later(self.period, turning)
+            if not self.stop_event.is_set():  # a stopped watchdog's callbacks end with it
+                self.turned()
+                loop.call_later(self.period, turning)
 
         loop.call_soon(turning)
 

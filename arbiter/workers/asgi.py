@@ -24,14 +24,12 @@ only the strategy around it:
   by its :class:`~arbiter.asgi.connection.RequestCycle` (504); the worker serves on.
 * **reactor_block_warning**: a loop blocked that long logs the blocking call's
   stack (:class:`~arbiter.io.event_loop.LoopWatchdog`).
-* **Stop** (TERM, a recycle, a scale-down): the listeners close, every
-  connection is told and finishes as its lifecycle promised, within
-  ``graceful_timeout`` less ``SHUTDOWN_RESERVE`` (then what is left is
-  cut), then the lifespan shutdown runs in what is left of
-  ``graceful_timeout`` -- the master kills the worker at its end. An open
-  WebSocket (:mod:`arbiter.asgi.websocket`) is left to its app until
-  ``WEBSOCKET_CLOSE_MARGIN`` before the drain's end, then sent a close 1001
-  ("going away") and given the margin for its close handshake.
+* **Stop** (TERM, a recycle, a scale-down) and **refork** (``refork_after``:
+  this type can be the mold): :mod:`arbiter.asgi.draining` -- a stop drains
+  every connection within ``graceful_timeout`` less ``SHUTDOWN_RESERVE``,
+  then runs the lifespan shutdown; a mold stops accepting until no request is
+  in flight, forks between two runs of its loop, and the worker it forked
+  starts a loop and a lifespan of its own.
 """
 
 from __future__ import annotations
@@ -39,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from arbiter.appload import asgi2_reason
 from arbiter.asgi.connection import HTTPProtocol, open_connection
+from arbiter.asgi.draining import drain, quiet_for_fork, start_afresh_after_fork
 from arbiter.asgi.handler import ASGIHandler
 from arbiter.asgi.lifespan import Lifespan, LifespanFailed
 from arbiter.io.accept import ACCEPT_BACKOFF, AcceptPaused, accept_one
@@ -54,7 +54,6 @@ from arbiter.workers.evented import FD_SLACK, raise_open_files_limit
 __all__ = ["AsgiWorker"]
 
 SHUTDOWN_RESERVE = 1.0  # of graceful_timeout (at most a quarter), kept for the lifespan shutdown
-WEBSOCKET_CLOSE_MARGIN = 2.0  # of the drain (at most a quarter): open WebSockets close 1001
 
 
 class AsgiWorker(Worker):
@@ -63,6 +62,7 @@ class AsgiWorker(Worker):
     worker_type = "asgi"
     multithread = True  # many requests in flight: the scoreboard shows count and oldest
     hung_policy = "self"
+    can_refork = True
 
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -72,32 +72,42 @@ class AsgiWorker(Worker):
 
     def start_app(self) -> str | None:
         cfg = self.cfg
-        self.connections: set[HTTPProtocol] = set()
-        self.opening = 0  # accepted, handshake under way
-        self.draining = False
-        self.accepting = False
-        self.full = False  # the listeners are unwatched at max_connections
-        self.share = AcceptShare(self.slot, int(cfg.workers))
         self.request_timeout = float(cfg.timeout)
         self.websocket_message_limit = int(cfg.limits.websocket_message)
         self.max_open = cfg.max_connections
         soft = raise_open_files_limit(cfg.max_connections + FD_SLACK)
         if soft != resource.RLIM_INFINITY and soft < cfg.max_connections + FD_SLACK:
             self.max_open = max(1, soft - FD_SLACK)
+        self.left_by_the_mold: list = []  # a reforked worker's: see start_afresh_after_fork
+        return self.open_loop()
+
+    def open_loop(self) -> str | None:
+        """A new event loop, and the lifespan startup run on it: None, or why it failed."""
+        self.connections: set[HTTPProtocol] = set()
+        self.opening = 0  # accepted, handshake under way
+        # full: the listeners are unwatched at max_connections
+        self.draining = self.quieting = self.accepting = self.full = False
+        self.share = AcceptShare(self.slot, int(self.cfg.workers))
         self.loop = loop = new_event_loop()
         asyncio.set_event_loop(loop)
         loop.set_exception_handler(self.loop_error)
-        self.stop_requested = asyncio.Event()
+        loop.set_default_executor(self.new_executor())  # a mold's is new after a fork
+        self.stop_requested = asyncio.Event()  # TERM, or (a mold) a fork request
         self.all_closed = asyncio.Event()
-        self.lifespan = Lifespan(self.handler.asgi_app, cfg.lifespan, self.handler.state,
+        self.beating = False
+        self.lifespan = Lifespan(self.handler.asgi_app, self.cfg.lifespan, self.handler.state,
                                  self.log)
         try:
-            loop.run_until_complete(self.lifespan.startup(float(cfg.boot_timeout)))
+            loop.run_until_complete(self.lifespan.startup(float(self.cfg.boot_timeout)))
         except LifespanFailed as exc:
             loop.close()
             return str(exc)
         self.log.debug("worker #%d: %s event loop", self.number, type(loop).__module__)
         return None
+
+    def new_executor(self) -> ThreadPoolExecutor:
+        self.executor = ThreadPoolExecutor(thread_name_prefix="asgi-executor")
+        return self.executor
 
     def serve(self) -> None:
         assert self.loop is not None
@@ -105,36 +115,46 @@ class AsgiWorker(Worker):
         if watchdog is not None:
             watchdog.start()
             watchdog.follow(self.loop)
+        forking = False
         try:
             self.loop.run_until_complete(self.main())
+            forking = self.alive and self.fork_due
+            if forking:  # its idle threads go (a fork beside a thread is refused)
+                self.executor.shutdown(wait=False)
+                self.loop.set_default_executor(self.new_executor())
         finally:
             if watchdog is not None:
-                watchdog.stop()
-            for listener in self.listeners:
-                listener.sock.close()
-            self.loop.close()
+                watchdog.stop(join=forking)
+            if not forking:
+                for listener in self.listeners:
+                    listener.sock.close()
+                self.loop.close()
 
     async def main(self) -> None:
-        for listener in self.listeners:
-            listener.sock.setblocking(False)
+        self.slot.set_closed(False)  # a mold that forked accepts again
+        self.stop_requested.clear()
         self.watch_listeners(True)
-        self.beat()
+        if not self.beating:
+            self.beating = True
+            self.beat()
         await self.stop_requested.wait()
+        if self.alive and self.fork_due and await quiet_for_fork(self):
+            return  # quiet: the mold forks (else a TERM came meanwhile: the drain)
         started = time.monotonic()
         graceful = float(self.cfg.graceful_timeout)
-        # The master kills what is left at graceful_timeout: the drain ends before, so the
-        # lifespan shutdown still has a moment.
-        await self.drain(graceful - min(SHUTDOWN_RESERVE, graceful / 4))
+        # the drain ends before graceful_timeout (the master's kill): the lifespan shutdown's
+        await drain(self, graceful - min(SHUTDOWN_RESERVE, graceful / 4))
         left = graceful - (time.monotonic() - started)
         await self.lifespan.shutdown(max(left, 0.1))
+
+    reforked = start_afresh_after_fork  # in a worker a mold forked: its own loop, lifespan
 
     # -- the loop's chores ---------------------------------------------------------------
     def beat(self) -> None:
         """Heartbeat and housekeeping, every half tick, from the loop itself."""
-        if self.between_requests():
-            self.loop.call_later(self.tick / 2, self.beat)
-        else:
+        if not self.between_requests() or self.fork_due:
             self.stop_requested.set()
+        self.loop.call_later(self.tick / 2, self.beat)
 
     def loop_error(self, loop: Any, context: dict) -> None:
         """What asyncio could not hand to anyone (a callback's error): the error log."""
@@ -143,6 +163,13 @@ class AsgiWorker(Worker):
 
     def handle_term(self, signum: int, frame: Any) -> None:
         super().handle_term(signum, frame)
+        self.wake_main()
+
+    def handle_urg(self, signum: int, frame: Any) -> None:
+        super().handle_urg(signum, frame)
+        self.wake_main()
+
+    def wake_main(self) -> None:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.stop_requested.set)
 
@@ -151,7 +178,7 @@ class AsgiWorker(Worker):
 
     # -- accepting ---------------------------------------------------------------------
     def watch_listeners(self, watch: bool) -> None:
-        if watch == self.accepting or (watch and self.draining):
+        if watch == self.accepting or (watch and (self.draining or self.quieting)):
             return
         self.accepting = watch
         if watch:
@@ -159,6 +186,7 @@ class AsgiWorker(Worker):
             self.share.deferring(False)
         for listener in self.listeners:
             if watch:
+                listener.sock.setblocking(False)
                 self.loop.add_reader(listener.sock.fileno(), self.accept, listener)
             else:
                 self.loop.remove_reader(listener.sock.fileno())
@@ -187,7 +215,7 @@ class AsgiWorker(Worker):
 
     def end_deferral(self) -> None:
         """While leaving the accept queue to peers: accept again once they caught up."""
-        if self.accepting or self.draining:
+        if self.accepting or self.draining or self.quieting:
             return
         now = time.monotonic()
         held = len(self.connections) + self.opening
@@ -215,35 +243,7 @@ class AsgiWorker(Worker):
         held = len(self.connections) + self.opening
         if self.draining and not held:
             self.all_closed.set()
+        elif self.quieting:
+            self.all_closed.set()  # quiet_for_fork counts what is left
         elif not self.draining and self.full and held < self.max_open:
             self.watch_listeners(True)
-
-    # -- stopping ----------------------------------------------------------------------
-    async def drain(self, within: float) -> None:
-        """Accept nothing more; let every connection finish as its lifecycle promised,
-        ``within`` seconds; then cut what is left."""
-        self.watch_listeners(False)
-        self.draining = True
-        self.slot.set_closed()
-        for listener in self.listeners:
-            listener.sock.close()
-        for conn in list(self.connections):
-            conn.stop()
-        self.forget(None)
-        # A WebSocket is not cut when the drain starts (its app may still use it): it is
-        # sent a close 1001 once the time is nearly up, its close handshake given the rest.
-        margin = min(WEBSOCKET_CLOSE_MARGIN, within / 4)
-        try:
-            await asyncio.wait_for(self.all_closed.wait(), max(within - margin, 0.0))
-        except TimeoutError:
-            for conn in list(self.connections):
-                conn.going_away()
-        try:
-            await asyncio.wait_for(self.all_closed.wait(), margin)
-        except TimeoutError:
-            self.log.warning("worker #%d: graceful_timeout reached with %d connection(s) "
-                             "still open; closing them", self.number, len(self.connections))
-            for conn in list(self.connections):
-                if conn.cycle is not None and conn.cycle.task is not None:
-                    conn.cycle.task.cancel()
-                conn.abort()

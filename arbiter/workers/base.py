@@ -251,6 +251,10 @@ class Worker:
                 self.access_log.close()
         return EXIT_OK
 
+    def reforked(self) -> None:
+        """In a worker a mold forked, before it reports ready: what its type must start
+        afresh rather than inherit (nothing, but for the asgi type)."""
+
     def make_handler(self, settings: HTTPSettings, access_log: Any) -> WSGIHandler:
         """The per-worker handler the HTTP core calls (the asgi type builds its own)."""
         return WSGIHandler(self.app, settings, self.log, access_log)

@@ -8,9 +8,11 @@ at a quiet point, so nothing half-done is carried into the child: the
 preforked loop leaves ``serve()`` between connections, holding no client
 socket; the threaded one drains first (no new connection, each one ended
 after its response in progress, its threads gone), and a mold with any
-thread left but its main one does not fork (the request expires). The
-mold and its children then enter ``serve()`` afresh: new threads, new
-selector. Each child is double-forked: the mold forks an intermediate
+thread left but its main one does not fork (the request expires); the
+asgi one stops accepting until no request is in flight and leaves its loop
+(:mod:`arbiter.asgi.draining`). The mold and its children then enter
+``serve()`` afresh: new threads, new selector (the asgi child: a new loop
+and its own lifespan startup, from ``Worker.reforked``). Each child is double-forked: the mold forks an intermediate
 process that forks the worker and exits at once, so the worker is
 re-parented to the master (a ``PR_SET_CHILD_SUBREAPER``), which reaps it,
 signals it and kills it when it hangs like any worker it forked itself. The
@@ -126,6 +128,7 @@ def become_forked_worker(worker: Any, slot: Any) -> None:
     worker.watch_master_death()
     if worker.after_refork is not None:
         worker.after_refork(worker)
+    worker.reforked()  # what the type starts afresh (the asgi type: its loop, its lifespan)
     worker.set_title()
     slot.heartbeat()
     slot.set_state(IDLE)

@@ -180,8 +180,8 @@ def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server
 def test_a_worker_type_that_cannot_refork_says_so_and_still_freezes_the_collector(server):
     start(server, "refork_after: [10]\n", workers=1, worker_type="pooled")
     server.wait_log("refork_after: [10] (set by server.yaml:")
-    assert "has no effect with worker_type pooled: it applies to preforked and threaded " \
-        "only" in server.stderr
+    assert "has no effect with worker_type pooled: it applies to preforked, threaded and " \
+        "asgi only" in server.stderr
     for _ in range(30):
         _, ppid, frozen = answer(server)
         assert ppid == server.pid and frozen > 0

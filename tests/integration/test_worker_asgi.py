@@ -656,7 +656,9 @@ def test_ctl_status_shows_asgi_requests_in_flight_and_counts_them(make_server):
     assert (worker["current"]["method"], worker["current"]["path"]) == ("GET", "/sleep")
     for thread in threads:
         thread.join(20)
-    data = ctl_status(server)
+    # a response reaches its client a moment before the worker has counted it
+    data = wait_for(lambda: (d := ctl_status(server))["requests"]["by_status"].get("2xx") == 3
+                    and d, timeout=10, message="the 3 requests counted")
     assert data["master"]["worker_type"] == "asgi"
     assert data["requests"]["by_status"]["2xx"] == 3  # (the readiness poll got a 404)
     assert data["requests"]["by_method"]["GET"] == 4
