@@ -40,7 +40,7 @@ from typing import Any
 from arbiter.http.inputs import EMPTY_INPUT
 from arbiter.http.protocol import Request
 from arbiter.http.settings import HTTPSettings
-from arbiter.http.wsgi import ConnectionInfo, WSGIHandler, request_id
+from arbiter.http.wsgi import ConnectionInfo, WSGIHandler, new_request_id, request_id
 
 __all__ = ["ASGIHandler", "as_asgi3"]
 
@@ -69,13 +69,20 @@ def _text(value: str) -> str:
         return value
 
 
+_SERVERS: dict[Any, tuple] = {}  # a listener's address -> its scope "server" (a few)
+
+
 def _server(sockname: Any) -> Any:
     """The scope's ``server``: the listener's (host, port), or [path, None] for a unix
-    socket."""
+    socket; remembered (a worker has a few listeners)."""
     if isinstance(sockname, tuple):
-        return (str(sockname[0]), int(sockname[1]))
-    return (sockname.decode("latin-1") if isinstance(sockname, bytes)
-            else str(sockname or ""), None)
+        server: tuple = (str(sockname[0]), int(sockname[1]))
+    else:
+        server = (sockname.decode("latin-1") if isinstance(sockname, bytes)
+                  else str(sockname or ""), None)
+    if len(_SERVERS) < 64:
+        _SERVERS[sockname] = server
+    return server
 
 
 class ASGIHandler(WSGIHandler):
@@ -110,8 +117,8 @@ class ASGIHandler(WSGIHandler):
             headers.append((name, value))
         full_path, path_info = self.split_path(request)
         root_path = self.root_path
-        headers.append((b"x-request-id", request_id(
-            sent_id.decode("latin-1") if sent_id is not None else None).encode("latin-1")))
+        rid = request_id(sent_id.decode("latin-1")) if sent_id is not None else new_request_id()
+        headers.append((b"x-request-id", rid.encode("latin-1")))
         peer = info.environ
         remote = peer["REMOTE_ADDR"]
         if not info.unix:
@@ -156,13 +163,13 @@ class ASGIHandler(WSGIHandler):
             "http_version": request.http_version,
             "method": request.method,
             "scheme": scheme,
-            "path": root_path + _text(path_info),
+            "path": root_path + (path_info if path_info.isascii() else _text(path_info)),
             "raw_path": request.path,
             "query_string": request.query,
             "root_path": root_path,
             "headers": headers,
             "client": client,
-            "server": _server(sockname),
+            "server": _SERVERS.get(sockname) or _server(sockname),
             "state": self.state.copy(),
             "extensions": {"http.response.pathsend": {}},
         }
