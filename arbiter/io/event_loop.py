@@ -75,7 +75,11 @@ class LoopWatchdog:
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop watching; the thread is joined (it wakes at once), so a worker about
+        to fork holds no thread of it."""
         self.stop_event.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(1.0)
 
     def follow(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hear an asyncio loop turn: a callback every :attr:`period` calls :meth:`turned`."""

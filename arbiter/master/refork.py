@@ -12,7 +12,7 @@ has served N2 requests it becomes the mold in turn, and so on down the list;
 after the last step the last mold stays the mold. The mold keeps serving
 (it is one of ``workers``): it forks only at a quiet point of its own loop
 (:mod:`arbiter.workers.mold`), which is why only ``can_refork`` types
-(preforked, threaded) can be molds; on the others the setting is a warning
+(preforked, threaded, pooled, evented) can be molds; on the others the setting is a warning
 at start, and their workers are forked from the master.
 
 The master is a ``PR_SET_CHILD_SUBREAPER`` (Linux): the mold double-forks, so
@@ -186,9 +186,9 @@ class Reforking:
             # worker_type unset and the app ASGI (an explicit type was warned about at start)
             if not worker_type_chosen(gen.cfg) and self.refork_refused is not gen:
                 self.refork_refused = gen
-                self.log.warning("refork_after has no effect on %s workers (preforked and "
-                                 "threaded only so far): every worker is forked from the master",
-                                 gen.worker_type)
+                self.log.warning("refork_after has no effect on %s workers (preforked, "
+                                 "threaded, pooled and evented only so far): every worker is "
+                                 "forked from the master", gen.worker_type)
             return
         self.choose_mold(gen, steps)
         mold = self.mold

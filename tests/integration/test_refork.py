@@ -1,15 +1,17 @@
 """Reforking (``refork_after``) as an operator sees it, on a real arbiter.
 
-Three preforked workers; after 50 requests a warm worker becomes the mold,
-the others are replaced one at a time by workers forked from it, and after
-50 more requests of one of those, again from it. A closed-loop client that
-never retries runs all along and sees no failure. The new workers are the
+Three workers of each type that can be a mold (preforked, threaded, pooled,
+evented); after 50 requests a warm worker becomes the mold, the others are
+replaced one at a time by workers forked from it, and after 50 more
+requests of one of those, again from it. A closed-loop client that never
+retries runs all along and sees no failure. The new workers are the
 master's children (``ps``), ``ctl status`` shows their refork generation
 and the mold; the app itself reports its parent and that the collector is
 frozen. The master still replaces a reforked worker killed with SIGKILL
-(and a TTIN's worker comes from the mold too), a HUP goes back to workers forked from the master, and TERM stops them all.
+(and a TTIN's worker comes from the mold too), a HUP goes back to workers
+forked from the master, and TERM stops them all. A type that cannot be a
+mold (asgi) says so and is forked from the master.
 """
-
 from __future__ import annotations
 
 import http.client
@@ -30,6 +32,17 @@ import gc, os
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"%d %d %d" % (os.getpid(), os.getppid(), gc.get_freeze_count())]
+"""
+
+ASGI_APP = """
+import gc, os
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body",
+                "body": b"%d %d %d" % (os.getpid(), os.getppid(), gc.get_freeze_count())})
 """
 
 
@@ -81,7 +94,7 @@ def status(server) -> dict:
 
 
 def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked") -> None:
-    server.write_app(APP)
+    server.write_app(ASGI_APP if worker_type == "asgi" else APP)
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
@@ -111,7 +124,7 @@ def settled(server, condition, count: int = 3) -> dict:
     return wait_for(check, 30, interval=0.2, message="the workers to settle")
 
 
-@pytest.mark.parametrize("worker_type", ["preforked", "threaded"])
+@pytest.mark.parametrize("worker_type", ["preforked", "threaded", "pooled", "evented"])
 def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server, worker_type):
     start(server, "refork_after: [50, 50]\n", worker_type=worker_type)
     master = server.pid
@@ -178,10 +191,10 @@ def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server
 
 
 def test_a_worker_type_that_cannot_refork_says_so_and_still_freezes_the_collector(server):
-    start(server, "refork_after: [10]\n", workers=1, worker_type="pooled")
+    start(server, "refork_after: [10]\n", workers=1, worker_type="asgi")
     server.wait_log("refork_after: [10] (set by server.yaml:")
-    assert "has no effect with worker_type pooled: it applies to preforked and threaded " \
-        "only" in server.stderr
+    assert "has no effect with worker_type asgi: it applies to preforked, threaded, pooled " \
+        "and evented only" in server.stderr
     for _ in range(30):
         _, ppid, frozen = answer(server)
         assert ppid == server.pid and frozen > 0

@@ -943,11 +943,11 @@ def test_refork_after_is_a_list_of_request_counts(tmp_path: Path) -> None:
         load_config(write(tmp_path, "refork_after: [100, 0]\n", "bad.yaml"), env={})
     assert "refork_after[1]: expected an integer >= 1, got 0" in str(err.value)
     # on a type that cannot be a mold yet, a warning that says so, with the counts as numbers
-    cfg = load_config(path, env={}, cli={"worker_type": "pooled"})
+    cfg = load_config(path, env={}, cli={"worker_type": "forked"})
     [warning] = ineffective_settings(cfg)
     assert warning.startswith(f"refork_after: [1000, 5000] (set by {path}:1) has no effect "
-                              f"with worker_type pooled: it applies to preforked and threaded "
-                              f"only")
-    for worker_type in ("preforked", "threaded"):
+                              f"with worker_type forked: it applies to preforked, threaded, "
+                              f"pooled and evented only")
+    for worker_type in ("preforked", "threaded", "pooled", "evented"):
         cfg = load_config(path, env={}, cli={"worker_type": worker_type})
         assert ineffective_settings(cfg) == [], worker_type
