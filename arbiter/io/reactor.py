@@ -290,10 +290,14 @@ class Reactor:
         """The worker stops, or is a mold about to fork: accept nothing more; every
         connection is told and finishes as its lifecycle promised (none is cut). A
         connection a pool thread holds is told when it comes back (``drive``)."""
+        worker = self.worker
         self.watch_listeners(False)
         self.draining = True
-        self.worker.slot.set_closed()  # its peers stop counting on it
-        if not self.worker.alive:  # a mold keeps them for after the fork
+        worker.slot.set_closed()  # its peers stop counting on it
+        self.log.debug("worker #%d (pid %d) stops accepting%s; %d connection(s) to finish",
+                       worker.number, os.getpid(), "" if not worker.alive else " to fork",
+                       len(self.connections))
+        if not worker.alive:  # a mold keeps them for after the fork
             for listener in self.listeners:
                 listener.sock.close()
         for conn in list(self.connections):

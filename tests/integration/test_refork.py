@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 import threading
@@ -219,3 +220,47 @@ def test_the_post_fork_hook_runs_in_each_worker_a_mold_forks(server):
     lines = (server.workdir / "post_fork.log").read_text().split("\n")
     calls = {tuple(int(x) for x in line.split()) for line in lines if line}
     assert {(w["pid"], w["number"]) for w in snap["workers"]} <= calls
+
+
+def keep_alive_get(sock) -> tuple[int, str]:
+    """GET / on a kept-alive socket: the status and the Connection header (lower case)."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), headers.get("connection", "")
+
+
+@pytest.mark.parametrize("worker_type", ["threaded", "pooled", "evented"])
+def test_a_draining_mold_keeps_an_idle_kept_alive_connection_until_its_next_response(
+        server, worker_type):
+    """Asked for a worker, the mold stops accepting, but an idle kept-alive client is not
+    cut: its next request is answered (``Connection: close``), then the mold forks."""
+    start(server, "refork_after: [5]\nkeepalive: 30\nlog:\n  level: debug\n", workers=1,
+          worker_type=worker_type)
+    [mold_pid] = server.wait_workers(1)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        for _ in range(5):
+            assert keep_alive_get(sock) == (200, "")
+        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
+        server.signal(signal.SIGTTIN)  # one worker more: the master asks the mold for it
+        server.wait_log(f"(pid {mold_pid}) stops accepting to fork; 1 connection(s) to finish")
+        assert keep_alive_get(sock) == (200, "close")  # idle through the drain's start
+        assert sock.recv(1) == b""  # then closed in order, not reset
+    finally:
+        sock.close()
+    snap = settled(server, lambda s: True, count=2)
+    assert sorted(w["refork_generation"] for w in snap["workers"]) == [0, 1]
+    assert mold_pid in {w["pid"] for w in snap["workers"]}
+    assert "did not fork" not in server.stderr
