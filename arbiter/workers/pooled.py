@@ -63,7 +63,7 @@ class PooledWorker(Worker):
     hung_policy = "recycle"
     capacity_setting = "threads"  # utilization: busy threads / threads
     can_refork = True
-    POOL_JOIN_SECONDS = 1.0  # after the drain every pool thread is idle: it exits at once
+    POOL_JOIN_SECONDS = 1.0  # after a drain every pool thread is idle: it exits at once
 
     def serve(self) -> None:
         self.reactor = reactor = Reactor(self, self, max(1, int(self.cfg.max_connections)))
@@ -88,17 +88,20 @@ class PooledWorker(Worker):
 
     def stop_pool(self, pool: list, closing: threading.Event) -> None:
         """The reactor is done: wake every idle pool thread to exit, join them, then
-        close the hand-back pipe (no thread is left to write to it)."""
+        close the hand-back pipe (no thread is left to write to it). A thread still
+        running a request (INT/QUIT, or ``graceful_timeout`` reached) is not waited
+        for: the process exits."""
         with self.work_ready:
             closing.set()
             self.work_ready.notify_all()
+        if self.reactor.connections:  # some are still in the pool
+            return
         deadline = time.monotonic() + self.POOL_JOIN_SECONDS
         for thread in pool:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in pool):
-            return  # stuck in the app past graceful_timeout: the process exits anyway
-        os.close(self.returns_r)
-        os.close(self.returns_w)
+        if not any(thread.is_alive() for thread in pool):
+            os.close(self.returns_r)
+            os.close(self.returns_w)
 
     # -- the strategy: the reactor side ----------------------------------------------------
     def respond(self, conn: Connection) -> bool:

@@ -94,7 +94,8 @@ def status(server) -> dict:
     return json.loads(ctl.stdout)
 
 
-def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked") -> None:
+def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked",
+          graceful_timeout: float = 10) -> None:
     server.write_app(ASGI_APP if worker_type == "asgi" else APP)
     server.write_config(textwrap.dedent(f"""
         app: app:app
@@ -102,7 +103,7 @@ def start(server, extra: str = "", workers: int = 3, worker_type: str = "prefork
         workers: {workers}
         worker_type: {worker_type}
         control_socket: arbiter.ctl
-        graceful_timeout: 10
+        graceful_timeout: {graceful_timeout}
     """) + extra)
     server.start("-c", "server.yaml")
 
@@ -264,3 +265,32 @@ def test_a_draining_mold_keeps_an_idle_kept_alive_connection_until_its_next_resp
     assert sorted(w["refork_generation"] for w in snap["workers"]) == [0, 1]
     assert mold_pid in {w["pid"] for w in snap["workers"]}
     assert "did not fork" not in server.stderr
+
+
+@pytest.mark.parametrize("worker_type", ["pooled", "evented"])
+def test_a_reactor_mold_that_cannot_drain_in_graceful_timeout_serves_on_unforked(
+        server, worker_type):
+    """A client idling on a kept-alive connection longer than ``graceful_timeout``: the
+    mold gives the fork up rather than cut it, and accepts again; the master, its request
+    unanswered within ``boot_timeout``, forks the worker itself."""
+    start(server, "refork_after: [5]\nkeepalive: 30\nboot_timeout: 3\nlog:\n  level: debug\n",
+          workers=1, worker_type=worker_type, graceful_timeout=1)
+    [mold_pid] = server.wait_workers(1)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        for _ in range(5):
+            assert keep_alive_get(sock) == (200, "")
+        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
+        server.signal(signal.SIGTTIN)
+        server.wait_log(f"(pid {mold_pid}), the mold, still holds 1 connection(s) after "
+                        "graceful_timeout: not forking")
+        pid, _, _ = answer(server)  # it accepts again
+        assert pid == mold_pid
+        assert keep_alive_get(sock) == (200, "close")  # told to stop: its last response
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+    server.wait_log("did not fork a worker within boot_timeout")
+    snap = settled(server, lambda s: True, count=2)
+    assert [w["refork_generation"] for w in snap["workers"]] == [0, 0]
+    assert mold_pid in {w["pid"] for w in snap["workers"]}
