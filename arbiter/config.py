@@ -665,7 +665,7 @@ SETTINGS: tuple[Setting, ...] = (
             " the mold the next workers are forked from, warm (memory shared); the old ones are"
             " replaced one at a time; after the next count, a worker of that generation"
             " becomes the mold, and so on ([] = off)",
-            applies_to=("preforked", "threaded", "asgi")),
+            applies_to=("preforked", "threaded", "pooled", "evented", "asgi")),
     Setting("max_worker_memory", 0, number(0),
             "MiB of the worker's private memory (USS, not RSS: pages shared with the master"
             " don't count); recycle it gracefully above (0 = off)"),
@@ -1205,12 +1205,8 @@ _TYPE_HINTS: Mapping[tuple[str, str], str] = MappingProxyType({
                               "into gthread when threads > 1; arbiter does not)",
     ("threads", "threaded"): "threaded starts a thread per connection, up to max_connections",
     ("max_connections", "preforked"): "a preforked worker serves one connection at a time",
-    ("refork_after", "forked"): "reforking is done for preforked, threaded and asgi workers only so far; "
-                              "forked workers are forked from the master",
-    ("refork_after", "pooled"): "reforking is done for preforked, threaded and asgi workers only so far; "
-                              "pooled workers are forked from the master",
-    ("refork_after", "evented"): "reforking is done for preforked, threaded and asgi workers only so far; "
-                              "evented workers are forked from the master",
+    ("refork_after", "forked"): "a forked worker forks a child per connection: its workers are "
+                                "forked from the master",
 })
 
 

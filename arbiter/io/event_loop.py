@@ -74,11 +74,12 @@ class LoopWatchdog:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self, join: bool = False) -> None:
-        """Stop watching (``join``: and wait for the thread to be gone, before a fork)."""
+    def stop(self, join: bool = True) -> None:
+        """Stop watching; the thread is joined (it wakes at once), so a worker about
+        to fork holds no thread of it."""
         self.stop_event.set()
-        if join and self.thread.is_alive():
-            self.thread.join(timeout=self.threshold + 1.0)
+        if join and self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(1.0)
 
     def follow(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hear an asyncio loop turn: a callback every :attr:`period` calls :meth:`turned`."""

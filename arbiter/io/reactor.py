@@ -13,6 +13,16 @@ it, the core's own answers, writes with their transfer budget (the time the
 client keeps output waiting), non-blocking ``sendfile``, linger and close,
 and the drain when the worker stops (each connection is told; none is cut).
 
+The same drain makes either worker a mold (``refork_after``): once the
+worker's ``stopping()`` says so -- TERM, or ``fork_due`` -- nothing more is
+accepted, every response says ``Connection: close`` and every connection
+ends as its lifecycle promised; a mold keeps its listeners (unwatched), and
+``run()`` returns once no connection is left, its selector closed (an epoll
+fd must not be shared across a fork), so that :mod:`arbiter.workers.mold`
+forks from a worker holding no client socket. The mold and its child each
+build a new reactor. A mold whose connections outlast ``graceful_timeout``
+gives the fork up (the master's request expires) and serves on: nobody is cut.
+
 What differs between the two workers is one question, answered by their
 strategy object: who runs the app, and who pulls the next piece of a
 response once the socket has drained the last one -- the reactor thread
@@ -188,6 +198,7 @@ class Reactor:
         beat_every = worker.tick / 2
         next_beat = 0.0
         drain_deadline = _INF
+        worker.slot.set_closed(False)  # a mold that forked accepts again
         self.watch_listeners(True)
         try:
             while True:
@@ -195,13 +206,16 @@ class Reactor:
                 if now >= next_beat:
                     worker.between_requests()
                     next_beat = now + beat_every
-                if not worker.alive:
+                if worker.stopping():  # TERM, or a mold about to fork
                     if not self.draining:
                         self.start_draining(now)
                         drain_deadline = now + float(worker.cfg.graceful_timeout)
                     if not self.connections:
                         return
                     if now >= drain_deadline:
+                        if worker.alive:  # a mold: no fork rather than a client cut
+                            self.give_up_fork()
+                            continue
                         self.log.warning("worker #%d: graceful_timeout reached with %d "
                                          "connection(s) still open; closing them",
                                          worker.number, len(self.connections))
@@ -243,8 +257,9 @@ class Reactor:
                     self.close(conn)
             self.watch_listeners(False)
             selector.close()
-            for listener in self.listeners:
-                listener.sock.close()
+            if not (worker.alive and worker.fork_due):  # a mold serves again after forking
+                for listener in self.listeners:
+                    listener.sock.close()
 
     def guard(self, conn: Connection, step: Any, *args: Any) -> None:
         try:
@@ -272,16 +287,39 @@ class Reactor:
                 pass
 
     def start_draining(self, now: float) -> None:
-        """The worker stops: accept nothing more; every connection is told and finishes
-        as its lifecycle promised (none is cut)."""
+        """The worker stops, or is a mold about to fork: accept nothing more; every
+        connection is told and finishes as its lifecycle promised (none is cut). A
+        connection a pool thread holds is told when it comes back (``drive``)."""
+        worker = self.worker
         self.watch_listeners(False)
         self.draining = True
-        self.worker.slot.set_closed()  # its peers stop counting on it
-        for listener in self.listeners:
-            listener.sock.close()
+        worker.slot.set_closed()  # its peers stop counting on it
+        self.log.debug("worker #%d (pid %d) stops accepting%s; %d connection(s) to finish",
+                       worker.number, os.getpid(), "" if not worker.alive else " to fork",
+                       len(self.connections))
+        if not worker.alive:  # a mold keeps them for after the fork
+            for listener in self.listeners:
+                listener.sock.close()
         for conn in list(self.connections):
             if not conn.in_pool:
                 conn.lc.stop(now)
+
+    def give_up_fork(self) -> None:
+        """A mold still holds connections after ``graceful_timeout``: it does not fork
+        (the master's request expires) and accepts again; the connections it told to
+        stop end after their next response."""
+        worker = self.worker
+        self.log.warning("worker #%d (pid %d), the mold, still holds %d connection(s) after "
+                         "graceful_timeout: not forking", worker.number, os.getpid(),
+                         len(self.connections))
+        worker.fork_due = False
+        self.draining = False
+        worker.slot.set_closed(False)
+
+    def may_keep_alive(self) -> bool:
+        """The lifecycle's hook (asked by whichever thread builds a response head): no
+        keep-alive once the worker stops or is about to fork."""
+        return not self.worker.stopping()
 
     # -- accepting ---------------------------------------------------------------------
     def accept(self, listener: Any) -> None:
@@ -312,7 +350,7 @@ class Reactor:
                 lc = Lifecycle(handler, http, peer, sockname, now, observer=self.worker,
                                tls=tls is not None, proxy=proxy, buffer_bodies=True,
                                body_store=self.new_body,
-                               may_keep_alive=self.worker.may_keep_alive,
+                               may_keep_alive=self.may_keep_alive,
                                stamp=peek_stamp(sock) if tls is not None else None)
             except HANDSHAKE_ERRORS as exc:
                 log.debug("connection from %r refused: %s", peer, exc)

@@ -12,8 +12,9 @@ has served N2 requests it becomes the mold in turn, and so on down the list;
 after the last step the last mold stays the mold. The mold keeps serving
 (it is one of ``workers``): it forks only at a quiet point of its own loop
 (:mod:`arbiter.workers.mold`), which is why only ``can_refork`` types
-(preforked, threaded, asgi) can be molds; on the others the setting is a warning
-at start, and their workers are forked from the master.
+(preforked, threaded, pooled, evented, asgi) can be molds; on the other
+(forked) the setting is a warning at start, and its workers are forked from
+the master.
 
 The master is a ``PR_SET_CHILD_SUBREAPER`` (Linux): the mold double-forks, so
 each new worker is re-parented to the master, which reaps, signals and

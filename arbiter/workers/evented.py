@@ -33,6 +33,13 @@ soft ``RLIMIT_NOFILE`` is raised at boot (up to the hard limit) so they fit.
 TERM: the listeners close and every connection finishes as its lifecycle
 promised (a kept-alive one until its next response or its idle timeout),
 within ``graceful_timeout``.
+
+This type can be the mold (``refork_after``). Asked for workers
+(``fork_due``), it drains as on TERM -- the reactor's drain -- but keeps its
+listeners; once no connection is left the reactor's selector is closed and
+the watchdog thread stopped and joined, so :mod:`arbiter.workers.mold` forks
+from the only thread; the mold and its child each start a new reactor (and
+watchdog).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class EventedWorker(Worker):
     worker_type = "evented"
     multithread = False
     hung_policy = "kill"
+    can_refork = True
 
     def serve(self) -> None:
         cfg = self.cfg
@@ -87,9 +95,6 @@ class EventedWorker(Worker):
         finally:
             if watchdog is not None:
                 watchdog.stop()
-
-    def may_keep_alive(self) -> bool:
-        return self.alive
 
     # -- the strategy: the reactor thread runs the app and pulls the response -----------
     def respond(self, conn: Connection) -> bool:

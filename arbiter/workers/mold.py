@@ -6,13 +6,15 @@ sending it ``REFORK_SIGNAL`` (SIGURG: ignored by default, so it is harmless
 to a worker that is not a mold). The mold forks only from its main thread
 at a quiet point, so nothing half-done is carried into the child: the
 preforked loop leaves ``serve()`` between connections, holding no client
-socket; the threaded one drains first (no new connection, each one ended
-after its response in progress, its threads gone), and a mold with any
-thread left but its main one does not fork (the request expires); the
-asgi one stops accepting until no request is in flight and leaves its loop
+socket; the threaded, pooled and evented ones drain first (no new
+connection, each one ended after its response in progress, their threads --
+connection, pool, watchdog -- joined), and a mold with any thread left but
+its main one does not fork (the request expires); the asgi one stops
+accepting until no request is in flight and leaves its loop
 (:mod:`arbiter.asgi.draining`). The mold and its children then enter
 ``serve()`` afresh: new threads, new selector (the asgi child: a new loop
-and its own lifespan startup, from ``Worker.reforked``). Each child is double-forked: the mold forks an intermediate
+and its own lifespan startup, from ``Worker.reforked``). Each child is
+double-forked: the mold forks an intermediate
 process that forks the worker and exits at once, so the worker is
 re-parented to the master (a ``PR_SET_CHILD_SUBREAPER``), which reaps it,
 signals it and kills it when it hangs like any worker it forked itself. The

@@ -25,7 +25,15 @@ bound further clients wait in the kernel backlog). ``hung_policy =
 "recycle"``: a request stuck in the app gets its traceback logged and the
 worker is recycled once a replacement is ready, so the other threads go on
 serving meanwhile. TERM: accepting stops, every connection finishes as its
-lifecycle promised, then the pool is left behind (daemon threads).
+lifecycle promised, then the pool threads are told to exit and joined (a
+thread still stuck in the app after ``graceful_timeout`` is left behind: they
+are daemon threads).
+
+This type can be the mold (``refork_after``). Asked for workers
+(``fork_due``), it drains as on TERM -- the reactor's drain, keeping its
+listeners -- and once no connection is left every pool thread exits and is
+joined, so :mod:`arbiter.workers.mold` forks from the only thread left; the
+mold and its child each start a new reactor and a new pool.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class PooledWorker(Worker):
     multithread = True
     hung_policy = "recycle"
     capacity_setting = "threads"  # utilization: busy threads / threads
+    can_refork = True
+    POOL_JOIN_SECONDS = 1.0  # after a drain every pool thread is idle: it exits at once
 
     def serve(self) -> None:
         self.reactor = reactor = Reactor(self, self, max(1, int(self.cfg.max_connections)))
@@ -66,17 +76,32 @@ class PooledWorker(Worker):
         os.set_blocking(self.returns_r, False)
         os.set_blocking(self.returns_w, False)
         reactor.selector.register(self.returns_r, READ, self.drain_returns)
-        for number in range(max(1, int(self.cfg.threads))):
-            threading.Thread(target=self.pool_thread, name=f"pool-{number}",
-                             daemon=True).start()
+        closing = threading.Event()  # this serve()'s pool is to exit (its own flag)
+        pool = [threading.Thread(target=self.pool_thread, args=(closing,), name=f"pool-{number}",
+                                 daemon=True) for number in range(max(1, int(self.cfg.threads)))]
+        for thread in pool:
+            thread.start()
         try:
             reactor.run()
         finally:
+            self.stop_pool(pool, closing)
+
+    def stop_pool(self, pool: list, closing: threading.Event) -> None:
+        """The reactor is done: wake every idle pool thread to exit, join them, then
+        close the hand-back pipe (no thread is left to write to it). A thread still
+        running a request (INT/QUIT, or ``graceful_timeout`` reached) is not waited
+        for: the process exits."""
+        with self.work_ready:
+            closing.set()
+            self.work_ready.notify_all()
+        if self.reactor.connections:  # some are still in the pool
+            return
+        deadline = time.monotonic() + self.POOL_JOIN_SECONDS
+        for thread in pool:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in pool):
             os.close(self.returns_r)
             os.close(self.returns_w)
-
-    def may_keep_alive(self) -> bool:
-        return self.alive
 
     # -- the strategy: the reactor side ----------------------------------------------------
     def respond(self, conn: Connection) -> bool:
@@ -129,11 +154,13 @@ class PooledWorker(Worker):
             self.reactor.set_interest(conn, 0)
 
     # -- the pool threads ----------------------------------------------------------------
-    def pool_thread(self) -> None:
+    def pool_thread(self, closing: threading.Event) -> None:
         work, work_ready = self.work, self.work_ready
         while True:
             with work_ready:
                 while not work:
+                    if closing.is_set():
+                        return
                     work_ready.wait()
                 conn = work.popleft()
             try:

@@ -117,8 +117,8 @@ class ThreadedWorker(Worker):
                 elif self.paused:
                     self.clients_waiting = bool(self.pending.poll(0))
             self.slot.set_closed()  # its peers stop counting on it
-            self.log.debug("worker #%d (pid %d) stops accepting; %d connection(s) to finish",
-                           self.number, os.getpid(), self.active)
+            self.log.debug("worker #%d (pid %d) stops accepting%s; %d connection(s) to finish",
+                           self.number, os.getpid(), " to fork" * self.alive, self.active)
         finally:
             selector.close()
             if not (self.alive and self.fork_due):  # a mold serves again after forking

@@ -1,21 +1,24 @@
 """Reforking (``refork_after``) as an operator sees it, on a real arbiter.
 
-Three preforked workers; after 50 requests a warm worker becomes the mold,
-the others are replaced one at a time by workers forked from it, and after
-50 more requests of one of those, again from it. A closed-loop client that
-never retries runs all along and sees no failure. The new workers are the
+Three workers of each type that can be a mold (preforked, threaded, pooled,
+evented); after 50 requests a warm worker becomes the mold, the others are
+replaced one at a time by workers forked from it, and after 50 more
+requests of one of those, again from it. A closed-loop client that never
+retries runs all along and sees no failure. The new workers are the
 master's children (``ps``), ``ctl status`` shows their refork generation
 and the mold; the app itself reports its parent and that the collector is
 frozen. The master still replaces a reforked worker killed with SIGKILL
-(and a TTIN's worker comes from the mold too), a HUP goes back to workers forked from the master, and TERM stops them all.
+(and a TTIN's worker comes from the mold too), a HUP goes back to workers
+forked from the master, and TERM stops them all. A type that cannot be a
+mold (asgi) says so and is forked from the master.
 """
-
 from __future__ import annotations
 
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 import threading
@@ -30,6 +33,17 @@ import gc, os
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"%d %d %d" % (os.getpid(), os.getppid(), gc.get_freeze_count())]
+"""
+
+ASGI_APP = """
+import gc, os
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body",
+                "body": b"%d %d %d" % (os.getpid(), os.getppid(), gc.get_freeze_count())})
 """
 
 
@@ -80,15 +94,16 @@ def status(server) -> dict:
     return json.loads(ctl.stdout)
 
 
-def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked") -> None:
-    server.write_app(APP)
+def start(server, extra: str = "", workers: int = 3, worker_type: str = "preforked",
+          graceful_timeout: float = 10) -> None:
+    server.write_app(ASGI_APP if worker_type == "asgi" else APP)
     server.write_config(textwrap.dedent(f"""
         app: app:app
         bind: ["127.0.0.1:{server.port}"]
         workers: {workers}
         worker_type: {worker_type}
         control_socket: arbiter.ctl
-        graceful_timeout: 10
+        graceful_timeout: {graceful_timeout}
     """) + extra)
     server.start("-c", "server.yaml")
 
@@ -111,7 +126,7 @@ def settled(server, condition, count: int = 3) -> dict:
     return wait_for(check, 30, interval=0.2, message="the workers to settle")
 
 
-@pytest.mark.parametrize("worker_type", ["preforked", "threaded"])
+@pytest.mark.parametrize("worker_type", ["preforked", "threaded", "pooled", "evented"])
 def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server, worker_type):
     start(server, "refork_after: [50, 50]\n", worker_type=worker_type)
     master = server.pid
@@ -178,13 +193,14 @@ def test_workers_are_reforked_from_a_warm_worker_without_a_failed_request(server
 
 
 def test_a_worker_type_that_cannot_refork_says_so_and_still_freezes_the_collector(server):
-    start(server, "refork_after: [10]\n", workers=1, worker_type="pooled")
+    start(server, "refork_after: [10]\n", workers=1, worker_type="forked")
     server.wait_log("refork_after: [10] (set by server.yaml:")
-    assert "has no effect with worker_type pooled: it applies to preforked, threaded and " \
-        "asgi only" in server.stderr
+    assert "has no effect with worker_type forked: it applies to preforked, threaded, " \
+        "pooled, evented and asgi only" in server.stderr
+    [worker] = server.wait_workers(1)
     for _ in range(30):
-        _, ppid, frozen = answer(server)
-        assert ppid == server.pid and frozen > 0
+        _, ppid, frozen = answer(server)  # a forked worker's child per connection
+        assert ppid == worker and frozen > 0
     assert "it is the mold" not in server.stderr
 
 
@@ -206,3 +222,76 @@ def test_the_post_fork_hook_runs_in_each_worker_a_mold_forks(server):
     lines = (server.workdir / "post_fork.log").read_text().split("\n")
     calls = {tuple(int(x) for x in line.split()) for line in lines if line}
     assert {(w["pid"], w["number"]) for w in snap["workers"]} <= calls
+
+
+def keep_alive_get(sock) -> tuple[int, str]:
+    """GET / on a kept-alive socket: the status and the Connection header (lower case)."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), headers.get("connection", "")
+
+
+@pytest.mark.parametrize("worker_type", ["threaded", "pooled", "evented"])
+def test_a_draining_mold_keeps_an_idle_kept_alive_connection_until_its_next_response(
+        server, worker_type):
+    """Asked for a worker, the mold stops accepting, but an idle kept-alive client is not
+    cut: its next request is answered (``Connection: close``), then the mold forks."""
+    start(server, "refork_after: [5]\nkeepalive: 30\nlog:\n  level: debug\n", workers=1,
+          worker_type=worker_type)
+    [mold_pid] = server.wait_workers(1)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        for _ in range(5):
+            assert keep_alive_get(sock) == (200, "")
+        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
+        server.signal(signal.SIGTTIN)  # one worker more: the master asks the mold for it
+        server.wait_log(f"(pid {mold_pid}) stops accepting to fork; 1 connection(s) to finish")
+        assert keep_alive_get(sock) == (200, "close")  # idle through the drain's start
+        assert sock.recv(1) == b""  # then closed in order, not reset
+    finally:
+        sock.close()
+    snap = settled(server, lambda s: True, count=2)
+    assert sorted(w["refork_generation"] for w in snap["workers"]) == [0, 1]
+    assert mold_pid in {w["pid"] for w in snap["workers"]}
+    assert "did not fork" not in server.stderr
+
+
+@pytest.mark.parametrize("worker_type", ["pooled", "evented"])
+def test_a_reactor_mold_that_cannot_drain_in_graceful_timeout_serves_on_unforked(
+        server, worker_type):
+    """A client idling on a kept-alive connection longer than ``graceful_timeout``: the
+    mold gives the fork up rather than cut it, and accepts again; the master, its request
+    unanswered within ``boot_timeout``, forks the worker itself."""
+    start(server, "refork_after: [5]\nkeepalive: 30\nboot_timeout: 3\nlog:\n  level: debug\n",
+          workers=1, worker_type=worker_type, graceful_timeout=1)
+    [mold_pid] = server.wait_workers(1)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        for _ in range(5):
+            assert keep_alive_get(sock) == (200, "")
+        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
+        server.signal(signal.SIGTTIN)
+        server.wait_log(f"(pid {mold_pid}), the mold, still holds 1 connection(s) after "
+                        "graceful_timeout: not forking")
+        pid, _, _ = answer(server)  # it accepts again
+        assert pid == mold_pid
+        assert keep_alive_get(sock) == (200, "close")  # told to stop: its last response
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+    server.wait_log("did not fork a worker within boot_timeout")
+    snap = settled(server, lambda s: True, count=2)
+    assert [w["refork_generation"] for w in snap["workers"]] == [0, 0]
+    assert mold_pid in {w["pid"] for w in snap["workers"]}

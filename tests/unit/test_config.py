@@ -946,8 +946,8 @@ def test_refork_after_is_a_list_of_request_counts(tmp_path: Path) -> None:
     cfg = load_config(path, env={}, cli={"worker_type": "forked"})
     [warning] = ineffective_settings(cfg)
     assert warning.startswith(f"refork_after: [1000, 5000] (set by {path}:1) has no effect "
-                              f"with worker_type forked: it applies to preforked, threaded and "
-                              f"asgi only")
-    for worker_type in ("preforked", "threaded", "asgi"):
+                              f"with worker_type forked: it applies to preforked, threaded, "
+                              f"pooled, evented and asgi only")
+    for worker_type in ("preforked", "threaded", "pooled", "evented", "asgi"):
         cfg = load_config(path, env={}, cli={"worker_type": worker_type})
         assert ineffective_settings(cfg) == [], worker_type
