@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,26 +11,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Server  # noqa: E402
-
-
-@pytest.fixture(scope="session", autouse=True)
-def bytecode_cache_for_the_commands(tmp_path_factory) -> Iterator[None]:
-    """Every ``arbiter`` (and other Python) command the tests start imports its modules
-    from one bytecode cache of the session's, outside the source tree: with
-    PYTHONDONTWRITEBYTECODE in the environment (as on the CI machine) each of the
-    suite's ~1000 interpreter starts would otherwise compile arbiter, yaml, asyncio and
-    the rest from source again (about 0.25 s of CPU a start). Only the children see it;
-    what they run is the same code."""
-    saved = {name: os.environ.get(name) for name in ("PYTHONDONTWRITEBYTECODE",
-                                                      "PYTHONPYCACHEPREFIX")}
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture
