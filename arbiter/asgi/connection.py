@@ -118,6 +118,10 @@ class HTTPProtocol(asyncio.Protocol):
     ``request_timeout``, ``may_keep_alive()``, ``opened(conn)`` / ``forget(conn)``
     and the observer methods (``request_started`` / ``request_finished``)."""
 
+    __slots__ = ("host", "tls", "proxy", "stamp", "transport", "lc", "sockname", "peer",
+                 "timer", "timer_at", "request_timer", "request_timer_at", "cycle",
+                 "upgraded", "closed", "reading", "write_paused", "drained")
+
     def __init__(self, host: Any, tls: bool, proxy: Any = None,
                  stamp: float | None = None) -> None:
         self.host = host
@@ -359,6 +363,10 @@ class HTTPProtocol(asyncio.Protocol):
 class RequestCycle:
     """One request on a connection: the scope, ``receive``, ``send``, the app's task."""
 
+    __slots__ = ("conn", "request", "scope", "response", "budget", "body_done", "started",
+                 "complete", "gone", "eof", "timed_out", "refused", "started_at",
+                 "client_waited", "client_wait_since", "waiters", "task")
+
     def __init__(self, conn: HTTPProtocol) -> None:
         self.conn = conn
         lc = conn.lc
@@ -367,7 +375,7 @@ class RequestCycle:
         self.scope: dict | None = None
         self.response = AppResponse(conn.host.handler, None, request, lc.may_keep_alive,
                                     time.perf_counter())
-        self.budget = lc.writing(time.monotonic())
+        self.budget: Any = None  # the response's transfer budget: made at its first wait
         self.body_done = False  # the last http.request message was received
         self.started = False
         self.complete = False  # the last body message was sent
@@ -424,9 +432,11 @@ class RequestCycle:
                     if not self.started else
                     "the ASGI app returned before its response was complete"))
         finally:
-            self.write_pending()
+            if response.pending:
+                self.write_pending()
             self.complete = True
-            self.wake()
+            if self.waiters:
+                wake_all(self.waiters)
             self.conn.cycle_done(response.finish())
 
     def on_timeout(self) -> None:
@@ -526,7 +536,8 @@ class RequestCycle:
             self.write_pending()
             if not more:
                 self.complete = True
-                self.wake()
+                if self.waiters:
+                    wake_all(self.waiters)
             if self.conn.write_paused and not self.gone:
                 await self.drain()
         elif kind == "http.response.pathsend":
@@ -599,6 +610,8 @@ class RequestCycle:
         since = self.client_wait_since = time.monotonic()
         size = conn.transport.get_write_buffer_size()
         budget = self.budget
+        if budget is None:  # the response's budget runs from the request's start
+            budget = self.budget = conn.lc.new_budget(self.started_at)
         if conn.drained is None or conn.drained.done():
             conn.drained = loop.create_future()
         try:

@@ -40,7 +40,13 @@ from typing import Any
 from arbiter.http.inputs import EMPTY_INPUT
 from arbiter.http.protocol import Request
 from arbiter.http.settings import HTTPSettings
-from arbiter.http.wsgi import ConnectionInfo, WSGIHandler, new_request_id, request_id
+from arbiter.http.wsgi import (
+    UNKNOWN_CLIENT,
+    ConnectionInfo,
+    WSGIHandler,
+    new_request_id,
+    request_id,
+)
 
 __all__ = ["ASGIHandler", "as_asgi3"]
 
@@ -120,12 +126,15 @@ class ASGIHandler(WSGIHandler):
         rid = request_id(sent_id.decode("latin-1")) if sent_id is not None else new_request_id()
         headers.append((b"x-request-id", rid.encode("latin-1")))
         peer = info.environ
-        remote = peer["REMOTE_ADDR"]
-        if not info.unix:
-            port = peer["REMOTE_PORT"]
-            client: Any = (remote, int(port) if port.isdigit() else 0)
-        else:
-            client = (remote, 0) if remote else None
+        client = info.client
+        if client is UNKNOWN_CLIENT:  # the connection's peer: the same for its requests
+            remote = peer["REMOTE_ADDR"]
+            if not info.unix:
+                port = peer["REMOTE_PORT"]
+                client = (remote, int(port) if port.isdigit() else 0)
+            else:
+                client = (remote, 0) if remote else None
+            info.client = client
         return self._http_scope(request, peer["wsgi.url_scheme"], root_path, path_info,
                                 headers, client, sockname), None
 

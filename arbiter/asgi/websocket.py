@@ -115,8 +115,11 @@ def _header(request: Request, name: bytes) -> bytes | None:
 
 def wants_websocket(request: Request) -> bool:
     """The request asks for a WebSocket (``Upgrade: websocket``, ``Connection: upgrade``)."""
-    return b"websocket" in _tokens(request, b"upgrade") and b"upgrade" in _tokens(
-        request, b"connection")
+    for key, _value in request.headers:
+        if len(key) == 7 and key.lower() == b"upgrade":  # else no need to look closer
+            return b"websocket" in _tokens(request, b"upgrade") and b"upgrade" in _tokens(
+                request, b"connection")
+    return False
 
 
 def handshake_problem(request: Request) -> tuple[int, list[tuple[str, str]], str] | None:

@@ -491,6 +491,10 @@ class Lifecycle:
 
     def _next_cycle(self, now: float) -> int:
         """The response is out and the request body consumed: the next request."""
+        self._start_next_cycle(now)
+        return self.next(now)
+
+    def _start_next_cycle(self, now: float) -> None:
         self.http.start_next_cycle()
         self.request = None
         self.body_input = None
@@ -504,7 +508,6 @@ class Lifecycle:
         else:
             self.phase = IDLE
             self.deadline = now + self.keepalive
-        return self.next(now)
 
     # -- what the driver hands over ------------------------------------------------------
     def take_output(self) -> bytes:
@@ -631,10 +634,12 @@ class Lifecycle:
         # Drain what the app left unread (if anything) so the next request starts at its
         # head; a complete body leaves only the EndOfMessage bookkeeping (no wait, so no
         # transfer budget).
+        if http.message_complete:  # nothing left of this request: the next one now
+            self._start_next_cycle(now)
+            return
         self.phase = DRAIN
         self.drained = 0
-        if not http.message_complete:
-            self._begin_transfer(now)
+        self._begin_transfer(now)
 
     def hand_over(self, now: float) -> bytes:
         """The driver answered the current request ``101 Switching Protocols``: the

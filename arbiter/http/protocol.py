@@ -344,15 +344,17 @@ class HTTPConnection:
 
     def _fast_head(self, head_len: int):
         """Whole head buffered: accept it in a few C-level checks, or defer."""
-        head = bytes(self._buf[:head_len])
+        buf = self._buf
+        head = bytes(buf) if len(buf) == head_len else bytes(buf[:head_len])
         rl_end = head.find(b"\r\n")
         if rl_end > self._limit_line:
             return None
         m = _REQUEST_LINE.fullmatch(head, 0, rl_end)
         if m is None:
             return None
+        groups = m.groups()
         try:
-            target_parts = self._check_request_line(*m.groups())
+            target_parts = self._check_request_line(*groups)
         except _Reject as exc:
             return self._fail(exc.status, exc.reason)
         if head_len - rl_end - 4 > self._limit_field_size:
@@ -361,8 +363,11 @@ class HTTPConnection:
             return None
         if _FIELD_BLOCK.fullmatch(head, rl_end + 2) is None:
             return None
-        del self._buf[:head_len]
-        return self._complete_head(head, rl_end, m.groups(), target_parts)
+        if len(buf) == head_len:
+            buf.clear()
+        else:
+            del buf[:head_len]
+        return self._complete_head(head, rl_end, groups, target_parts)
 
     def _slow_head(self):
         """Judge each complete head line in order; check the partial last line's length."""

@@ -173,15 +173,19 @@ NULL_OBSERVER = NullObserver()
 
 
 # -- per connection ---------------------------------------------------------------------
+UNKNOWN_CLIENT: Any = object()  # ConnectionInfo.client before the first ASGI scope
+
+
 class ConnectionInfo:
     """Per-connection environ template and proxy trust."""
 
-    __slots__ = ("environ", "trusted", "unix")
+    __slots__ = ("environ", "trusted", "unix", "client")
 
     def __init__(self, environ: dict, trusted: bool, unix: bool) -> None:
         self.environ = environ
         self.trusted = trusted
         self.unix = unix
+        self.client: Any = UNKNOWN_CLIENT  # the ASGI scope's client, once it is known
 
 
 # -- the handler ---------------------------------------------------------------------
