@@ -65,6 +65,11 @@ _OFF_COUNTERS = 192
 _OFF_STATUS = _OFF_COUNTERS
 _OFF_METHODS = _OFF_STATUS + 8 * len(STATUS_CLASSES)
 _OFF_BUCKETS = _OFF_METHODS + 8 * len(METHODS)
+# A finished request's counter qwords within the row: by status (the usual ones), by method.
+_STATUS_INDEX = {code: (_OFF_STATUS >> 3) + min(max(code // 100, 1), 5) - 1
+                 for code in range(100, 600)}
+_METHOD_QWORD = {name: (_OFF_METHODS >> 3) + i for name, i in _METHOD_INDEX.items()}
+_OTHER_METHOD_QWORD = (_OFF_METHODS >> 3) + 7
 _OFF_DURATION_SUM = _OFF_BUCKETS + 8 * len(DURATION_BUCKETS)
 # The event loop's stalls (reactor_block_warning): how many, and the seconds they lasted.
 _OFF_STALLS = _OFF_DURATION_SUM + 8
@@ -297,14 +302,17 @@ class SlotWriter:
         counts = self.counts
         u64 = self._u64
         qbase = self._qbase
-        for offset in (
-            _OFF_STATUS + 8 * (min(max(status // 100, 1), 5) - 1),
-            _OFF_METHODS + 8 * _METHOD_INDEX.get(method, 7),
-            _OFF_BUCKETS + 8 * bisect_left(DURATION_BUCKETS, duration),
-        ):
-            index = offset >> 3
-            counts[index] += 1
-            u64[qbase + index] = counts[index]
+        index = _STATUS_INDEX.get(status)
+        if index is None:
+            index = (_OFF_STATUS >> 3) + min(max(status // 100, 1), 5) - 1
+        count = counts[index] = counts[index] + 1
+        u64[qbase + index] = count
+        index = _METHOD_QWORD.get(method, _OTHER_METHOD_QWORD)
+        count = counts[index] = counts[index] + 1
+        u64[qbase + index] = count
+        index = (_OFF_BUCKETS >> 3) + bisect_left(DURATION_BUCKETS, duration)
+        count = counts[index] = counts[index] + 1
+        u64[qbase + index] = count
         self.duration_sum += duration
         self._f64[self._duration_sum] = self.duration_sum
 
