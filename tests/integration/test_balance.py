@@ -68,8 +68,17 @@ def start(make_server, worker_type: str, workers: int = 2):
 
 def worker_pids(server) -> list[int]:
     pids = server.wait_workers(2, timeout=20)
-    # Both booted and serving (each answers a request of its own soon enough).
-    wait_for(lambda: server.get("/").status == 200, timeout=20)
+    # Both booted and serving: each has answered a request of its own (a peer still
+    # booting does not count for the others, which rightly take the whole burst then).
+    answered: set[int] = set()
+
+    def both_answered() -> bool:
+        response = server.get("/", headers={"Connection": "close"})
+        if response.status == 200:
+            answered.add(int(response.body))
+        return answered >= set(pids)
+
+    wait_for(both_answered, timeout=20)
     return pids
 
 
