@@ -156,6 +156,10 @@ _ABSOLUTE_TARGET = re.compile(
     rb"(/[^?]*)?(?:\?(.*))?"
 )
 _HOST_VALUE = re.compile(rb"(?:[a-z0-9\-._~!$&'()*+,;=%]*|\[[0-9a-f:.]+\])(?::[0-9]*)?")
+# Host values already found valid (lower-cased, as judged): a server sees a few again and
+# again; bounded, so a client inventing hosts costs a regex match each, as before.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 1024
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,19}")
 _CHUNK_SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})"
@@ -536,8 +540,12 @@ class HTTPConnection:
             raise _Reject(400, "repeated Host")
         if hosts == 0 and http11:
             raise _Reject(400, "missing Host")
-        if hosts and _HOST_VALUE.fullmatch(host_value) is None:
-            raise _Reject(400, "invalid Host")
+        if hosts and host_value not in _VALID_HOSTS:
+            if _HOST_VALUE.fullmatch(host_value) is None:
+                raise _Reject(400, "invalid Host")
+            if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+                _VALID_HOSTS.clear()
+            _VALID_HOSTS.add(host_value)
         if content_types > 1:
             raise _Reject(400, "repeated Content-Type")
         if has_te and content_lengths:
