@@ -243,6 +243,15 @@ def keep_alive_get(sock) -> tuple[int, str]:
     return int(lines[0].split()[1]), headers.get("connection", "")
 
 
+def ask_the_mold_for_a_worker(server, sock: socket.socket, mold_pid: int) -> None:
+    """Five kept-alive requests on ``sock`` make the only worker the mold (refork_after:
+    [5]); then one worker more (TTIN): the master asks the mold for it."""
+    for _ in range(5):
+        assert keep_alive_get(sock) == (200, "")
+    settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
+    server.signal(signal.SIGTTIN)
+
+
 @pytest.mark.parametrize("worker_type", ["threaded", "pooled", "evented"])
 def test_a_draining_mold_keeps_an_idle_kept_alive_connection_until_its_next_response(
         server, worker_type):
@@ -253,10 +262,7 @@ def test_a_draining_mold_keeps_an_idle_kept_alive_connection_until_its_next_resp
     [mold_pid] = server.wait_workers(1)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
-        for _ in range(5):
-            assert keep_alive_get(sock) == (200, "")
-        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
-        server.signal(signal.SIGTTIN)  # one worker more: the master asks the mold for it
+        ask_the_mold_for_a_worker(server, sock, mold_pid)
         server.wait_log(f"(pid {mold_pid}) stops accepting to fork; 1 connection(s) to finish")
         assert keep_alive_get(sock) == (200, "close")  # idle through the drain's start
         assert sock.recv(1) == b""  # then closed in order, not reset
@@ -279,10 +285,7 @@ def test_a_reactor_mold_that_cannot_drain_in_graceful_timeout_serves_on_unforked
     [mold_pid] = server.wait_workers(1)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
-        for _ in range(5):
-            assert keep_alive_get(sock) == (200, "")
-        settled(server, lambda s: s["master"]["mold"] == mold_pid, count=1)
-        server.signal(signal.SIGTTIN)
+        ask_the_mold_for_a_worker(server, sock, mold_pid)
         server.wait_log(f"(pid {mold_pid}), the mold, still holds 1 connection(s) after "
                         "graceful_timeout: not forking")
         pid, _, _ = answer(server)  # it accepts again
