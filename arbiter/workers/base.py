@@ -409,13 +409,13 @@ class Worker:
         fraction of capacity in use from ``now``."""
         capacity = self.capacity
         running = len(self.running)
-        self.slot.account_busy(now, min(running, capacity) / capacity if capacity
-                               else 1.0 if running else 0.0)
+        rate = (running if running < capacity else capacity) / capacity if capacity \
+            else 1.0 if running else 0.0
         if running:
             started, method, path = next(iter(self.running.values()))
-            self.slot.show_in_flight(running, started, method, path, now)
+            self.slot.show_running(now, rate, running, started, method, path)
         else:
-            self.slot.show_in_flight(0, 0.0, "", "", now)
+            self.slot.show_running(now, rate, 0, 0.0, "", "")
 
     def request_started(self, method: str, path: str, key: object = None) -> None:
         """A request begins. ``key`` names it for a multithreaded worker when another
@@ -424,28 +424,39 @@ class Worker:
             self.slot.request_started(method, path)
             return
         key = threading.get_ident() if key is None else key
-        with self.requests_lock:
+        # acquire/release rather than `with`: half the cost, three times a request
+        lock = self.requests_lock
+        lock.acquire()
+        try:
             running = self.running
             if key in running:  # (never, but the order must stay the order they started)
                 del running[key]
             now = time.monotonic()
             running[key] = (now, method, path)
             self._show_running(now)
+        finally:
+            lock.release()
 
     def request_queued(self, seconds: float, shed: bool) -> None:
         """How long a request waited before its app started (and if it was shed)."""
         if not self.multithread:
             self.slot.record_queue(seconds, shed)
             return
-        with self.requests_lock:
+        lock = self.requests_lock
+        lock.acquire()
+        try:
             self.slot.record_queue(seconds, shed)
+        finally:
+            lock.release()
 
     def request_finished(self, status: int, key: object = None,
                          duration: float | None = None) -> None:
         if not self.multithread:
             self.slot.request_finished(status, duration)
         else:
-            with self.requests_lock:
+            lock = self.requests_lock
+            lock.acquire()
+            try:
                 started, method, _ = self.running.pop(
                     threading.get_ident() if key is None else key, (0.0, "", ""))
                 now = time.monotonic()
@@ -453,6 +464,8 @@ class Worker:
                     duration = now - started if started else 0.0
                 self.slot.count_request(status, method, duration)
                 self._show_running(now)
+            finally:
+                lock.release()
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests:
             self.ask_for_recycle()
