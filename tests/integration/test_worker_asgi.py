@@ -524,7 +524,7 @@ async def app(scope, receive, send):
 
 def test_an_app_blocking_the_loop_is_killed_and_replaced_after_timeout(server):
     server.write_app(BLOCKING_APP, name="fa.py")
-    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "2")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "1")
     [first] = server.workers()
     try:
         http_request(server.port, "/block", timeout=15)

@@ -184,7 +184,7 @@ def test_max_connections_bound_holds_and_waiting_clients_are_served(server):
 
 
 def test_stuck_request_is_reported_and_the_worker_recycled(server):
-    start_pooled(server, threads=2, timeout=2, graceful_timeout=2)
+    start_pooled(server, threads=2, timeout=1, graceful_timeout=1)
     (stuck_worker,) = server.workers()
 
     def stuck() -> None:
