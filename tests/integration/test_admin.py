@@ -29,9 +29,12 @@ def app(environ, start_response):
     return [str(os.getpid()).encode()]
 """
 
+# Its import runs until the test creates the file "may-load" (at most 30 s).
 SLOW_IMPORT_APP = """
-import time
-time.sleep(2)
+import os, time
+deadline = time.monotonic() + 30
+while not os.path.exists("may-load") and time.monotonic() < deadline:
+    time.sleep(0.02)
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
@@ -327,6 +330,8 @@ def test_readyz_is_503_until_a_worker_has_loaded_the_app(server):
         if answer is not None:
             seen.append(answer)
         return answer is not None and answer[0] == 200
+    wait_for(lambda: seen or ready(), timeout=15, message="a /readyz answer")
+    (server.workdir / "may-load").touch()  # the worker's import of the app ends only now
     wait_for(ready, timeout=15, message="/readyz 200")
     assert seen[0] == (503, "not ready: starting (no worker has loaded the app yet)\n")
     assert seen[-1] == (200, "ready\n")

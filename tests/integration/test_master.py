@@ -24,6 +24,11 @@ def app(environ, start_response):
     if path == "/slow":
         open("slow-started", "w").close()
         time.sleep(float(environ.get("QUERY_STRING") or 2))
+    if path == "/until-released":  # runs until the test creates the file "released"
+        open("slow-started", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists("released") and time.monotonic() < deadline:
+            time.sleep(0.02)
     if path == "/hang":
         hang_forever()
     body = f"hello from {os.getpid()}".encode()
@@ -176,12 +181,15 @@ def test_term_finishes_the_slow_request_and_exits_0(server, worker_type):
     result = {}
 
     def slow():
-        result["resp"] = http_request(server.port, "/slow?2", timeout=20)
+        result["resp"] = http_request(server.port, "/until-released", timeout=20)
 
     thread = threading.Thread(target=slow)
     thread.start()
     wait_for(lambda: (server.workdir / "slow-started").exists(), message="the request in the app")
     server.signal(signal.SIGTERM)
+    server.wait_log("stopping gracefully")  # the stop has begun with the request in the app
+    assert thread.is_alive()  # not answered yet: it runs until released
+    (server.workdir / "released").touch()
     thread.join(20)
     assert result["resp"].status == 200
     assert server.wait_exit(20) == 0
@@ -285,8 +293,8 @@ def test_boot_crash_loop_backs_off_and_recovers(server):
 
 @pytest.mark.parametrize("worker_type", ALL_WORKER_TYPES)  # asgi cancels the request instead
 def test_hung_worker_is_killed_with_its_traceback_and_replaced(server, worker_type):
-    basic_config(server, workers=1, extra="timeout: 2", worker_type=worker_type,
-                 graceful_timeout=3)
+    basic_config(server, workers=1, extra="timeout: 1", worker_type=worker_type,
+                 graceful_timeout=1)
     server.start("-c", "server.yaml")
     (hung,) = server.wait_workers(1)
     thread = threading.Thread(target=lambda: _ignore(http_request, server.port, "/hang",

@@ -38,7 +38,8 @@ def app(environ, start_response):
 """
 
 
-def start(server, worker_type: str, workers: int = 1, extra: str = "") -> None:
+def start(server, worker_type: str, workers: int = 1, extra: str = "",
+          header_timeout: float = 2) -> None:
     server.write_app(asgi_twin(APP, worker_type))
     server.write_config(textwrap.dedent(f"""
         app: app:app
@@ -46,7 +47,7 @@ def start(server, worker_type: str, workers: int = 1, extra: str = "") -> None:
         workers: {workers}
         worker_type: {worker_type}
         threads: 2
-        header_timeout: 2
+        header_timeout: {header_timeout:g}
     """) + extra)
     server.start("-c", "server.yaml")
     server.wait_workers(workers)
@@ -68,8 +69,8 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes:
 
 def test_a_trickled_body_is_cut_and_the_worker_serves_again(server, worker_type):
     """A byte every half second, on a one-worker server: cut (408) after about
-    header_timeout of waiting, then the next client is served."""
-    start(server, worker_type)
+    header_timeout (1 s here) of waiting, then the next client is served."""
+    start(server, worker_type, header_timeout=1)
     trickler = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     stop = threading.Event()
 
@@ -87,7 +88,7 @@ def test_a_trickled_body_is_cut_and_the_worker_serves_again(server, worker_type)
         reply = closed_within(trickler, 15)
         elapsed = time.monotonic() - started
         assert status_of(reply) == 408, reply[:100]
-        assert elapsed < 8, f"cut after {elapsed:.1f} s"
+        assert elapsed < 6, f"cut after {elapsed:.1f} s"
     finally:
         stop.set()
         thread.join(5)
@@ -158,15 +159,15 @@ def test_a_get_beside_slow_uploads_is_answered_at_once(server, worker_type):
 
 @pytest.mark.parametrize("worker_type", ["preforked", "threaded", "forked"])
 def test_a_pipelined_head_behind_slow_requests_gets_its_own_clock(server, worker_type):
-    """Two pipelined requests of 1.5 s each, and a third head split across writes: its
-    header_timeout (2 s) counts from when it becomes the current request, not from its
+    """Two pipelined requests of 0.75 s each, and a third head split across writes: its
+    header_timeout (1 s) counts from when it becomes the current request, not from its
     first byte -- no false 408."""
-    start(server, worker_type)
+    start(server, worker_type, header_timeout=1)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
     try:
-        sock.sendall(b"GET /slow?1.5 HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"GET /slow?1.5 HTTP/1.1\r\nHost: x\r\n\r\nGET /third HT")
-        time.sleep(3.5)  # the client's own pace: the rest of the third head, later
+        sock.sendall(b"GET /slow?0.75 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /slow?0.75 HTTP/1.1\r\nHost: x\r\n\r\nGET /third HT")
+        time.sleep(1.75)  # the client's own pace: the rest of the third head, later
         sock.sendall(b"TP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         replies = closed_within(sock, 10)
     finally:

@@ -89,7 +89,7 @@ def start_tls_server(server: Server, certs: Certs, worker_type: str, extra: str 
         bind: ["127.0.0.1:{server.port}"]
         workers: 1
         worker_type: {worker_type}
-        header_timeout: 2
+        header_timeout: 1
         ssl:
           certfile: {certs.cert}
           keyfile: {certs.key}
@@ -154,7 +154,7 @@ def test_keep_alive_over_tls_and_large_bodies(tls_server, certs):
 
 def test_silent_client_does_not_block_others(tls_server, certs):
     """A client that connects and never starts the handshake is cut at header_timeout
-    (2 s) at the latest; with one worker, the next TLS client is still served."""
+    (1 s) at the latest; with one worker, the next TLS client is still served."""
     silent = socket.create_connection(("127.0.0.1", tls_server.port))
     half = socket.create_connection(("127.0.0.1", tls_server.port))
     try:
@@ -163,7 +163,7 @@ def test_silent_client_does_not_block_others(tls_server, certs):
         started = time.monotonic()
         status, body = https_get(tls_server.port, certs.client_context())
         assert status == 200 and body.startswith(b"https")
-        assert time.monotonic() - started < 7  # preforked: two stalled clients, 2 s each
+        assert time.monotonic() - started < 5  # preforked: two stalled clients, 1 s each
         silent.settimeout(6)
         assert silent.recv(1) == b""  # the server gave up on it
     finally:

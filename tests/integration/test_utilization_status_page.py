@@ -27,9 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.timeout(60)
 
 WSGI_APP = """
-import time
+import os, time
+RELEASED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released")
+
 def app(environ, start_response):
-    if environ["PATH_INFO"].startswith("/slow"):
+    if environ["PATH_INFO"].startswith("/slow") and environ.get("QUERY_STRING") == "held":
+        deadline = time.monotonic() + 30  # runs until the test creates the file "released"
+        while not os.path.exists(RELEASED) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    elif environ["PATH_INFO"].startswith("/slow"):
         time.sleep(float(environ.get("QUERY_STRING") or 0.5))
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
@@ -142,7 +148,8 @@ def test_a_request_counts_while_it_runs(server):
     """A long request makes its worker busy before it ends (not only once it finishes)."""
     admin_port = start(server, "preforked", workers=1)
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (server.get("/slow?4", timeout=15), done.set()))
+    thread = threading.Thread(target=lambda: (server.get("/slow?held", timeout=15),
+                                              done.set()))
     thread.start()
     try:
         def busy_now() -> float:
@@ -152,14 +159,16 @@ def test_a_request_counts_while_it_runs(server):
         wait_for(busy_now, 10, message="utilization above 20% with the request running")
         assert not done.is_set(), "the request ended before utilization rose"
     finally:
+        (server.workdir / "released").touch()  # the request ends only now
         thread.join(20)
+    assert done.is_set()
 
 
 def test_the_status_page(server):
     admin_port = start(server, "preforked", workers=3)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:  # a request with a hostile path, running while the page is read
-        sock.sendall(f"GET {HOSTILE_PATH}?3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET {HOSTILE_PATH}?held HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
         def page_with_request() -> str | None:
             text = http_request(admin_port, "/").text
@@ -167,6 +176,7 @@ def test_the_status_page(server):
 
         page = wait_for(page_with_request, 10, message="the status page shows the request")
     finally:
+        (server.workdir / "released").touch()  # the request ends once the page is read
         sock.close()
 
     resp = http_request(admin_port, "/")

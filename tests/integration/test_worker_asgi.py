@@ -110,6 +110,21 @@ async def sleep(seconds: float):
     return {"slept": seconds}
 
 
+HELD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "held")
+RELEASED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released")
+
+
+@app.get("/held")
+async def held():  # runs until the test creates the file "released" (at most 30 s)
+    with open(HELD, "a") as f:
+        f.write("held")
+    for _ in range(1500):
+        if os.path.exists(RELEASED):
+            break
+        await asyncio.sleep(0.02)
+    return {"released": os.path.exists(RELEASED)}
+
+
 @app.get("/halfway")
 async def halfway():
     async def pieces():
@@ -426,16 +441,18 @@ def test_graceful_stop_finishes_the_request_in_flight_then_runs_shutdown(make_se
     result: dict = {}
 
     def slow_request() -> None:
-        result["resp"] = http_request(server.port, "/sleep?seconds=1.5", timeout=20)
+        result["resp"] = http_request(server.port, "/held", timeout=20)
 
     thread = threading.Thread(target=slow_request)
     thread.start()
-    wait_for(lambda: server.get("/items/1").status == 200)  # the server is up and serving
-    time.sleep(0.3)  # the slow request has reached the app (no observable to poll)
+    wait_for(lambda: (server.workdir / "held").exists(), message="the request in the app")
     server.signal(signal.SIGTERM)
+    server.wait_log("stopping gracefully")  # the stop has begun with the request in the app
+    assert thread.is_alive()  # not answered yet: it runs until released
+    (server.workdir / "released").touch()
     thread.join(20)
     assert result["resp"].status == 200
-    assert json.loads(result["resp"].body) == {"slept": 1.5}
+    assert json.loads(result["resp"].body) == {"released": True}
     assert server.wait_exit(20) == 0
     assert f"shutdown {worker}" in (server.workdir / "lifespan.log").read_text()
 
@@ -524,7 +541,7 @@ async def app(scope, receive, send):
 
 def test_an_app_blocking_the_loop_is_killed_and_replaced_after_timeout(server):
     server.write_app(BLOCKING_APP, name="fa.py")
-    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "2")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "1")
     [first] = server.workers()
     try:
         http_request(server.port, "/block", timeout=15)
@@ -642,7 +659,7 @@ def test_ctl_status_shows_asgi_requests_in_flight_and_counts_them(make_server):
     server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "20",
                  env={"ARBITER_CONTROL_SOCKET": str(server.workdir / "control.sock")},
                  timeout=30)
-    threads = [threading.Thread(target=http_request, args=(server.port, "/sleep?seconds=2"),
+    threads = [threading.Thread(target=http_request, args=(server.port, "/held"),
                                 kwargs={"timeout": 20}) for _ in range(3)]
     for thread in threads:
         thread.start()
@@ -651,9 +668,12 @@ def test_ctl_status_shows_asgi_requests_in_flight_and_counts_them(make_server):
         [worker] = ctl_status(server)["workers"]
         return worker if worker.get("in_flight") == 3 else None
 
-    worker = wait_for(three_in_flight, timeout=15, message="3 requests in flight")
+    try:  # the three run until released
+        worker = wait_for(three_in_flight, timeout=15, message="3 requests in flight")
+    finally:
+        (server.workdir / "released").touch()
     assert worker["state"] == "busy"
-    assert (worker["current"]["method"], worker["current"]["path"]) == ("GET", "/sleep")
+    assert (worker["current"]["method"], worker["current"]["path"]) == ("GET", "/held")
     for thread in threads:
         thread.join(20)
     # a response reaches its client a moment before the worker has counted it

@@ -112,7 +112,7 @@ def test_max_connections_bounds_the_children_and_the_rest_wait(server):
 
 
 def test_a_hung_child_is_killed_with_its_traceback_and_the_worker_serves_on(server):
-    worker = start(server, "timeout: 2")
+    worker = start(server, "timeout: 1")
     threading.Thread(target=lambda: _ignore(http_request, server.port, "/hang", timeout=30),
                      daemon=True).start()
     hang_pid_file = server.workdir / "hang-pid"

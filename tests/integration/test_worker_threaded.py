@@ -30,6 +30,11 @@ def app(environ, start_response):
             time.sleep(float(environ.get("QUERY_STRING") or 1))
         finally:
             os.unlink(marker)
+    if path == "/until-released":  # runs until the test creates the file "released"
+        open("waiting", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists("released") and time.monotonic() < deadline:
+            time.sleep(0.02)
     if path == "/hang":
         open("hang-started", "w").close()
         hang_forever()
@@ -88,20 +93,25 @@ def test_max_connections_bounds_the_threads_and_the_rest_wait(server):
 
 
 def test_a_hung_request_recycles_the_worker_and_the_others_finish(server):
-    old = start(server, "timeout: 2\n        graceful_timeout: 5")
+    old = start(server, "timeout: 1\n        graceful_timeout: 2\n        log: {level: debug}")
     threading.Thread(target=lambda: _ignore(http_request, server.port, "/hang", timeout=30),
                      daemon=True).start()
     wait_for(lambda: (server.workdir / "hang-started").exists(), message="the hung request")
     result = {}
 
     def parallel() -> None:
-        result["resp"] = http_request(server.port, "/slow?3.5", timeout=30)
+        result["resp"] = http_request(server.port, "/until-released", timeout=30)
 
     parallel_thread = threading.Thread(target=parallel)
     parallel_thread.start()
+    wait_for(lambda: (server.workdir / "waiting").exists(), message="the parallel request")
     log = server.wait_log("timed out", timeout=15)
     assert "GET /hang" in log
     wait_for(lambda: "hang_forever" in server.stderr, message="the hung thread's traceback")
+    # recycled with both requests still running: the parallel one is let go only now
+    server.wait_log(f"(pid {old}) stops accepting; 2 connection(s) to finish")
+    assert parallel_thread.is_alive()
+    (server.workdir / "released").touch()
     parallel_thread.join(20)
     assert result["resp"].status == 200
     assert int(result["resp"].text.split()[0]) == old  # finished on the recycled worker
