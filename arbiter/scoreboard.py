@@ -455,9 +455,9 @@ class SlotWriter:
 
     def show_running(self, now: float, rate: float, in_flight: int, started: float,
                      method: str, path: str) -> None:
-        """A multithreaded worker's requests changed: ``account_busy(now, rate)`` then
-        ``show_in_flight(in_flight, started, method, path, now)`` in one call (the
-        request path's; the same stores in the same order)."""
+        """A multithreaded worker's requests changed: ``account_busy(now, rate)`` (inlined:
+        this runs twice a request) then ``show_in_flight(in_flight, started, method,
+        path, now)``."""
         busy = self.busy
         if self.busy_mark:
             busy += self.busy_rate * (now - self.busy_mark)
@@ -469,18 +469,7 @@ class SlotWriter:
         f64[index + 2] = now
         f64[index + 3] = rate
         u64[index] = self.busy_seq = seq + 1
-        if not in_flight:
-            self._i32[self._in_flight] = 0
-            self._bytes[self._state] = IDLE
-            f64[self._heartbeat] = now
-            f64[self._req_start] = started
-            return
-        f64[self._req_start] = started
-        if path != self.path or method != self.method_shown:
-            self._write_request(method, path)
-        f64[self._heartbeat] = now
-        self._i32[self._in_flight] = in_flight
-        self._bytes[self._state] = BUSY
+        self.show_in_flight(in_flight, started, method, path, now)
 
     def count_request(self, status: int = 0, method: str = "", duration: float = 0.0) -> None:
         """One more request served (the in-flight fields are written separately);
