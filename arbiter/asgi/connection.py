@@ -91,26 +91,6 @@ async def open_connection(host: Any, sock: Any, peer: Any, header_timeout: float
         sock.close()
 
 
-# ASGI response headers (bytes) already seen, as the (str, str) the response checks; most
-# apps send the same few again and again. Status codes as text.
-_HEADER_TEXT: dict[tuple[bytes, bytes], tuple[str, str]] = {}
-_HEADER_TEXT_MAX = 4096
-_STATUS_TEXT = {code: str(code) for code in range(200, 600)}
-
-
-def _header_text(pair: Any) -> tuple[str, str]:
-    """An ASGI response header as text (latin-1); remembered when it is a tuple."""
-    name, value = pair
-    if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
-        raise TypeError(f"response header names and values must be bytes: {(name, value)!r}")
-    text = (name.decode("latin-1"), value.decode("latin-1"))
-    if type(pair) is tuple and type(name) is bytes and type(value) is bytes:
-        if len(_HEADER_TEXT) >= _HEADER_TEXT_MAX:
-            _HEADER_TEXT.clear()
-        _HEADER_TEXT[pair] = text
-    return text
-
-
 class HTTPProtocol(asyncio.Protocol):
     """One connection, its lifecycle carried out from asyncio's callbacks.
 
@@ -519,14 +499,7 @@ class RequestCycle:
             status = message["status"]
             if type(status) is not int:
                 raise TypeError(f"http.response.start status must be an int, not {status!r}")
-            headers = []
-            for pair in message.get("headers", ()):
-                try:
-                    text = _HEADER_TEXT.get(pair)
-                except TypeError:  # unhashable (a list, a bytearray): checked below
-                    text = None
-                headers.append(text if text is not None else _header_text(pair))
-            response.start_response(_STATUS_TEXT.get(status) or str(status), headers)
+            response.start_raw(status, message.get("headers", ()))
             self.started = True
         elif kind == "http.response.body":
             if not self.started:

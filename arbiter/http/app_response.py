@@ -49,8 +49,7 @@ from arbiter.http.response import (
     REASONS,
     error_response,
     frame_chunk,
-    http_date,
-    serialize_head,
+    http_date_line,
 )
 
 __all__ = ["AppResponse", "ClientDisconnected", "FileSegment", "FileWrapper",
@@ -129,10 +128,13 @@ _BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 _CL, _DROP, _CONNECTION, _DATE, _SERVER = range(5)
 _PLAIN = -1  # an ordinary response header
-# Response headers already checked, (name, value) -> their kind; and statuses already
-# checked, status -> (status as sent, code). Most apps send the same few again and again.
-_CHECKED_HEADERS: dict[tuple[str, str], int] = {}
-_CHECKED_STATUSES: dict[str, tuple[str, int]] = {}
+# Response headers already checked -- (name, value) -> (their kind, their line as sent) --
+# and statuses already checked, status -> (status as sent, code, status line). Most apps
+# send the same few again and again. An ASGI app's headers are bytes: (name, value) ->
+# (kind, line, the header as text).
+_CHECKED_HEADERS: dict[tuple[str, str], tuple[int, bytes]] = {}
+_CHECKED_RAW: dict[tuple[bytes, bytes], tuple[int, bytes, tuple[str, str]]] = {}
+_CHECKED_STATUSES: dict[str, tuple[str, int, bytes]] = {}
 _CHECKED_MAX = 4096
 _RESPONSE_SPECIAL = {
     "content-length": _CL,
@@ -148,10 +150,13 @@ _RESPONSE_SPECIAL = {
 }
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 _SINGLE_SEND_MAX = 256 * 1024  # head + body copied into one piece below this size
+_STATUS_TEXT = {code: str(code) for code in range(200, 600)}  # an ASGI status as text
+_SERVER_LINES: dict[str, bytes] = {}  # server_software -> its Server line
 
 
-def _check_status(status: Any) -> tuple[str, int]:
-    """A WSGI status, checked: (the status line's text, its code); remembered."""
+def _check_status(status: Any) -> tuple[str, int, bytes]:
+    """A WSGI status, checked: (the status line's text, its code, the status line);
+    remembered."""
     match = _STATUS_RE.fullmatch(status) if type(status) is str else None
     if match is None:
         raise _AppError(f"invalid status {status!r}")
@@ -159,27 +164,69 @@ def _check_status(status: Any) -> tuple[str, int]:
     if code < 200:
         raise _AppError(f"status {status!r} is an interim (1xx) response; a WSGI app must "
                         f"answer with a final status")
-    checked = (status if match.group(2) else f"{code} {REASONS.get(code, 'Unknown')}", code)
+    text = status if match.group(2) else f"{code} {REASONS.get(code, 'Unknown')}"
+    try:
+        line = f"HTTP/1.1 {text}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise _AppError(f"status {status!r} is not latin-1") from None
+    checked = (text, code, line)
     if len(_CHECKED_STATUSES) >= _CHECKED_MAX:
         _CHECKED_STATUSES.clear()
     _CHECKED_STATUSES[status] = checked
     return checked
 
 
-def _check_header(item: tuple) -> int:
-    """A response header (a tuple), checked: its kind (``_PLAIN`` or special); remembered."""
+def _check_header(item: tuple) -> tuple[int, bytes]:
+    """A response header (a tuple of str), checked: its kind (``_PLAIN`` or special) and
+    its line; remembered."""
     if len(item) != 2:
         raise _AppError(f"invalid response header {item!r}")
     name, value = item
     if type(name) is not str or type(value) is not str:
         raise _AppError(f"response header names and values must be str: {item!r}")
-    if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
-        raise _AppError(f"invalid response header {item!r}")
-    kind = _RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
+    checked = (_header_kind(name, value), _header_line(name, value))
     if len(_CHECKED_HEADERS) >= _CHECKED_MAX:
         _CHECKED_HEADERS.clear()
-    _CHECKED_HEADERS[item] = kind
-    return kind
+    _CHECKED_HEADERS[item] = checked
+    return checked
+
+
+def _check_raw_header(pair: Any) -> tuple[int, bytes, tuple[str, str]]:
+    """An ASGI response header (a pair of bytes), checked: its kind, its line and the
+    header as text (latin-1); remembered when it is a tuple of bytes."""
+    try:
+        name, value = pair
+    except (TypeError, ValueError):
+        raise _AppError(f"invalid response header {pair!r}") from None
+    if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+        raise _AppError(f"response header names and values must be bytes: {pair!r}")
+    text = (name.decode("latin-1"), value.decode("latin-1"))
+    checked = (_header_kind(*text), bytes(name) + b": " + bytes(value) + b"\r\n", text)
+    if type(pair) is tuple and type(name) is bytes and type(value) is bytes:
+        if len(_CHECKED_RAW) >= _CHECKED_MAX:
+            _CHECKED_RAW.clear()
+        _CHECKED_RAW[pair] = checked
+    return checked
+
+
+def _header_kind(name: str, value: str) -> int:
+    if _HEADER_NAME_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value):
+        raise _AppError(f"invalid response header {(name, value)!r}")
+    return _RESPONSE_SPECIAL.get(name.lower(), _PLAIN)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    try:
+        return f"{name}: {value}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise _AppError(f"response header not latin-1: {(name, value)!r}") from None
+
+
+def _server_line(server_software: str) -> bytes:
+    line = _SERVER_LINES.get(server_software)
+    if line is None:
+        line = _SERVER_LINES[server_software] = _header_line("Server", server_software)
+    return line
 
 
 class AppResponse:
@@ -190,8 +237,8 @@ class AppResponse:
 
     __slots__ = (
         "handler", "environ", "request", "may_keep_alive", "started", "files",
-        "status", "code", "headers", "content_length", "close_requested", "has_date",
-        "has_server", "head_sent", "framing", "keep_alive", "left", "body_bytes", "done",
+        "status", "code", "status_line", "headers", "lines", "app_lines", "content_length",
+        "close_requested", "has_date", "has_server", "head_sent", "framing", "keep_alive", "left", "body_bytes", "done",
         "final_headers", "result", "iterator", "pending", "finished", "aborted", "error",
     )
 
@@ -204,8 +251,9 @@ class AppResponse:
         self.may_keep_alive = may_keep_alive
         self.started = time.perf_counter() if started is None else started
         self.files = files  # the driver can send a FileSegment (sendfile)
-        # start_response sets code, headers, content_length, close_requested, has_date
-        # and has_server; the head sets framing, left and final_headers; start() sets
+        # start_response sets code, status_line, headers, lines, content_length,
+        # close_requested, has_date and has_server; the head sets framing, left,
+        # app_lines and final_headers; start() sets
         # iterator. Only what may be read before those is set here (the hot path).
         self.status: str | None = None
         self.head_sent = False
@@ -231,63 +279,97 @@ class AppResponse:
         checked = _CHECKED_STATUSES.get(status) if type(status) is str else None
         if checked is None:
             checked = _check_status(status)
-        status, code = checked
         if type(headers) is not list:
             raise _AppError(f"response headers must be a list, not {type(headers).__name__}")
-        content_length = None
-        close = has_date = has_server = drop = False
-        lengths = 0
+        lines = []
+        specials = None
         for item in headers:
             if type(item) is not tuple:
                 raise _AppError(f"invalid response header {item!r}")
             try:
-                kind = _CHECKED_HEADERS.get(item)
+                entry = _CHECKED_HEADERS.get(item)
             except TypeError:  # something unhashable in it: not a pair of str
-                kind = None
-            if kind is None:
-                kind = _check_header(item)
-            if kind == _PLAIN:
-                continue
-            value = item[1]
-            if kind == _CL:
-                value = value.strip()
-                if _DIGITS_RE.fullmatch(value) is None or (
-                        content_length is not None and int(value) != content_length):
-                    raise _AppError(f"invalid Content-Length {value!r}")
-                content_length = int(value)
-                lengths += 1
-            elif kind == _DATE:
-                has_date = True
-            elif kind == _SERVER:
-                has_server = True
-            else:
-                drop = True
-                if kind == _CONNECTION and "close" in value.lower():
-                    close = True
+                entry = None
+            if entry is None:
+                entry = _check_header(item)
+            lines.append(entry[1])
+            if entry[0] != _PLAIN:
+                if specials is None:
+                    specials = []
+                specials.append((len(lines) - 1, entry[0], item[1]))
+        self._adopt(checked, headers, lines, specials)
+        return self.write
+
+    def start_raw(self, code: int, headers: Any) -> None:
+        """The head of an app that sends its response itself (ASGI
+        ``http.response.start``): the status code, the headers as pairs of bytes
+        (latin-1); checked as :meth:`start_response` checks a WSGI app's."""
+        if self.status is not None:
+            raise AssertionError("the response was started twice")
+        status = _STATUS_TEXT.get(code) or str(code)
+        checked = _CHECKED_STATUSES.get(status)
+        if checked is None:
+            checked = _check_status(status)
+        lines = []
+        texts = []
+        specials = None
+        for pair in headers:
+            try:
+                entry = _CHECKED_RAW.get(pair)
+            except TypeError:  # unhashable (a list, a bytearray): checked below
+                entry = None
+            if entry is None:
+                entry = _check_raw_header(pair)
+            lines.append(entry[1])
+            text = entry[2]
+            texts.append(text)
+            if entry[0] != _PLAIN:
+                if specials is None:
+                    specials = []
+                specials.append((len(lines) - 1, entry[0], text[1]))
+        self._adopt(checked, texts, lines, specials)
+
+    def _adopt(self, checked: tuple[str, int, bytes], headers: list, lines: list,
+               specials: list | None) -> None:
+        """The checked status, the app's headers (text) and their lines; ``specials``:
+        (index, kind, value) of those the core looks at (None: there are none)."""
+        status, code, status_line = checked
+        content_length = None
+        close = has_date = has_server = False
         no_length = code == 204 or code == 304
-        if drop or lengths > 1 or (lengths and no_length):
-            kept = []
-            seen_length = no_length  # 204/304: none at all; else the first one only
-            for header in headers:
-                kind = _RESPONSE_SPECIAL.get(header[0].lower(), _PLAIN)
-                if kind == _DROP or kind == _CONNECTION:
-                    continue
+        if specials is not None:
+            left_out = []  # framing is ours; one Content-Length at most, none on 204/304
+            for index, kind, value in specials:
                 if kind == _CL:
-                    if seen_length:
-                        continue
-                    seen_length = True
-                kept.append(header)
-            headers = kept
+                    value = value.strip()
+                    if _DIGITS_RE.fullmatch(value) is None or (
+                            content_length is not None and int(value) != content_length):
+                        raise _AppError(f"invalid Content-Length {value!r}")
+                    if content_length is not None or no_length:
+                        left_out.append(index)
+                    content_length = int(value)
+                elif kind == _DATE:
+                    has_date = True
+                elif kind == _SERVER:
+                    has_server = True
+                else:
+                    left_out.append(index)
+                    if kind == _CONNECTION and "close" in value.lower():
+                        close = True
+            if left_out:
+                headers = [h for i, h in enumerate(headers) if i not in left_out]
+                lines = [line for i, line in enumerate(lines) if i not in left_out]
         if no_length:
             content_length = None
         self.status = status
         self.code = code
+        self.status_line = status_line
         self.headers = headers
+        self.lines = lines
         self.content_length = content_length
         self.close_requested = close
         self.has_date = has_date
         self.has_server = has_server
-        return self.write
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable (and each item of the app's iterable)."""
@@ -318,7 +400,8 @@ class AppResponse:
         """Decide framing and keep-alive; return the head bytes."""
         request = self.request
         code = self.code
-        extra = []
+        lines = self.lines  # the app's; what the core adds follows them
+        self.app_lines = len(lines)
         keep = request.keep_alive and not self.close_requested and (
             self.may_keep_alive is None or self.may_keep_alive())
         cl = self.content_length
@@ -328,13 +411,13 @@ class AppResponse:
             framing = _LENGTH
             self.left = cl
         elif total is not None:
-            extra.append(("Content-Length", str(total)))
+            lines.append(b"Content-Length: %d\r\n" % total)
             framing = _LENGTH
             self.left = total
         elif request.method == "HEAD":
             framing = _NO_BODY
         elif request.http_version == "1.1":
-            extra.append(("Transfer-Encoding", "chunked"))
+            lines.append(b"Transfer-Encoding: chunked\r\n")
             framing = _CHUNKED
         else:
             framing = _UNTIL_CLOSE
@@ -343,17 +426,26 @@ class AppResponse:
             framing = _NO_BODY
         if keep:
             if request.http_version == "1.0":
-                extra.append(("Connection", "keep-alive"))
+                lines.append(b"Connection: keep-alive\r\n")
         else:
-            extra.append(("Connection", "close"))
+            lines.append(b"Connection: close\r\n")
         if not self.has_date:
-            extra.append(("Date", http_date()))
+            lines.append(http_date_line())
         if not self.has_server and self.handler.server_software:
-            extra.append(("Server", self.handler.server_software))
+            lines.append(_server_line(self.handler.server_software))
+        lines.append(b"\r\n")
         self.framing = framing
         self.keep_alive = keep
-        headers = self.final_headers = self.headers + extra
-        return serialize_head(self.status, headers)
+        self.final_headers = None  # made for the access log (final_header_list)
+        return self.status_line + b"".join(lines)
+
+    def final_header_list(self) -> list[tuple[str, str]]:
+        """The headers the client got, as text (for the access log)."""
+        if self.final_headers is None:
+            added = [line[:-2].decode("latin-1").split(": ", 1)
+                     for line in self.lines[self.app_lines:-1]]
+            self.final_headers = self.headers + [(name, value) for name, value in added]
+        return self.final_headers
 
     def _body(self, data: bytes) -> bytes:
         """Frame ``data`` per the chosen framing (may truncate or discard)."""
@@ -512,8 +604,8 @@ class AppResponse:
                 self.handler.error_log.exception("Error closing the response iterable")
         handler = self.handler
         if handler.access_log is not None and self.head_sent:
-            handler.log_access(self.environ, self.status, self.final_headers, self.body_bytes,
-                               self.started)
+            handler.log_access(self.environ, self.status, self.final_header_list(),
+                               self.body_bytes, self.started)
         return ResponseOutcome(self.code if self.head_sent else 0, self.keep_alive,
                                self.body_bytes, self.aborted)
 

@@ -3,7 +3,8 @@
 Owns the bytes arbiter writes -- for both parsers, responses are always
 produced here, never by a parser library:
 
-* :func:`http_date` -- the ``Date`` value, formatted at most once per second;
+* :func:`http_date` / :func:`http_date_line` -- the ``Date`` value (and its header
+  line), formatted at most once per second;
 * :func:`serialize_head` -- status line + header fields -> one ``bytes``
   (names and values written as given, latin-1);
 * :func:`frame_chunk` / ``LAST_CHUNK`` -- chunked transfer coding of a body;
@@ -27,16 +28,25 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 _date_second = 0
 _date_value = ""
+_date_line = b""
 
 
 def http_date() -> str:
     """The current time as an IMF-fixdate, cached for the current second."""
-    global _date_second, _date_value
+    global _date_second, _date_value, _date_line
     now = int(time.time())
     if now != _date_second:
         _date_value = formatdate(now, usegmt=True)
+        _date_line = b"Date: %s\r\n" % _date_value.encode("ascii")
         _date_second = now
     return _date_value
+
+
+def http_date_line() -> bytes:
+    """``Date: <http_date()>`` with its CRLF, as a response head carries it."""
+    if int(time.time()) != _date_second:
+        http_date()
+    return _date_line
 
 
 def status_line(code: int) -> str:
