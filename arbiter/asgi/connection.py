@@ -147,7 +147,13 @@ class HTTPProtocol(asyncio.Protocol):
             self.guard(lambda: self.upgraded.received(data))
             return
         self.lc.received(data, time.monotonic())
-        self.after_input()
+        if self.cycle is not None:
+            self.after_input()
+            return
+        try:  # guard(drive), inlined: once a request
+            self.drive()
+        except Exception as exc:  # noqa: BLE001
+            self.failed(exc)
 
     def eof_received(self) -> bool:
         if self.upgraded is not None:
@@ -181,12 +187,17 @@ class HTTPProtocol(asyncio.Protocol):
         """Run a step of the engine; anything unexpected closes this connection only."""
         try:
             step()
-        except ClientDisconnected as exc:
+        except Exception as exc:  # noqa: BLE001
+            self.failed(exc)
+
+    def failed(self, exc: Exception) -> None:
+        """A step of the engine raised: this connection closes (logged)."""
+        if isinstance(exc, ClientDisconnected):
             self.host.log.debug("connection from %r ended: %s", self.peer, exc)
-            self.abort()
-        except Exception:
-            self.host.log.exception("unexpected error on a connection from %r", self.peer)
-            self.abort()
+        else:
+            self.host.log.error("unexpected error on a connection from %r", self.peer,
+                                exc_info=exc)
+        self.abort()
 
     def after_input(self, eof: bool = False) -> None:
         cycle = self.cycle
@@ -206,10 +217,7 @@ class HTTPProtocol(asyncio.Protocol):
             now = time.monotonic()
             action = lc.next(now)
             if action == READ:
-                if host.draining and not lc.stopping:
-                    lc.stop(now)
-                self.set_reading(True)
-                self.schedule(lc.deadline)
+                self.wait_for_input(now)
                 return
             if action == WRITE:
                 lc.writing(now)
@@ -240,11 +248,24 @@ class HTTPProtocol(asyncio.Protocol):
                 self.close()
                 return
 
+    def wait_for_input(self, now: float) -> None:
+        """The lifecycle answered READ: read, until its deadline."""
+        lc = self.lc
+        if self.host.draining and not lc.stopping:
+            lc.stop(now)
+        if not self.reading:
+            self.set_reading(True)
+        if self.timer is None or self.timer_at > lc.deadline:
+            self.schedule(lc.deadline)
+
     def cycle_done(self, outcome: Any) -> None:
         """The request's response is written (or abandoned): the lifecycle goes on."""
         self.cycle = None
-        self.lc.response_done(outcome, time.monotonic())
-        if not self.closed:
+        now = time.monotonic()
+        if self.lc.response_done(outcome, now):  # the next request is awaited: READ
+            if not self.closed:
+                self.wait_for_input(now)
+        elif not self.closed:
             self.guard(self.drive)
 
     def stop(self) -> None:
@@ -371,9 +392,12 @@ class RequestCycle:
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
-        timeout = self.conn.host.request_timeout
+        conn = self.conn
+        timeout = conn.host.request_timeout
         if timeout:
-            self.conn.arm_request_timer(self.started_at + timeout)
+            due = self.started_at + timeout
+            if conn.request_timer is None or conn.request_timer_at > due:
+                conn.arm_request_timer(due)
 
     async def run(self) -> None:
         conn = self.conn
@@ -506,12 +530,18 @@ class RequestCycle:
                 raise RuntimeError("http.response.body before http.response.start")
             more = bool(message.get("more_body", False))
             response.send_body(message.get("body", b""), more)
-            self.write_pending()
+            pieces = response.take_pending()  # write_pending, inlined
+            conn = self.conn
+            if pieces and not self.gone and not conn.closed:
+                if len(pieces) == 1:
+                    conn.transport.write(pieces[0])
+                else:
+                    conn.transport.writelines(pieces)
             if not more:
                 self.complete = True
                 if self.waiters:
                     wake_all(self.waiters)
-            if self.conn.write_paused and not self.gone:
+            if conn.write_paused and not self.gone:
                 await self.drain()
         elif kind == "http.response.pathsend":
             if not self.started:

@@ -609,8 +609,10 @@ class Lifecycle:
         self.budget = self.new_budget(now)
         return self.budget
 
-    def response_done(self, outcome: ResponseOutcome, now: float) -> None:
-        """The app's response is completely written (or abandoned)."""
+    def response_done(self, outcome: ResponseOutcome, now: float) -> bool:
+        """The app's response is completely written (or abandoned). True when the
+        connection now waits for the client's next request, nothing of it received:
+        ``next()`` would answer READ at once (a driver may skip asking)."""
         self.observer.request_finished(outcome.status, self)
         self.observed = False
         self.answered = True
@@ -621,25 +623,26 @@ class Lifecycle:
             self.body_input = None
         if outcome.aborted:
             self.phase = CLOSED
-            return
+            return False
         http = self.http
         if http.error is not None:  # the app read a body the core refused
             self.close_after = self.linger_after = True
-            return
+            return False
         if not outcome.keep_alive:
             self.close_after = True
             self.linger_after = outcome.status == 0 or not http.message_complete or bool(
                 http.has_trailing_data)
-            return
+            return False
         # Drain what the app left unread (if anything) so the next request starts at its
         # head; a complete body leaves only the EndOfMessage bookkeeping (no wait, so no
         # transfer budget).
         if http.message_complete:  # nothing left of this request: the next one now
             self._start_next_cycle(now)
-            return
+            return self.phase == IDLE and not self.out and not http.peer_closed
         self.phase = DRAIN
         self.drained = 0
         self._begin_transfer(now)
+        return False
 
     def hand_over(self, now: float) -> bytes:
         """The driver answered the current request ``101 Switching Protocols``: the

@@ -287,6 +287,11 @@ class HTTPConnection:
         return self._state == _IDLE and not self._buf and self._rl is None
 
     @property
+    def peer_closed(self) -> bool:
+        """The peer closed its side (``receive_data(b"")``)."""
+        return self._eof
+
+    @property
     def in_head(self) -> bool:
         """True while a request head is being received (or awaited)."""
         return self._state == _IDLE
