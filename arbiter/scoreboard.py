@@ -471,6 +471,28 @@ class SlotWriter:
         u64[index] = self.busy_seq = seq + 1
         self.show_in_flight(in_flight, started, method, path, now)
 
+    def note_busy(self, now: float, rate: float) -> None:
+        """``account_busy(now, rate)`` without writing the row: :meth:`publish_running`
+        writes it later (a loop's observer publishes once a turn)."""
+        busy = self.busy
+        if self.busy_mark:
+            busy += self.busy_rate * (now - self.busy_mark)
+        self.busy, self.busy_mark, self.busy_rate = busy, now, rate
+
+    def publish_running(self, in_flight: int, started: float, method: str,
+                        path: str) -> None:
+        """Write the busy time noted (:meth:`note_busy`) and the in-flight fields; the
+        heartbeat they carry is the time noted, not now (the watchdog's thread publishes
+        for a blocked loop: that must not look like a beat of it)."""
+        u64, f64, index = self._u64, self._f64, self._busy_seq
+        seq = self.busy_seq + 1
+        u64[index] = seq  # odd: the reader waits
+        f64[index + 1] = self.busy
+        f64[index + 2] = self.busy_mark
+        f64[index + 3] = self.busy_rate
+        u64[index] = self.busy_seq = seq + 1
+        self.show_in_flight(in_flight, started, method, path, self.busy_mark)
+
     def count_request(self, status: int = 0, method: str = "", duration: float = 0.0) -> None:
         """One more request served (the in-flight fields are written separately);
         with a status, it is counted in the request counters too."""

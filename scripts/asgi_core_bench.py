@@ -147,6 +147,8 @@ class ObservedBenchHost(BenchHost):
         worker.capacity = 1000
         worker.requests_served = 0
         worker.max_requests = 0
+        worker.publish_once_a_turn(asyncio.get_running_loop().call_soon,
+                                   argparse.Namespace())  # as an asgi worker does
         self.request_started = worker.request_started
         self.request_finished = worker.request_finished
         self.request_queued = worker.request_queued

@@ -50,14 +50,18 @@ class LoopWatchdog:
     """Logs the stack of a loop's thread when it blocks longer than ``threshold`` s."""
 
     def __init__(self, threshold: float, log: logging.Logger, what: str,
-                 serving: Callable[[], str] | None = None, counts: Any = None) -> None:
+                 serving: Callable[[], str] | None = None, counts: Any = None,
+                 publish: Callable[[], None] | None = None) -> None:
         """``serving()``: the request(s) in progress, for the log; ``counts``: the
-        worker's scoreboard row (``count_stall()``, ``count_blocked(seconds)``)."""
+        worker's scoreboard row (``count_stall()``, ``count_blocked(seconds)``);
+        ``publish()``: writes what the loop would have written to the row at the end of
+        its turn (called when the loop has not turned for half the threshold)."""
         self.threshold = threshold
         self.log = log
         self.what = what  # "worker #3": who is blocked, for the log
         self.serving = serving
         self.counts = counts
+        self.publish = publish
         self.loop_thread = threading.get_ident()
         self.turned_at = time.monotonic()
         self.idle = False  # waiting for events (a reactor in epoll): not blocked
@@ -111,6 +115,11 @@ class LoopWatchdog:
         while not self.stop_event.wait(self.threshold / 2):
             turned_at = self.turned_at
             blocked = time.monotonic() - turned_at
+            if self.publish is not None and blocked > self.threshold / 2 and not self.idle:
+                try:  # a request the blocked loop started shows in the row (ctl status)
+                    self.publish()
+                except Exception:  # noqa: BLE001 -- the watch must go on
+                    self.log.exception("%s: publishing the scoreboard row failed", self.what)
             if blocked <= self.threshold or self.stalled_since is not None or self.idle:
                 continue
             self.stalled_since = turned_at

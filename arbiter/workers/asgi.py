@@ -1,12 +1,12 @@
 """The ``asgi`` worker: one asyncio event loop per process serving an ASGI 3 (or 2) app.
 
-The coroutine pattern: like ``evented``, one thread holds every connection,
-but the app is a coroutine that awaits its body and its client instead of
-being called once the request is complete. The loop is uvloop's when it
-imports (the ``uvloop`` extra), else asyncio's own. What a
-connection does is its :class:`~arbiter.http.lifecycle.Lifecycle`'s call,
-carried out by :class:`~arbiter.asgi.connection.HTTPProtocol`; this module is
-only the strategy around it:
+The coroutine pattern: like ``evented``, one thread holds every connection, but
+the app is a coroutine that awaits its body and its client instead of being
+called once the request is complete. The loop is uvloop's when it imports (the
+``uvloop`` extra), else asyncio's own. What a connection does is its
+:class:`~arbiter.http.lifecycle.Lifecycle`'s call, carried out by
+:class:`~arbiter.asgi.connection.HTTPProtocol`; this module is the strategy
+around it (its scoreboard row is written once a turn: ``publish_once_a_turn``):
 
 * **Accepting**: the inherited listeners are watched by the loop; each
   accepted socket becomes a protocol
@@ -17,13 +17,13 @@ only the strategy around it:
 * **Boot**: the ``lifespan`` startup (:mod:`arbiter.asgi.lifespan`) runs
   before the worker reports ready; one that fails is a failed boot (exit 3),
   so a first start exits and a reload rolls back.
-* **Heartbeat**: a loop callback beats every half ``tick``; an app that blocks
-  the loop stops it, and the master kills the worker after ``timeout``
-  (``hung_policy = "self"``: a slow request is this worker's business).
-* **timeout**: a longer request (its client's waits not counted) is cancelled
-  by its :class:`~arbiter.asgi.connection.RequestCycle` (504); the worker serves on.
-* **reactor_block_warning**: a loop blocked that long logs the blocking call's
-  stack (:class:`~arbiter.io.event_loop.LoopWatchdog`).
+* **Heartbeat**: a loop callback beats every half ``tick``; an app that blocks the
+  loop stops it, and the master kills the worker after ``timeout`` (``hung_policy =
+  "self"``: a slow request is this worker's business).
+* **timeout**: a longer request (its client's waits not counted) is cancelled by its
+  :class:`~arbiter.asgi.connection.RequestCycle` (504); the worker serves on.
+* **reactor_block_warning**: a loop blocked that long logs the blocking call's stack
+  (:class:`~arbiter.io.event_loop.LoopWatchdog`).
 * **Stop** (TERM, a recycle, a scale-down) and **refork** (``refork_after``:
   this type can be the mold): :mod:`arbiter.asgi.draining` -- a stop drains
   every connection within ``graceful_timeout`` less ``SHUTDOWN_RESERVE``,
@@ -63,7 +63,6 @@ class AsgiWorker(Worker):
     multithread = True  # many requests in flight: the scoreboard shows count and oldest
     hung_policy = "self"
     can_refork = True
-
     loop: asyncio.AbstractEventLoop | None = None
 
     def make_handler(self, settings: Any, access_log: Any) -> ASGIHandler:
@@ -112,7 +111,8 @@ class AsgiWorker(Worker):
     def serve(self) -> None:
         assert self.loop is not None
         watchdog = self.loop_watchdog()
-        if watchdog is not None:
+        if watchdog is not None:  # it publishes the row of a loop blocked mid-turn
+            self.publish_once_a_turn(self.loop.call_soon, watchdog)
             watchdog.start()
             watchdog.follow(self.loop)
         forking = False

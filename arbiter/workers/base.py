@@ -178,6 +178,10 @@ class Worker:
         # Multithreaded workers: the requests running now, by thread (start, method, path).
         self.requests_lock = threading.Lock()
         self.running: dict[object, tuple[float, str, str]] = {}
+        # An event loop's call_soon (publish_once_a_turn): the in-flight fields are then
+        # published once a turn of the loop, not at each change.
+        self.publish_soon: Any = None
+        self.publish_pending = False
         self.capacity = self.request_capacity()  # utilization's denominator (None: 1 or 0)
 
     def pick_max_requests(self) -> int:
@@ -406,16 +410,49 @@ class Worker:
     def _show_running(self, now: float) -> None:
         """Multithreaded workers: publish the in-flight count, the oldest request -- the
         first one in ``running``, which keeps them in the order they started -- and the
-        fraction of capacity in use from ``now``."""
+        fraction of capacity in use from ``now`` (once a turn: see publish_once_a_turn)."""
         capacity = self.capacity
         running = len(self.running)
         rate = (running if running < capacity else capacity) / capacity if capacity \
             else 1.0 if running else 0.0
-        if running:
+        if self.publish_soon is not None:
+            self.slot.note_busy(now, rate)
+            if not self.publish_pending:
+                self.publish_pending = True
+                self.publish_soon(self.publish_running)
+        elif running:
             started, method, path = next(iter(self.running.values()))
             self.slot.show_running(now, rate, running, started, method, path)
         else:
             self.slot.show_running(now, rate, 0, 0.0, "", "")
+
+    def publish_once_a_turn(self, call_soon: Any, watchdog: Any) -> None:
+        """Requests start and finish on one event loop's thread only (asgi): the observer
+        takes no lock, and the in-flight fields and busy time are written to the
+        scoreboard once a turn of the loop (``call_soon``) rather than at each change --
+        a turn serves many requests. Only with a loop watchdog, which publishes a loop
+        blocked before its turn ends (``publish_running`` from its thread)."""
+        self.publish_soon = call_soon
+        watchdog.publish = self.publish_running
+        self.publish_pending = False  # (a callback of a loop gone before a fork is lost)
+
+    def publish_running(self) -> None:
+        """The in-flight fields and the busy time as they are now (publish_once_a_turn);
+        from the loop, or from the watchdog's thread while the loop is blocked."""
+        lock = self.requests_lock
+        lock.acquire()
+        try:
+            if not self.publish_pending:
+                return  # published already
+            self.publish_pending = False
+            running = self.running
+            if running:
+                started, method, path = next(iter(running.values()))
+                self.slot.publish_running(len(running), started, method, path)
+            else:
+                self.slot.publish_running(0, 0.0, "", "")
+        finally:
+            lock.release()
 
     def request_started(self, method: str, path: str, key: object = None) -> None:
         """A request begins. ``key`` names it for a multithreaded worker when another
@@ -424,22 +461,28 @@ class Worker:
             self.slot.request_started(method, path)
             return
         key = threading.get_ident() if key is None else key
+        if self.publish_soon is not None:  # one thread: no lock
+            self._start_running(key, method, path)
+            return
         # acquire/release rather than `with`: half the cost, three times a request
         lock = self.requests_lock
         lock.acquire()
         try:
-            running = self.running
-            if key in running:  # (never, but the order must stay the order they started)
-                del running[key]
-            now = time.monotonic()
-            running[key] = (now, method, path)
-            self._show_running(now)
+            self._start_running(key, method, path)
         finally:
             lock.release()
 
+    def _start_running(self, key: object, method: str, path: str) -> None:
+        running = self.running
+        if key in running:  # (never, but the order must stay the order they started)
+            del running[key]
+        now = time.monotonic()
+        running[key] = (now, method, path)
+        self._show_running(now)
+
     def request_queued(self, seconds: float, shed: bool) -> None:
         """How long a request waited before its app started (and if it was shed)."""
-        if not self.multithread:
+        if not self.multithread or self.publish_soon is not None:
             self.slot.record_queue(seconds, shed)
             return
         lock = self.requests_lock
@@ -453,20 +496,25 @@ class Worker:
                          duration: float | None = None) -> None:
         if not self.multithread:
             self.slot.request_finished(status, duration)
+        elif self.publish_soon is not None:  # one thread: no lock
+            self._finish_running(status, key, duration)
         else:
             lock = self.requests_lock
             lock.acquire()
             try:
-                started, method, _ = self.running.pop(
-                    threading.get_ident() if key is None else key, (0.0, "", ""))
-                now = time.monotonic()
-                if duration is None:
-                    duration = now - started if started else 0.0
-                self.slot.count_request(status, method, duration)
-                self._show_running(now)
+                self._finish_running(status, key, duration)
             finally:
                 lock.release()
         self.requests_served += 1
         if self.max_requests and self.requests_served >= self.max_requests:
             self.ask_for_recycle()
+
+    def _finish_running(self, status: int, key: object, duration: float | None) -> None:
+        started, method, _ = self.running.pop(
+            threading.get_ident() if key is None else key, (0.0, "", ""))
+        now = time.monotonic()
+        if duration is None:
+            duration = now - started if started else 0.0
+        self.slot.count_request(status, method, duration)
+        self._show_running(now)
 

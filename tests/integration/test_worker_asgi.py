@@ -684,6 +684,51 @@ def test_ctl_status_shows_asgi_requests_in_flight_and_counts_them(make_server):
     assert data["requests"]["by_method"]["GET"] == 4
 
 
+LOOP_BLOCKING_UNTIL_RELEASED_APP = """
+import os
+import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/block":
+        while not os.path.exists("released"):
+            time.sleep(0.05)  # blocks the whole loop, until the test releases it
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done"})
+"""
+
+
+def test_ctl_status_shows_the_request_of_a_loop_blocked_in_it(make_server):
+    # The row is written once a loop turn; a loop blocked inside the app has its row
+    # written by the watchdog's thread, so the request that blocks it shows.
+    server = make_server("blocked-status")
+    server.write_app(LOOP_BLOCKING_UNTIL_RELEASED_APP, name="fa.py")
+    server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1", "--timeout", "20",
+                 env={"ARBITER_CONTROL_SOCKET": str(server.workdir / "control.sock")},
+                 timeout=30)
+    client = threading.Thread(target=http_request, args=(server.port, "/block"),
+                              kwargs={"timeout": 20})
+    client.start()
+
+    def blocked_in_flight() -> dict | None:
+        [worker] = ctl_status(server)["workers"]
+        return worker if worker.get("in_flight") == 1 else None
+
+    try:
+        worker = wait_for(blocked_in_flight, timeout=10, message="the blocked request shown")
+        server.wait_log("the event loop has been blocked for", timeout=10)
+    finally:
+        (server.workdir / "released").touch()
+    assert worker["state"] == "busy"
+    assert (worker["current"]["method"], worker["current"]["path"]) == ("GET", "/block")
+    client.join(20)
+    wait_for(lambda: ctl_status(server)["workers"][0].get("in_flight") == 0, timeout=10,
+             message="the worker idle again")
+    assert "timed out: silent for" not in server.stderr  # blocked, but not for timeout
+
+
 def test_max_requests_recycles_the_worker_without_dropping_a_request(server):
     server.write_app(PLAIN_APP, name="fa.py")
     server.start("fa:app", "-b", f"127.0.0.1:{server.port}", "-w", "1",
