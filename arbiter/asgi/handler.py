@@ -110,24 +110,32 @@ class ASGIHandler(WSGIHandler):
             return self.scope_from_environ(request, info, sockname)
         # Unless a trusted proxy's headers say otherwise, nothing but the request and its
         # connection decide the scope: no environ.
-        trusted = info.trusted
-        headers = []
+        headers = [(name.lower(), value) for name, value in request.headers]
         sent_id = None
-        for name, value in request.headers:
-            name = name.lower()
-            if name == b"x-request-id":
+        trusted = info.trusted
+        for name, value in headers:
+            if len(name) == 12 and name == b"x-request-id":
                 sent_id = value if sent_id is None else sent_id + b", " + value
-                continue
-            if trusted and (name in _PROXY_HEADERS or b"_" in name):
+            elif trusted and (name in _PROXY_HEADERS or b"_" in name):
                 return self.scope_from_environ(request, info, sockname)
-            headers.append((name, value))
-        full_path, path_info = self.split_path(request)
-        root_path = self.root_path
-        rid = request_id(sent_id.decode("latin-1")) if sent_id is not None else new_request_id()
+        if sent_id is not None:
+            headers = [pair for pair in headers if pair[0] != b"x-request-id"]
+            rid = request_id(sent_id.decode("latin-1"))
+        else:
+            rid = new_request_id()
         headers.append((b"x-request-id", rid.encode("latin-1")))
-        peer = info.environ
+        path = request.path
+        root_path = self.root_path
+        if self.script_name or b"%" in path:
+            path_info = self.split_path(request)[1]
+            path = root_path + (path_info if path_info.isascii() else _text(path_info))
+        else:  # split_path's answer without a mount prefix: the path as it came
+            path = path.decode("latin-1")
+            if not path.isascii():
+                path = _text(path)
         client = info.client
         if client is UNKNOWN_CLIENT:  # the connection's peer: the same for its requests
+            peer = info.environ
             remote = peer["REMOTE_ADDR"]
             if not info.unix:
                 port = peer["REMOTE_PORT"]
@@ -135,8 +143,25 @@ class ASGIHandler(WSGIHandler):
             else:
                 client = (remote, 0) if remote else None
             info.client = client
-        return self._http_scope(request, peer["wsgi.url_scheme"], root_path, path_info,
-                                headers, client, sockname), None
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": info.environ["wsgi.url_scheme"],
+            "path": path,
+            "raw_path": request.path,
+            "query_string": request.query,
+            "root_path": root_path,
+            "headers": headers,
+            "client": client,
+            "server": _SERVERS.get(sockname) or _server(sockname),
+            "state": self.state.copy(),
+            "extensions": {"http.response.pathsend": {}},
+        }
+        if request.queue_time is not None:  # how long it waited before this task started
+            scope["extensions"]["arbiter.queue_time"] = {"seconds": request.queue_time}
+        return scope, None
 
     def scope_from_environ(self, request: Request, info: ConnectionInfo,
                            sockname: Any) -> tuple[dict, dict]:
