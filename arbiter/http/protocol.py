@@ -184,6 +184,7 @@ FORBIDDEN_TRAILERS = frozenset(
     }
 )
 
+_MINORS = (b"0", b"1")  # the HTTP/1.x minor versions served
 _MAX_LEADING_EMPTY = 1024  # bytes of CRLFs tolerated before a request line
 _MAX_CHUNK_SIZE_LINE = 4096
 
@@ -345,38 +346,33 @@ class HTTPConnection:
                 if self._skipped > _MAX_LEADING_EMPTY:
                     return self._fail(400, "too many empty lines before the request line")
             end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                event = self._fast_head(end + 4)
-                if event is not None:
-                    return event
+            if end >= 0:  # the whole head: accepted in a few C-level checks, or judged below
+                head_len = end + 4
+                size = len(buf)
+                head = bytes(buf) if size == head_len else bytes(buf[:head_len])
+                rl_end = head.find(b"\r\n")
+                m = _REQUEST_LINE.fullmatch(head, 0, rl_end) if (
+                    rl_end <= self._limit_line) else None
+                if m is not None:
+                    groups = method, target, major, minor = m.groups()
+                    if (target[0] == 0x2F and major == b"1" and minor in _MINORS
+                            and b"#" not in target and method != b"CONNECT"):  # the common case of the checks below
+                        target_parts = target.partition(b"?")[::2]
+                    else:
+                        try:
+                            target_parts = self._check_request_line(*groups)
+                        except _Reject as exc:
+                            return self._fail(exc.status, exc.reason)
+                    # Some line might be too long, or too many: judged line by line.
+                    if (head_len - rl_end - 4 <= self._limit_field_size
+                            and head.count(b"\r\n", rl_end) - 2 <= self._limit_fields
+                            and _FIELD_BLOCK.fullmatch(head, rl_end + 2) is not None):
+                        if size == head_len:
+                            buf.clear()
+                        else:
+                            del buf[:head_len]
+                        return self._complete_head(head, rl_end, groups, target_parts)
         return self._slow_head()
-
-    def _fast_head(self, head_len: int):
-        """Whole head buffered: accept it in a few C-level checks, or defer."""
-        buf = self._buf
-        head = bytes(buf) if len(buf) == head_len else bytes(buf[:head_len])
-        rl_end = head.find(b"\r\n")
-        if rl_end > self._limit_line:
-            return None
-        m = _REQUEST_LINE.fullmatch(head, 0, rl_end)
-        if m is None:
-            return None
-        groups = m.groups()
-        try:
-            target_parts = self._check_request_line(*groups)
-        except _Reject as exc:
-            return self._fail(exc.status, exc.reason)
-        if head_len - rl_end - 4 > self._limit_field_size:
-            return None  # some line might be too long: judge line by line
-        if head.count(b"\r\n", rl_end) - 2 > self._limit_fields:
-            return None
-        if _FIELD_BLOCK.fullmatch(head, rl_end + 2) is None:
-            return None
-        if len(buf) == head_len:
-            buf.clear()
-        else:
-            del buf[:head_len]
-        return self._complete_head(head, rl_end, groups, target_parts)
 
     def _slow_head(self):
         """Judge each complete head line in order; check the partial last line's length."""
@@ -478,7 +474,11 @@ class HTTPConnection:
                     lname = name.lower()
                     if lname in _FRAMING_NAMES:
                         pairs.append((lname, value.lower()))
-                content_length, keep_alive, expect = self._judge_fields(pairs, http11)
+                if len(pairs) == 1 and pairs[0][0] == b"host" and pairs[0][1] in _VALID_HOSTS:
+                    # only a Host already found valid: what _judge_fields answers for it
+                    content_length, keep_alive, expect = 0, http11, False
+                else:
+                    content_length, keep_alive, expect = self._judge_fields(pairs, http11)
             else:
                 # h11 normalises some fields (merges equal Content-Lengths, refuses
                 # codings itself): judge the raw head first.
