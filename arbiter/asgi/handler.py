@@ -124,15 +124,10 @@ class ASGIHandler(WSGIHandler):
         else:
             rid = new_request_id()
         headers.append((b"x-request-id", rid.encode("latin-1")))
-        path = request.path
-        root_path = self.root_path
-        if self.script_name or b"%" in path:
+        if self.script_name or b"%" in request.path:
             path_info = self.split_path(request)[1]
-            path = root_path + (path_info if path_info.isascii() else _text(path_info))
         else:  # split_path's answer without a mount prefix: the path as it came
-            path = path.decode("latin-1")
-            if not path.isascii():
-                path = _text(path)
+            path_info = request.path.decode("latin-1")
         client = info.client
         if client is UNKNOWN_CLIENT:  # the connection's peer: the same for its requests
             peer = info.environ
@@ -143,25 +138,8 @@ class ASGIHandler(WSGIHandler):
             else:
                 client = (remote, 0) if remote else None
             info.client = client
-        scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": request.http_version,
-            "method": request.method,
-            "scheme": info.environ["wsgi.url_scheme"],
-            "path": path,
-            "raw_path": request.path,
-            "query_string": request.query,
-            "root_path": root_path,
-            "headers": headers,
-            "client": client,
-            "server": _SERVERS.get(sockname) or _server(sockname),
-            "state": self.state.copy(),
-            "extensions": {"http.response.pathsend": {}},
-        }
-        if request.queue_time is not None:  # how long it waited before this task started
-            scope["extensions"]["arbiter.queue_time"] = {"seconds": request.queue_time}
-        return scope, None
+        return self._http_scope(request, info.environ["wsgi.url_scheme"], self.root_path,
+                                path_info, headers, client, sockname), None
 
     def scope_from_environ(self, request: Request, info: ConnectionInfo,
                            sockname: Any) -> tuple[dict, dict]:
