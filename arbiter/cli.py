@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from arbiter import __version__
+from arbiter import __version__, build
 from arbiter.config import (
     Config,
     ConfigError,
@@ -115,7 +115,7 @@ def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
     if not checking:
         parser.add_argument("--check-config", action="store_true",
                             help="the same as 'arbiter check' (gunicorn's spelling)")
-    parser.add_argument("--version", action="version", version=f"arbiter {__version__}")
+    parser.add_argument("--version", action="version", version=f"arbiter {__version__} ({build()})")
     add_cli_options(parser)
     return parser
 

@@ -91,8 +91,9 @@ async def open_connection(host: Any, sock: Any, peer: Any, header_timeout: float
         sock.close()
 
 
-class HTTPProtocol(asyncio.Protocol):
-    """One connection, its lifecycle carried out from asyncio's callbacks.
+class HTTPProtocol:
+    """One connection, its lifecycle carried out from asyncio's callbacks (an asyncio
+    protocol by its methods, with no base class: the compiled build makes it a C type).
 
     ``host`` is the worker: ``handler``, ``log``, ``draining``,
     ``request_timeout``, ``may_keep_alive()``, ``opened(conn)`` / ``forget(conn)``

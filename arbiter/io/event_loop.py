@@ -26,6 +26,7 @@ resolves the futures a request or a WebSocket waits on.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -142,18 +143,35 @@ class LoopWatchdog:
 
 def awaiting_stack(task: asyncio.Task) -> str:
     """Where a suspended task waits: every coroutine in its chain of awaits, outermost
-    first, as traceback lines (``Task.print_stack`` shows only the outermost)."""
+    first, as traceback lines (``Task.print_stack`` shows only the outermost). A compiled
+    coroutine of arbiter's own (its frame has no line) is stepped through, not shown."""
     frames = []
     coro: Any = task.get_coro()
     for _ in range(256):  # a chain of awaits is finite, but be sure
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:
-            break
-        frames.append((frame, frame.f_lineno))
+            coro = _awaited_by_wrapper(coro)  # a compiled coroutine awaits through one
+            if coro is None:
+                break
+            continue
+        if (frame.f_lineno or 0) > 0:
+            frames.append((frame, frame.f_lineno))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         if coro is None:
             break
     return "".join(traceback.format_list(traceback.StackSummary.extract(frames))).rstrip()
+
+
+def _awaited_by_wrapper(awaitable: Any) -> Any:
+    """The coroutine behind ``awaitable`` when it is the iterator a coroutine's
+    ``__await__`` made (what a compiled coroutine awaits): that iterator exposes its
+    coroutine to the garbage collector only."""
+    if awaitable is None:
+        return None
+    for referent in gc.get_referents(awaitable):
+        if getattr(referent, "cr_frame", None) is not None:
+            return referent
+    return None
 
 
 def wake_all(waiters: list[asyncio.Future]) -> None:

@@ -21,7 +21,7 @@ import selectors
 import signal
 from typing import Any
 
-from arbiter import logs, systemd
+from arbiter import build, logs, systemd
 from arbiter.appload import (
     AppKindError,
     AppLoadError,
@@ -190,8 +190,8 @@ class Startup:
         kind = f"{cls.worker_type} worker(s)"
         if app is None and not worker_type_chosen(cfg):  # the workers tell once they load it
             kind = f"worker(s) ({cls.worker_type} for a WSGI app, asgi for an ASGI app)"
-        self.log.info("arbiter master (pid %d) starting %d %s, app %s",
-                      self.pid, self.target, kind, cfg.app)
+        self.log.info("arbiter master (pid %d) starting %d %s, app %s (%s)",
+                      self.pid, self.target, kind, cfg.app, build())
         if cfg.reload:  # after daemonize: nothing of the watcher crosses that fork
             from arbiter.master.watch import SourceWatcher
 
