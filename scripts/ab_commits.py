@@ -6,8 +6,8 @@ real server (master, workers, sockets, wrk on 127.0.0.1), not the in-process
 core benches. Those count the per-request Python well, but
 they do not tell what a change does to a server under load -- two changes this
 measured (answering each request inside its socket's read, and a Cython build of
-the unchanged modules) came out 15% and 30% *faster* in
-``scripts/asgi_core_bench.py`` and 15% slower and no faster here.
+the unchanged modules without C types for their classes) came out 15% and 30%
+*faster* in ``scripts/asgi_core_bench.py`` and 15% slower and no faster here.
 
 ``--old REV`` is checked out into a temporary git worktree and run from it
 (``PYTHONPATH``) with this checkout's interpreter; the new build is this

@@ -15,7 +15,7 @@ It counts the Python well (under callgrind, in instructions, steady on a busy
 machine), but it does not say what a change does to a server under load: check
 a change with ``scripts/ab_commits.py`` (the real server, old and new
 interleaved) before believing it. Two changes measured here 15% and 30% faster
-came out 15% slower and no faster there.
+came out 15% slower and no faster there (see its docstring).
 
 Not run in CI: a tool for profiling the hot path. Usage::
 
