@@ -9,7 +9,7 @@ sends HUPs to the master (``--mode hup``) or lets ``max_requests`` recycle
 the workers (``--mode recycle``); it counts what wrk saw as errors and
 non-2xx answers, and the 502s in nginx's access log.
 
-    python scripts/proxy_drops.py                       # every arbiter type, HUP and recycle
+    python scripts/proxy_drops.py                       # every arbiter type (asgi too), HUP and recycle
     python scripts/proxy_drops.py --types pooled --mode hup --gunicorn
     python scripts/proxy_drops.py --app flask --mode hup --seconds 60 --hup-every 2
 
@@ -46,6 +46,19 @@ def app(environ, start_response):
     body = environ["wsgi.input"].read(length) if length else b""
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok %d\\n" % len(body)]
+
+
+async def asgi_app(scope, receive, send):  # the same, for the asgi type
+    if scope["type"] != "http":
+        return
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok %d\\n" % size})
 """
 
 POST_LUA = """
@@ -142,7 +155,7 @@ def run_one(name: str, command: list[str], mode: str, seconds: float, work: str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--types", default="preforked,forked,threaded,pooled,evented")
+    parser.add_argument("--types", default="preforked,forked,threaded,pooled,evented,asgi")
     parser.add_argument("--mode", default="hup,recycle")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--gunicorn", action="store_true", help="gunicorn gthread beside")
@@ -164,7 +177,8 @@ def main() -> int:
             extra = ["--max-requests", "300"] if mode == "recycle" else []
             servers = {f"arbiter {t}": [sys.executable, "-m", "arbiter", "-b",
                                         "127.0.0.1:{upstream}", "-w", "2", "-k", t,
-                                        "--graceful-timeout", "10", *extra, "app:app"]
+                                        "--graceful-timeout", "10", *extra,
+                                        "app:asgi_app" if t == "asgi" else "app:app"]
                        for t in args.types.split(",")}
             if args.gunicorn:
                 servers["gunicorn gthread"] = [sys.executable, "-m", "gunicorn", "-b",
