@@ -69,8 +69,6 @@ def build() -> str:
     start line."""
     from arbiter.http import protocol
 
-    if protocol.__file__.endswith(".py") and not _stale:
-        return "pure Python"
     if _stale:
         return "compiled, except " + ", ".join(sorted(_stale)) + " (edited since the install)"
-    return "compiled"
+    return "pure Python" if protocol.__file__.endswith(".py") else "compiled"
