@@ -101,7 +101,7 @@ class HTTPProtocol:
 
     __slots__ = ("host", "tls", "proxy", "stamp", "transport", "lc", "sockname", "peer",
                  "timer", "timer_at", "request_timer", "request_timer_at", "cycle",
-                 "upgraded", "closed", "reading", "write_paused", "drained")
+                 "upgraded", "closed", "reading", "write_paused", "drained", "loop")
 
     def __init__(self, host: Any, tls: bool, proxy: Any = None,
                  stamp: float | None = None) -> None:
@@ -123,10 +123,13 @@ class HTTPProtocol:
         self.reading = True
         self.write_paused = False
         self.drained: asyncio.Future | None = None
+        # the loop, kept: asyncio.get_running_loop() makes a getpid() syscall each call
+        self.loop: Any = None
 
     # -- asyncio's callbacks -----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         host = self.host
+        self.loop = asyncio.get_running_loop()
         self.transport = transport
         self.peer = transport.get_extra_info("peername") or ""
         self.sockname = transport.get_extra_info("sockname") or ""
@@ -293,7 +296,7 @@ class HTTPProtocol:
             self.timer = None
         if deadline != float("inf"):
             self.timer_at = deadline
-            self.timer = asyncio.get_running_loop().call_later(
+            self.timer = self.loop.call_later(
                 max(deadline - time.monotonic(), 0.0), self.on_deadline)
 
     def cancel_timer(self) -> None:
@@ -314,7 +317,7 @@ class HTTPProtocol:
                 return
             self.request_timer.cancel()
         self.request_timer_at = due
-        self.request_timer = asyncio.get_running_loop().call_later(
+        self.request_timer = self.loop.call_later(
             max(due - time.monotonic(), 0.0), self.on_request_timer)
 
     def on_request_timer(self) -> None:
@@ -392,7 +395,7 @@ class RequestCycle:
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.task = self.conn.loop.create_task(self.run())
         conn = self.conn
         timeout = conn.host.request_timeout
         if timeout:
